@@ -1,0 +1,67 @@
+"""`yolo-prune <command>`: parses arguments and calls stage functions; nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from yolo_prune.errors import YoloPruneError
+
+# Subcommand name -> module under yolo_prune.cli exposing ``register(subparsers)``.
+# Modules are imported lazily so `yolo-prune --help` stays fast and optional extras stay optional.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("yolo_prune.cli.info", "print a layer table, parameter count and GFLOPs of a model"),
+    "graph": ("yolo_prune.cli.graph", "derive or check a pruning connectivity graph (pruning_config YAML)"),
+    "prune": ("yolo_prune.cli.prune", "prune filters structurally and save a pruned checkpoint"),
+    "synth": ("yolo_prune.cli.synth", "generate the built-in synthetic detection benchmark"),
+    "test": ("yolo_prune.cli.test", "evaluate a model, or run a pruning sensitivity analysis"),
+    "layer-selection": ("yolo_prune.cli.layer_selection", "select layers and rates from a sensitivity analysis"),
+    "train": ("yolo_prune.cli.train", "train or fine-tune a (pruned) model"),
+    "iterate": ("yolo_prune.cli.iterate", "analyse -> select -> prune -> fine-tune, repeated"),
+    "export": ("yolo_prune.cli.export", "export to ONNX, TensorRT engine or Vitis AI INT8 ONNX"),
+    "benchmark": ("yolo_prune.cli.benchmark", "measure latency and throughput of models"),
+    "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
+}
+
+
+def _available_commands() -> dict[str, tuple[str, str]]:
+    """Commands whose module exists in this installation."""
+    import importlib.util
+
+    return {n: v for n, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yolo-prune",
+        description="Concatenation-aware structured pruning for YOLOv7 detectors.",
+    )
+    from yolo_prune import __version__
+
+    parser.add_argument("--version", action="version", version=f"yolo-prune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (module_name, help_text) in _available_commands().items():
+        module = importlib.import_module(module_name)
+        module.register(sub, name, help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except YoloPruneError as exc:
+        print(f"yolo-prune {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"yolo-prune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

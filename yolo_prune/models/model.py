@@ -1,0 +1,150 @@
+"""The YOLOv7 ``Model``: a routed sequence of layers built from an official-format cfg dict."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from yolo_prune.errors import ConfigError
+from yolo_prune.models.blocks import MP, SP, Conv, DownC, ReOrg, RepConv
+from yolo_prune.models.builder import BuildContext, build_layers
+from yolo_prune.models.heads import Detect, IAuxDetect
+from yolo_prune.models.spec import LayerSpec, parse_layers
+
+PRUNABLE_TYPES = (Conv, RepConv)
+
+
+class Model(nn.Module):
+    """YOLOv7 detector. ``yaml`` keeps the cfg dict (official attribute name); ``widths`` rebuilds pruned models.
+
+    Input: float [B, 3, H, W] RGB in 0..1, H and W multiples of the max stride.
+    Train mode returns raw maps; eval mode ``(predictions [B, N, nc+5], raw maps)`` (see ``heads``).
+    """
+
+    def __init__(self, cfg: dict, ch: int = 3, nc: int | None = None, widths: Sequence[int] | None = None,
+                 source: str = "<cfg>"):
+        super().__init__()
+        cfg = copy.deepcopy(cfg)
+        if nc is not None and nc != cfg.get("nc"):
+            cfg["nc"] = int(nc)
+        self.yaml: dict[str, Any] = cfg
+        specs = parse_layers(cfg, source)
+        anchors = cfg["anchors"]
+        na = (len(anchors[0]) // 2) if isinstance(anchors, list) else int(anchors)
+        ctx = BuildContext(float(cfg.get("width_multiple", 1.0)), na * (cfg["nc"] + 5), widths)
+        modules, self.channels = build_layers(specs, ch, ctx, source)
+        if widths is not None and ctx.cursor != len(widths):
+            raise ConfigError(f"{source}: width list has {len(widths)} entries but the model has {ctx.cursor} convolutions")
+        if not isinstance(modules[-1], Detect):
+            raise ConfigError(f"{source}: the last layer must be a detection head (Detect/IDetect/IAuxDetect)")
+        self.model = nn.Sequential(*modules)
+        self.specs: tuple[LayerSpec, ...] = tuple(specs)
+        self.save = sorted(_saved_layers(specs))
+        self.names = [str(i) for i in range(cfg["nc"])]
+        self.ch_in = ch
+        self._init_head()
+
+    # ----------------------------------------------------------------------------------- construction
+    def _layer_strides(self) -> list[float]:
+        """Downsampling factor of every layer's output, derived from the modules (no forward pass)."""
+        strides: list[float] = []
+        for spec, m in zip(self.specs, self.model):
+            inp = [1.0 if s == -1 else strides[s] for s in spec.sources()]
+            strides.append(inp[0] * _module_stride(m))
+        return strides
+
+    def _init_head(self) -> None:
+        head = self.detect
+        strides = self._layer_strides()
+        head_inputs = self.specs[-1].sources()[: head.nl]
+        head.stride = torch.tensor([strides[s] for s in head_inputs], dtype=torch.float32)
+        _check_anchor_order(head)
+        head.anchors /= head.stride.view(-1, 1, 1)
+        self.stride = head.stride
+        for convs in ([head.m] + ([head.m2] if isinstance(head, IAuxDetect) else [])):
+            for conv, s in zip(convs, head.stride):
+                b = conv.bias.detach().view(head.na, -1)
+                b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
+                b[:, 5:] += math.log(0.6 / (head.nc - 0.99))
+
+    # ----------------------------------------------------------------------------------- queries
+    @property
+    def detect(self) -> Detect:
+        """The detection head (last layer)."""
+        return self.model[-1]
+
+    @property
+    def nc(self) -> int:
+        return self.detect.nc
+
+    def conv_modules(self) -> list[nn.Module]:
+        """Conv/RepConv modules in module order: the published conv-layer indexing (head convs excluded)."""
+        return [m for m in self.model.modules() if isinstance(m, PRUNABLE_TYPES)]
+
+    def widths(self) -> list[int]:
+        """Output channels of every Conv/RepConv in module order (what a pruned checkpoint records)."""
+        return [conv_out_channels(m) for m in self.conv_modules()]
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor):
+        outputs: list[torch.Tensor | None] = []
+        save = set(self.save)
+        for i, (spec, m) in enumerate(zip(self.specs, self.model)):
+            f = spec.from_
+            if f != -1:
+                x = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
+            x = m(x)
+            outputs.append(x if i in save else None)
+        return x
+
+
+def _saved_layers(specs: Sequence[LayerSpec]) -> set[int]:
+    """Layers whose output is read later by an explicit index (official ``save`` list; literal -1 is not)."""
+    saved: set[int] = set()
+    for spec in specs:
+        fs = (spec.from_,) if isinstance(spec.from_, int) else spec.from_
+        saved.update(f % spec.index for f in fs if f != -1 and spec.index > 0)
+    return saved
+
+
+def conv_out_channels(m: nn.Module) -> int:
+    """Output channels of a Conv or RepConv (fused or not)."""
+    if isinstance(m, Conv):
+        return m.conv.out_channels
+    conv = m.rbr_reparam if m.rbr_reparam is not None else m.rbr_dense[0]
+    return conv.out_channels
+
+
+def _module_stride(m: nn.Module) -> float:
+    """How much a layer downsamples (0.5 for a 2x upsample)."""
+    if isinstance(m, Conv):
+        return float(m.conv.stride[0])
+    if isinstance(m, RepConv):
+        conv = m.rbr_reparam if m.rbr_reparam is not None else m.rbr_dense[0]
+        return float(conv.stride[0])
+    if isinstance(m, MP):
+        return float(m.m.stride)
+    if isinstance(m, DownC):
+        return float(m.mp.stride)
+    if isinstance(m, ReOrg):
+        return 2.0
+    if isinstance(m, nn.Upsample):
+        return 1.0 / float(m.scale_factor)
+    if isinstance(m, nn.Sequential):  # a repeated block
+        s = 1.0
+        for sub in m:
+            s *= _module_stride(sub)
+        return s
+    return 1.0  # SP, SPPCSPC, Concat, Shortcut, heads
+
+
+def _check_anchor_order(head: Detect) -> None:
+    """Flip anchors if their order disagrees with the stride order (official check_anchor_order)."""
+    a = head.anchor_grid.prod(-1).view(-1)
+    da, ds = a[-1] - a[0], head.stride[-1] - head.stride[0]
+    if da.sign() != ds.sign():
+        head.anchors[:] = head.anchors.flip(0)
+        head.anchor_grid[:] = head.anchor_grid.flip(0)
