@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from yolo_prune.errors import ConfigError
-from yolo_prune.models.blocks import MP, SP, Conv, DownC, ReOrg, RepConv
+from yolo_prune.models.blocks import MP, SPPCSPC, Concat, Conv, DownC, ReOrg, RepConv
 from yolo_prune.models.builder import BuildContext, build_layers
 from yolo_prune.models.heads import Detect, IAuxDetect
 from yolo_prune.models.spec import LayerSpec, parse_layers
@@ -35,7 +35,7 @@ class Model(nn.Module):
         anchors = cfg["anchors"]
         na = (len(anchors[0]) // 2) if isinstance(anchors, list) else int(anchors)
         ctx = BuildContext(float(cfg.get("width_multiple", 1.0)), na * (cfg["nc"] + 5), widths)
-        modules, self.channels = build_layers(specs, ch, ctx, source)
+        modules, _ = build_layers(specs, ch, ctx, source)
         if widths is not None and ctx.cursor != len(widths):
             raise ConfigError(f"{source}: width list has {len(widths)} entries but the model has {ctx.cursor} convolutions")
         if not isinstance(modules[-1], Detect):
@@ -84,6 +84,14 @@ class Model(nn.Module):
         """Conv/RepConv modules in module order: the published conv-layer indexing (head convs excluded)."""
         return [m for m in self.model.modules() if isinstance(m, PRUNABLE_TYPES)]
 
+    def layer_channels(self) -> list[int]:
+        """Output channels of every cfg layer, read from the current modules (0 for the head)."""
+        out: list[int] = []
+        for spec, m in zip(self.specs, self.model):
+            inp = [self.ch_in if s == -1 else out[s] for s in spec.sources()]
+            out.append(_layer_out_channels(m, inp))
+        return out
+
     def widths(self) -> list[int]:
         """Output channels of every Conv/RepConv in module order (what a pruned checkpoint records)."""
         return [conv_out_channels(m) for m in self.conv_modules()]
@@ -116,6 +124,23 @@ def conv_out_channels(m: nn.Module) -> int:
         return m.conv.out_channels
     conv = m.rbr_reparam if m.rbr_reparam is not None else m.rbr_dense[0]
     return conv.out_channels
+
+
+def _layer_out_channels(m: nn.Module, inp: list[int]) -> int:
+    """Output channels of one layer given its inputs' channels."""
+    if isinstance(m, PRUNABLE_TYPES):
+        return conv_out_channels(m)
+    if isinstance(m, SPPCSPC):
+        return m.cv7.conv.out_channels
+    if isinstance(m, DownC):
+        return m.cv2.conv.out_channels + m.cv3.conv.out_channels
+    if isinstance(m, Concat):
+        return sum(inp)
+    if isinstance(m, ReOrg):
+        return 4 * inp[0]
+    if isinstance(m, Detect):
+        return 0
+    return inp[0]  # pooling, upsampling, Shortcut
 
 
 def _module_stride(m: nn.Module) -> float:

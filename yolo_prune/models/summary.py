@@ -45,9 +45,10 @@ def summarize(model: Model, img_size: int = 640) -> ModelSummary:
         idx = int(cost.name.split(".")[1])  # names look like "model.<layer>.<...>"
         macs_by_layer[idx] = macs_by_layer.get(idx, 0) + cost.macs
     rows = []
+    channels = model.layer_channels()
     for spec, module in zip(model.specs, model.model):
-        c_in = sum(model.ch_in if s == -1 else model.channels[s] for s in spec.sources())
-        c_out = model.channels[spec.index] or model.detect.na * model.detect.no
+        c_in = sum(model.ch_in if s == -1 else channels[s] for s in spec.sources())
+        c_out = channels[spec.index] or model.detect.na * model.detect.no
         rows.append(LayerRow(spec.index, spec.module, spec.from_, c_in, c_out, count_params(module),
                              2 * macs_by_layer.get(spec.index, 0) / 1e9))
     total_macs = sum(macs_by_layer.values())

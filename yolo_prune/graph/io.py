@@ -1,0 +1,85 @@
+"""Reading published ``pruning_config`` YAML files and checking them against a model's derived graph."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from yolo_prune.errors import ConfigError
+from yolo_prune.graph.graph import Entry, PruningGraph
+
+
+@dataclass(frozen=True)
+class PublishedGraph:
+    """The raw content of a published-format file: ``nconv`` and the entries, as written."""
+
+    nconv: int
+    entries: list[Entry]
+    path: str
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write to a temporary sibling, then rename (no half-written files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _int_list(value: object, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
+    return list(value)
+
+
+def read_published(path: str | Path) -> PublishedGraph:
+    """Parse a published-format graph file, validating its shape (not its truth: see ``check_against``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pruning graph not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "pruning_cfg" not in data or "nconv" not in data:
+        raise ConfigError(f"{path}: expected keys 'nconv' and 'pruning_cfg'")
+    raw = data["pruning_cfg"]
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: 'pruning_cfg' must be a list of [consumers, slices, sizes]")
+    entries: list[Entry] = []
+    for i, entry in enumerate(raw):
+        where = f"{path}: pruning_cfg entry {i}"
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise ConfigError(f"{where}: expected [consumers, slices, sizes], got {entry!r}")
+        consumers, slices, sizes = (_int_list(e, where) for e in entry)
+        if consumers and len(consumers) != len(slices):
+            raise ConfigError(f"{where}: {len(consumers)} consumers but {len(slices)} slices")
+        entries.append((consumers, slices if consumers else [], sizes))
+    return PublishedGraph(int(data["nconv"]), entries, str(path))
+
+
+def check_against(published: PublishedGraph, graph: PruningGraph) -> list[str]:
+    """Differences between a published-format file and the model's derived graph, in words (empty = match)."""
+    problems: list[str] = []
+    if published.nconv != graph.nconv:
+        problems.append(f"nconv is {published.nconv} but the model has {graph.nconv} Conv/RepConv layers")
+    if len(published.entries) != len(graph):
+        problems.append(f"{len(published.entries)} entries but the model has {len(graph)} convs "
+                        f"({graph.nconv} + {len(graph) - graph.nconv} head)")
+    for i, (theirs, ours) in enumerate(zip(published.entries, graph.entries())):
+        node = graph[i]
+        for label, a, b in (("consumers/slices", sorted(zip(theirs[0], theirs[1])), sorted(zip(ours[0], ours[1]))),
+                            ("sizes", theirs[2], ours[2])):
+            if a != b:
+                problems.append(f"layer {i} ({node.name}): file says {label} {a}, the model says {b}")
+    return problems

@@ -1,0 +1,50 @@
+"""Graph data: one ``ConvNode`` per convolution, in the published conv-layer indexing."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# One slot of a convolution's input: (index of the conv that produced these channels or None, channels).
+Slot = tuple[int | None, int]
+
+
+@dataclass(frozen=True)
+class ConvNode:
+    """A convolution: where its input channels come from, and who reads its output (consumer, slot)."""
+
+    index: int
+    name: str  # module path, e.g. "model.51.cv3" or "model.77.m.0"
+    kind: str  # "Conv", "RepConv" or "head"
+    out_channels: int
+    inputs: tuple[Slot, ...]
+    consumers: tuple[tuple[int, int], ...]
+    prunable: bool
+    reason: str = ""  # why not prunable
+
+    @property
+    def sizes(self) -> list[int]:
+        """Channel count of each slot of this conv's input when it is a concatenation (else empty)."""
+        return [size for _, size in self.inputs] if len(self.inputs) > 1 else []
+
+    def describe(self) -> str:
+        links = ", ".join(f"{c}[{s}]" for c, s in self.consumers) or "-"
+        state = "prunable" if self.prunable else f"fixed ({self.reason})"
+        return f"conv {self.index:>3} {self.name:<16} {self.kind:<7} out={self.out_channels:<5} -> {links}  {state}"
+
+
+@dataclass
+class NodeDraft:
+    """Mutable node while a graph is being traced."""
+
+    index: int
+    name: str
+    kind: str
+    out_channels: int
+    inputs: list[Slot] = field(default_factory=list)
+    consumers: list[tuple[int, int]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def freeze(self) -> ConvNode:
+        prunable = self.kind != "head" and not self.reasons
+        reason = "head output conv" if self.kind == "head" else "; ".join(self.reasons)
+        return ConvNode(self.index, self.name, self.kind, self.out_channels, tuple(self.inputs),
+                        tuple(self.consumers), prunable, reason)

@@ -1,0 +1,105 @@
+"""``prune()``: derive (or check) the graph, make a plan, apply it, and summarise what changed."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from yolo_prune.graph.derive import derive_graph
+from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.graph.io import PublishedGraph, check_against
+from yolo_prune.errors import PruningError
+from yolo_prune.models.complexity import count_gflops, count_params
+from yolo_prune.models.model import Model
+from yolo_prune.prune.params import LayerRates, parse_pruning_params
+from yolo_prune.prune.plan import PruningPlan, make_plan
+from yolo_prune.prune.surgery import apply_plan
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """Per-layer summary row."""
+
+    layer: int
+    name: str
+    rate: float
+    filters_before: int
+    filters_after: int
+    params_removed: int
+    consumers: tuple[int, ...]
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the plan that made it, and a summary (params/GFLOPs before and after)."""
+
+    model: Model
+    plan: PruningPlan
+    layers: list[LayerChange] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    gflops_before: float = 0.0
+    gflops_after: float = 0.0
+    img_size: int = 640
+
+    def to_dict(self) -> dict:
+        return {"criterion": self.plan.criterion, "round_to": self.plan.round_to, "seed": self.plan.seed,
+                "img_size": self.img_size, "params_before": self.params_before, "params_after": self.params_after,
+                "gflops_before": self.gflops_before, "gflops_after": self.gflops_after,
+                "layers": [vars(c) | {"consumers": list(c.consumers)} for c in self.layers]}
+
+    def history_entry(self) -> dict:
+        """What a checkpoint's history records about this pruning step (replayable: kept indices)."""
+        return {"event": "prune", **self.plan.to_dict(), "params_before": self.params_before,
+                "params_after": self.params_after}
+
+
+def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningGraph:
+    """The model's derived graph; a user-supplied published graph must agree with it."""
+    graph = derive_graph(model)
+    if given is not None:
+        problems = check_against(given, graph)
+        if problems:
+            raise PruningError(f"{given.path} does not match the model: {problems[0]}"
+                               + (f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""))
+    return graph
+
+
+def prune(model: Model, params: str | float | LayerRates, criterion: str | int = "l2", *,
+          round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
+          inplace: bool = False, summarize: bool = True, img_size: int = 640) -> PruneResult:
+    """Structurally prune ``model`` (a copy unless ``inplace``) and return the result with a summary."""
+    if round_to is not None and round_to < 1:
+        raise PruningError(f"--round-to must be a positive integer, got {round_to}")
+    parsed = parse_pruning_params(params) if not isinstance(params, float) else params
+    if not isinstance(graph, PruningGraph):
+        graph = resolve_graph(model, graph)
+    plan = make_plan(model, graph, parsed, criterion, round_to, seed)
+    before = (count_params(model), count_gflops(model, img_size)) if summarize else (0, 0.0)
+    target = model if inplace else copy.deepcopy(model)
+    convs = target.conv_modules()
+    params_before_layer = [sum(p.numel() for p in m.parameters()) for m in convs] if summarize else []
+    apply_plan(target, graph, plan)
+    result = PruneResult(target, plan, img_size=img_size)
+    if summarize:
+        result.params_before, result.gflops_before = before
+        result.params_after, result.gflops_after = count_params(target), count_gflops(target, img_size)
+        for lp in plan.layers:
+            node = graph[lp.layer]
+            removed = params_before_layer[lp.layer] - sum(p.numel() for p in convs[lp.layer].parameters())
+            result.layers.append(LayerChange(lp.layer, node.name, lp.rate, lp.before, len(lp.kept), removed,
+                                             tuple(sorted({c for c, _ in node.consumers}))))
+    return result
+
+
+def format_result(result: PruneResult) -> str:
+    """Human-readable per-layer table and totals."""
+    lines = [f"{'layer':>5} {'module':<16} {'rate':>5} {'filters':>13} {'params -':>10}  consumers"]
+    for c in result.layers:
+        lines.append(f"{c.layer:>5} {c.name:<16} {c.rate:>5.2f} {c.filters_before:>6} -> {c.filters_after:<4} "
+                     f"{c.params_removed:>10,}  {list(c.consumers)}")
+    lines.append(f"criterion {result.plan.criterion}; params {result.params_before:,} -> {result.params_after:,} "
+                 f"({100 * result.params_after / max(result.params_before, 1):.1f}%), GFLOPs@{result.img_size} "
+                 f"{result.gflops_before:.3f} -> {result.gflops_after:.3f}")
+    return "\n".join(lines)
