@@ -1,0 +1,54 @@
+"""`yolo-prune prune`: structured pruning of a checkpoint or cfg, saved in our checkpoint format."""
+from __future__ import annotations
+
+import argparse
+
+from yolo_prune.cli.common import add_model_source, load_model_from_args, positive_int, print_json
+
+
+def add_pruning_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """Flags shared by prune, test --modification and train: params, criterion, rounding, graph, seed."""
+    p.add_argument("--pruning-params", required=required, help='"[(layer, rate), ...]" or one rate for every '
+                   'prunable layer, e.g. "[(8, 0.5), (18, 0.25)]" or 0.3')
+    p.add_argument("--criterion", default="0", help="importance criterion: 0 l2, 1 l2-largest, 2 l1, 3 l1-largest, "
+                   "4 bn, 5 bn-l1, 6 random, or l0 / linf (default 0)")
+    p.add_argument("--round-to", type=positive_int, default=None,
+                   help="keep a multiple of N filters per layer (8 suits TensorRT); default: published rounding")
+    p.add_argument("--pruning-config", default=None,
+                   help="published-format graph YAML to check against the model (derived automatically if omitted)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random criterion (default 0)")
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=(
+        'example: yolo-prune prune --weights yolov7.pt --pruning-params "[(8, 0.5), (18, 0.5)]" '
+        "--criterion 0 --output pruned.pt"))
+    add_model_source(p)
+    add_pruning_flags(p)
+    p.add_argument("--output", required=True, help="where to write the pruned checkpoint (.pt)")
+    p.add_argument("--img", type=positive_int, default=640, help="image size for the GFLOPs summary (default 640)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
+    from yolo_prune.graph import read_published
+    from yolo_prune.prune import format_result, prune
+
+    history: list[dict] = []
+    if args.weights:
+        loaded = load_checkpoint(args.weights)
+        model, history = loaded.model, loaded.history
+    else:
+        model = load_model_from_args(args)
+    given = read_published(args.pruning_config) if args.pruning_config else None
+    result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
+                   graph=given, inplace=True, img_size=args.img)
+    save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
+    if args.json:
+        print_json({"output": args.output, **result.to_dict()})
+    else:
+        print(format_result(result))
+        print(f"saved {args.output}")
+    return 0
