@@ -1,0 +1,187 @@
+"""Pruning sensitivity analysis: prune each layer alone at each rate and score the result.
+
+Fast path: per batch, the unpruned model runs once with every layer output cached; each configuration
+then re-runs only the layers downstream of the pruned one, with the removed filters zeroed (equal to
+the pruned model by the pruned == masked property). Configurations are processed in chunks of layers;
+each finished chunk is stored atomically, so a killed run resumes where it stopped. Under
+``torch.distributed`` chunks are sharded across ranks and rank 0 stores the merged results.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import torch
+
+from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked, run_all, run_from
+from yolo_prune.analysis.store import ResultStore
+from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.models.complexity import count_gflops, count_params
+from yolo_prune.models.model import Model
+from yolo_prune.prune.plan import make_plan
+from yolo_prune.prune.surgery import apply_plan
+
+
+class Scorer(Protocol):
+    """Turns a model's eval predictions into metrics; one state per configuration."""
+
+    def start(self) -> Any: ...
+
+    def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
+
+    def finish(self, state: Any) -> dict[str, Any]:
+        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A pre-processed batch: float images on the device, and what the scorer needs (labels, shapes)."""
+
+    images: torch.Tensor
+    meta: Any
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among ``world`` ranks, and how to gather Python objects across them."""
+
+    rank: int = 0
+    world: int = 1
+    all_gather: Callable[[Any], list[Any]] = lambda obj: [obj]
+
+
+@dataclass
+class _Config:
+    layer: int
+    rate: float
+    removed: list[int]
+    downstream: list[int]
+    state: Any = None
+    seconds: float = 0.0
+    nms_seconds: float = 0.0
+
+
+def pruned_cost(meta_model: Model, graph: PruningGraph, layer: int, rate: float, criterion: str,
+                round_to: int | None, seed: int, kept: Sequence[int], img_size: int) -> tuple[int, float]:
+    """Params and GFLOPs of the model with ``layer`` pruned (computed on a meta-device copy)."""
+    from yolo_prune.prune.plan import LayerPlan, PruningPlan
+
+    plan = PruningPlan((LayerPlan(layer, rate, graph[layer].out_channels, tuple(kept)),), criterion, round_to,
+                       seed, graph.fingerprint())
+    pruned = apply_plan(copy.deepcopy(meta_model), graph, plan)
+    return count_params(pruned), count_gflops(pruned, img_size)
+
+
+def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
+             round_to: int | None, seed: int) -> list[_Config]:
+    deps = downstream_layers(model)
+    out = []
+    for layer in layers:
+        for rate in rates:
+            plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed)
+            kept = set(plan.layers[0].kept)
+            removed = [i for i in range(graph[layer].out_channels) if i not in kept]
+            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)]))
+    return out
+
+
+def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], scorer: Scorer,
+                 configs: list[_Config], baseline: _Config | None, sync: Callable[[], None]) -> None:
+    """Run every batch once through the model and once per configuration's downstream layers."""
+    for cfg in configs + ([baseline] if baseline else []):
+        cfg.state = scorer.start()
+    with torch.inference_mode():
+        for batch in batches:
+            t0 = time.perf_counter()
+            cache = run_all(model, batch.images)
+            sync()
+            full_time = time.perf_counter() - t0
+            if baseline is not None:
+                _update(scorer, baseline, cache[-1][0], batch.meta, full_time, sync)
+            for cfg in configs:
+                t0 = time.perf_counter()
+                with masked(model, graph, cfg.layer, cfg.removed):
+                    pred = run_from(model, cache, cfg.downstream, batch.images)[0]
+                sync()
+                _update(scorer, cfg, pred, batch.meta, time.perf_counter() - t0, sync)
+
+
+def _update(scorer: Scorer, cfg: _Config, pred: torch.Tensor, meta: Any, seconds: float, sync) -> None:
+    t0 = time.perf_counter()
+    scorer.update(cfg.state, pred, meta)
+    sync()
+    cfg.seconds += seconds
+    cfg.nms_seconds += time.perf_counter() - t0
+
+
+def _metrics(scorer: Scorer, cfg: _Config, n_images: int, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
+    m = scorer.finish(cfg.state)
+    t_inf, t_nms = 1e3 * cfg.seconds / max(n_images, 1), 1e3 * cfg.nms_seconds / max(n_images, 1)
+    return {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
+            "per_class": [float(v) for v in m["per_class"]],
+            "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
+            "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
+
+
+def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
+    """Timing barrier: CUDA work is asynchronous."""
+    if batches and batches[0].images.is_cuda:
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
+                    store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
+                    criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
+                    chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True) -> ResultStore:
+    """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
+
+    ``model`` is used in eval mode and not modified (hooks are removed after each configuration).
+    """
+    layers = list(graph.prunable if layers is None else layers)
+    todo = [layer for layer in layers if not all(store.done(layer, r) for r in rates)]
+    chunks = [todo[i:i + chunk_layers] for i in range(0, len(todo), chunk_layers)]
+    n_images = sum(len(b.images) for b in batches)
+    shape = (*batches[0].images.shape[-2:], batches[0].images.shape[0]) if batches else (0, 0, 0)
+    meta_model = copy.deepcopy(model).to("meta")
+    sync = _sync_for(batches)
+    bars = _progress_bars(rates, len(layers), lambda r: sum(store.done(l, r) for l in layers), progress and dist.rank == 0)
+    model.eval()
+    for start in range(0, max(len(chunks), 1 if store.baseline is None else 0), dist.world):
+        mine = chunks[start + dist.rank] if start + dist.rank < len(chunks) else []
+        configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed)
+                   if not store.done(c.layer, c.rate)]
+        baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
+        _score_chunk(model, graph, batches, scorer, configs, baseline, sync)
+        local = {"results": [(c.layer, c.rate, _metrics(scorer, c, n_images, shape, pruned_cost(
+            meta_model, graph, c.layer, c.rate, criterion, round_to, seed,
+            [i for i in range(graph[c.layer].out_channels) if i not in set(c.removed)], img_size)))
+            for c in configs]}
+        if baseline is not None:
+            local["baseline"] = _metrics(scorer, baseline, n_images, shape,
+                                         (count_params(model), count_gflops(model, img_size)))
+        for part in dist.all_gather(local):
+            store.baseline = part.get("baseline", store.baseline)
+            for layer, rate, metrics in part["results"]:
+                store.add(layer, rate, metrics)
+                if bars:
+                    bars[rate].update(1)
+        if dist.rank == 0:
+            store.save()
+    for bar in (bars or {}).values():
+        bar.close()
+    if dist.rank == 0:
+        store.write_outputs(list(rates))
+    return store
+
+
+def _progress_bars(rates: Sequence[float], total: int, done: Callable[[float], int], enabled: bool):
+    """One tqdm bar (with ETA) per rate."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return {r: tqdm(total=total, initial=done(r), desc=f"rate {r:g}", position=i, unit="layer", leave=True)
+            for i, r in enumerate(rates)}

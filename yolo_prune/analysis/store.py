@@ -1,0 +1,92 @@
+"""Where sensitivity results live: ``sensitivity.json`` (rewritten atomically after every finished chunk),
+plus the published ``output_<int(100*rate)>.txt`` files and a CSV written from it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yolo_prune.errors import YoloPruneError
+from yolo_prune.graph.io import write_text_atomic
+
+Key = tuple[int, float]
+
+
+def key_str(layer: int, rate: float) -> str:
+    return f"{layer}:{rate:g}"
+
+
+@dataclass
+class ResultStore:
+    """Results of one analysis directory. ``settings`` must match for a run to resume into it."""
+
+    directory: Path
+    settings: dict[str, Any]
+    baseline: dict[str, Any] | None = None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def json_path(self) -> Path:
+        return self.directory / "sensitivity.json"
+
+    @classmethod
+    def open(cls, directory: str | Path, settings: dict[str, Any], exist_ok: bool = False) -> "ResultStore":
+        """Resume from ``directory`` when its settings match; replace it with ``exist_ok``; else refuse."""
+        directory = Path(directory)
+        store = cls(directory, settings)
+        if store.json_path.exists() and not exist_ok:
+            saved = json.loads(store.json_path.read_text())
+            if saved.get("settings") != settings:
+                diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
+                              if saved.get("settings", {}).get(k) != settings.get(k))
+                raise YoloPruneError(f"{directory} holds an analysis with other settings ({', '.join(diff)}); "
+                                     f"use another --name, or --exist-ok to replace it")
+            store.baseline, store.results = saved.get("baseline"), saved.get("results", {})
+        return store
+
+    def done(self, layer: int, rate: float) -> bool:
+        return key_str(layer, rate) in self.results
+
+    def add(self, layer: int, rate: float, metrics: dict[str, Any]) -> None:
+        self.results[key_str(layer, rate)] = {"layer": layer, "rate": rate, **metrics}
+
+    def save(self) -> None:
+        """Rewrite sensitivity.json atomically (a kill never leaves a half-written file)."""
+        data = {"settings": self.settings, "baseline": self.baseline, "results": self.results}
+        write_text_atomic(self.json_path, json.dumps(data, indent=1))
+
+    def rows(self, rate: float) -> list[dict[str, Any]]:
+        return sorted((r for r in self.results.values() if r["rate"] == rate), key=lambda r: r["layer"])
+
+    def write_outputs(self, rates: list[float]) -> list[Path]:
+        """The published per-rate text files and sensitivity.csv, from the stored results."""
+        paths = [write_text_atomic(self.directory / f"output_{int(round(100 * r))}.txt", format_published(self.rows(r)))
+                 for r in rates]
+        paths.append(write_text_atomic(self.directory / "sensitivity.csv", self._csv()))
+        return paths
+
+    def _csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["layer", "rate", "mp", "mr", "map50", "map", "params", "gflops", "t_inference", "t_nms", "t_total"])
+        rows = ([{"layer": -1, "rate": 0.0, **self.baseline}] if self.baseline else []) + \
+            sorted(self.results.values(), key=lambda r: (r["rate"], r["layer"]))
+        for r in rows:
+            w.writerow([r["layer"], r["rate"], r["mp"], r["mr"], r["map50"], r["map"], r["params"], r["gflops"],
+                        *r["speed"][:3]])
+        return buf.getvalue()
+
+
+def format_published(rows: list[dict[str, Any]]) -> str:
+    """``[(layer, (mP, mR, mAP50, mAP50-95, [per-class mAP], (t_inf, t_nms, t_total, h, w, batch), params, gflops)), ...]``."""
+    lines = ["["]
+    for r in rows:
+        speed = tuple(r["speed"])
+        metrics = (r["mp"], r["mr"], r["map50"], r["map"], list(r["per_class"]), speed, r["params"], r["gflops"])
+        lines.append(f"({r['layer']}, {metrics!r}),")
+    lines.append("]")
+    return "\n".join(lines) + "\n"
