@@ -1,0 +1,35 @@
+"""Datasets as YOLOv7 users have them: data YAMLs, YOLO label files, letterboxing, augmentation, loaders.
+
+Torch-dependent names are imported lazily so ``import yolo_prune.data`` stays cheap. The letterbox functions
+are bound eagerly because the submodule ``yolo_prune.data.letterbox`` would otherwise shadow the function of
+the same name (import helpers from there with ``from yolo_prune.data.letterbox import ...``).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .letterbox import letterbox, preprocess, scale_boxes
+
+_EXPORTS = {
+    "DataConfig": "config",
+    "load_data_config": "config",
+    "YoloDataset": "dataset",
+    "collate_fn": "dataset",
+    "create_dataloader": "loader",
+}
+
+__all__ = sorted([*_EXPORTS, "letterbox", "preprocess", "scale_boxes"])
+
+if TYPE_CHECKING:
+    from .config import DataConfig, load_data_config
+    from .dataset import YoloDataset, collate_fn
+    from .loader import create_dataloader
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

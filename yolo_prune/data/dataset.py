@@ -1,0 +1,290 @@
+"""YOLO-format detection dataset: images + ``labels/*.txt`` (``cls cx cy w h`` normalised), YOLOv7 semantics.
+
+Labels are validated up front (DataError names file and line); unreadable images are skipped with a
+warning and counted in ``dataset.skipped``. Nothing is cached on disk. Augmentation randomness is a pure
+function of ``(seed, epoch, index)``, so results do not depend on worker count or order.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from yolo_prune.errors import DataError
+
+from .augment import augment_hsv, merge_hyp, mixup, mosaic4, random_flip, random_perspective
+from .letterbox import BILINEAR, BOX, letterbox, resize, xywhn_to_xyxy, xyxy_to_xywhn
+
+BOX_TOL = 1e-3  # tolerance on normalised coordinates before a label counts as out of range
+IO_THREADS = 8  # header/label reads are I/O bound
+EXIF_ORIENTATION = 0x0112
+
+Shapes = Optional[tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]]
+Sample = tuple[torch.Tensor, torch.Tensor, str, Shapes]
+
+
+def label_path_for(image_path: str) -> str:
+    """Label file of an image: last ``/images/`` -> ``/labels/`` with a .txt suffix, else a .txt beside it."""
+    stem = os.path.splitext(image_path)[0] + ".txt"
+    for sep in dict.fromkeys((os.sep, "/")):
+        token = f"{sep}images{sep}"
+        if token in stem:
+            head, tail = stem.rsplit(token, 1)
+            candidate = f"{head}{sep}labels{sep}{tail}"
+            if os.path.exists(candidate) or not os.path.exists(stem):
+                return candidate
+    return stem
+
+
+def parse_label_file(path: str, nc: int) -> np.ndarray:
+    """Read a YOLO label file into float32 ``[n, 5]`` (cls, cx, cy, w, h normalised, clipped to the image).
+
+    A missing file means no objects. Bad rows raise DataError ``"<file>:<line>: <problem>"``.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return np.zeros((0, 5), np.float32)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read label file: {e}") from None
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(parse_label_row(line.split(), nc))
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: {e}: {line.strip()!r}") from None
+    return _clip_labels(np.array(rows, np.float64).reshape(-1, 5)).astype(np.float32)
+
+
+def parse_label_row(fields: Sequence[str], nc: int) -> list[float]:
+    """Validate one ``cls cx cy w h`` row; raises ValueError describing the problem."""
+    if len(fields) != 5:
+        raise ValueError(f"expected 5 fields 'cls cx cy w h', got {len(fields)}")
+    try:
+        cls = float(fields[0])
+    except ValueError:
+        raise ValueError(f"class id {fields[0]!r} is not an integer") from None
+    if not math.isfinite(cls) or cls != int(cls):
+        raise ValueError(f"class id {fields[0]!r} is not an integer")
+    if not 0 <= cls < nc:
+        raise ValueError(f"class id {int(cls)} out of range [0, {nc - 1}] (nc={nc})")
+    try:
+        cx, cy, w, h = (float(v) for v in fields[1:])
+    except ValueError:
+        raise ValueError("box fields must be numbers") from None
+    if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+        raise ValueError("box fields must be finite numbers")
+    if w <= 0 or h <= 0:
+        raise ValueError("box width and height must be > 0")
+    edges = (cx, cy, w, h, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    if min(edges) < -BOX_TOL or max(edges) > 1 + BOX_TOL:
+        raise ValueError("box coordinates outside [0, 1] (labels must be normalised cx cy w h)")
+    return [float(int(cls)), cx, cy, w, h]
+
+
+def _clip_labels(labels: np.ndarray) -> np.ndarray:
+    """Clip ``[n, 5]`` (cls, cx, cy, w, h) boxes to [0, 1] (absorbs the tolerance); returns a new array."""
+    xyxy = xywhn_to_xyxy(labels[:, 1:5], 1.0, 1.0).clip(0.0, 1.0)
+    return np.concatenate((labels[:, :1], xyxy_to_xywhn(xyxy, 1.0, 1.0)), 1)
+
+
+def probe_image(path: str) -> tuple[int, int]:
+    """Return an image's ``(h, w)`` after EXIF rotation, checking it is not corrupt; raises on bad images."""
+    with Image.open(path) as im:
+        im.verify()  # must come straight after open
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        fmt = im.format
+    if fmt == "JPEG" and not _ends_with_eoi(path):
+        with Image.open(path) as im:
+            im.load()  # truncated JPEG: decoding fails; trailing bytes after EOI: fine
+    if w < 1 or h < 1:
+        raise ValueError(f"image has size {w}x{h}")
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _ends_with_eoi(path: str) -> bool:
+    """True if a JPEG file ends with the end-of-image marker (the cheap completeness check YOLOv7 uses)."""
+    with open(path, "rb") as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read() == b"\xff\xd9"
+
+
+def load_image_rgb(path: str) -> np.ndarray:
+    """Decode an image to HWC RGB uint8 with EXIF orientation applied; DataError if it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            return np.array(ImageOps.exif_transpose(im).convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem
+        raise DataError(f"{path}: cannot decode image: {e}") from e
+
+
+def scan_images(paths: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
+    """Probe all images in parallel; returns (readable paths, ``[n, 2]`` (h, w) shapes, number skipped).
+
+    Each unreadable image triggers a ``warnings.warn`` naming it.
+    """
+    def probe(path: str) -> tuple[int, int] | str:
+        try:
+            return probe_image(path)
+        except Exception as e:  # noqa: BLE001 - every failure means "skip this image"
+            return f"{type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        results = list(pool.map(probe, paths))
+    good, shapes = [], []
+    for path, result in zip(paths, results):
+        if isinstance(result, str):
+            warnings.warn(f"{path}: skipping unreadable or corrupt image ({result})", stacklevel=3)
+        else:
+            good.append(path)
+            shapes.append(result)
+    return good, np.array(shapes, dtype=np.int64).reshape(-1, 2), len(paths) - len(good)
+
+
+def load_labels(image_paths: Sequence[str], nc: int) -> list[np.ndarray]:
+    """Parse every image's label file (in parallel, first error in path order wins)."""
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        return list(pool.map(lambda p: parse_label_file(label_path_for(p), nc), image_paths))
+
+
+def rect_batches(
+    hw: np.ndarray, batch_size: int, img_size: int, stride: int, pad: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """YOLOv7 rectangular training: returns (order sorting images by h/w, ``[nb, 2]`` (h, w) batch shapes).
+
+    Batch ``i`` holds sorted images ``i*batch_size ...``; its shape is ``ceil(shape * img_size / stride + pad) * stride``.
+    """
+    ar = hw[:, 0] / hw[:, 1]
+    order = np.argsort(ar, kind="stable")
+    ar = ar[order]
+    batch_index = np.arange(len(ar)) // batch_size
+    shapes = np.ones((int(batch_index[-1]) + 1, 2))
+    for i in range(len(shapes)):
+        ari = ar[batch_index == i]
+        if ari.max() < 1:
+            shapes[i] = [ari.max(), 1]
+        elif ari.min() > 1:
+            shapes[i] = [1, 1 / ari.min()]
+    return order, (np.ceil(shapes * img_size / stride + pad).astype(np.int64) * stride)
+
+
+def collate_fn(batch: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple[Shapes, ...]]:
+    """Stack a batch: images ``[B, 3, H, W]`` uint8, labels ``[N, 6]`` with column 0 = index in batch."""
+    imgs, labels, paths, shapes = zip(*batch)
+    labels = [lab.clone() for lab in labels]
+    for i, lab in enumerate(labels):
+        lab[:, 0] = i
+    return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
+
+
+class YoloDataset(Dataset):
+    """YOLO detection dataset yielding ``(img uint8 [3, H, W] RGB, labels float [n, 6], path, shapes)``.
+
+    ``labels`` rows are ``(0, cls, cx, cy, w, h)`` normalised to the returned image; ``shapes`` is
+    ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` mapping the returned image back to the original
+    (``h, w`` = size of the image content inside it), or None for mosaic samples. With ``rect=True``
+    images are sorted by aspect ratio and batch ``i`` (of ``batch_size``) is letterboxed to ``batch_shapes[i]``.
+    """
+
+    def __init__(
+        self, image_paths: Sequence[str], nc: int, img_size: int = 640, batch_size: int = 16,
+        augment: bool = False, hyp: Optional[Mapping[str, Any]] = None, rect: bool = False,
+        stride: int = 32, pad: float = 0.5, *, seed: int = 0,
+    ) -> None:
+        if not image_paths:
+            raise DataError("no image paths given to the dataset")
+        self.nc, self.img_size, self.batch_size, self.stride, self.pad = nc, img_size, batch_size, stride, pad
+        self.augment, self.rect, self.seed, self.epoch = augment, rect, seed, 0
+        self.hyp = merge_hyp(hyp)
+        self.mosaic = augment and not rect
+        paths, hw, self.skipped = scan_images([os.fspath(p) for p in image_paths])
+        if not paths:
+            raise DataError(f"none of the {len(image_paths)} images could be read (first: {image_paths[0]})")
+        labels = load_labels(paths, nc)
+        self.batch_shapes: Optional[np.ndarray] = None
+        if rect:
+            order, self.batch_shapes = rect_batches(hw, batch_size, img_size, stride, pad)
+            paths, hw, labels = [paths[i] for i in order], hw[order], [labels[i] for i in order]
+        self.image_paths: list[str] = paths
+        self.label_paths: list[str] = [label_path_for(p) for p in paths]
+        self.labels: list[np.ndarray] = labels  # per image float32 [n, 5] (cls, cx, cy, w, h) normalised
+        self.hw0: np.ndarray = hw  # [n, 2] original (h, w) after EXIF rotation
+
+    collate_fn = staticmethod(collate_fn)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation draws ``__getitem__`` reproduces."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator for one sample: a pure function of (seed, epoch, index)."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def load_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Decode image ``index`` and resize its long side to ``img_size``; returns (img, (h0, w0), (h, w)).
+
+        Shrinking without augmentation uses area averaging (YOLOv7: cv2.INTER_AREA), otherwise bilinear.
+        """
+        img = load_image_rgb(self.image_paths[index])
+        h0, w0 = img.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            resample = BOX if r < 1 and not self.augment else BILINEAR
+            img = resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), resample)
+        return img, (h0, w0), img.shape[:2]
+
+    def _mosaic_source(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and normalised labels for one mosaic tile."""
+        return self.load_resized(index)[0], self.labels[index]
+
+    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Mosaic of ``index`` and 3 random others; labels ``[n, 5]`` (cls, xyxy px)."""
+        others = rng.integers(0, len(self), 3).tolist()
+        return mosaic4(self._mosaic_source, [index, *others], self.img_size, self.hyp, rng)
+
+    def _letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Shapes]:
+        """Resized + letterboxed image (rect batch shape or square), labels ``[n, 5]`` (cls, xyxy px), shapes."""
+        img, (h0, w0), (h, w) = self.load_resized(index)
+        shape = self.batch_shapes[index // self.batch_size] if self.rect else self.img_size
+        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+        sw, sh = ratio[0] * w, ratio[1] * h  # content size inside the letterboxed image
+        labels = self.labels[index].astype(np.float64)
+        labels = np.concatenate((labels[:, :1], xywhn_to_xyxy(labels[:, 1:], sw, sh, pad[0], pad[1])), 1)
+        return img, labels, ((h0, w0), ((sh / h0, sw / w0), pad))
+
+    def __getitem__(self, index: int) -> Sample:
+        """Load, (augment,) letterbox and convert sample ``index``; see the class docstring for the format."""
+        rng = self.rng(index)
+        if self.mosaic and rng.random() < self.hyp["mosaic"]:
+            img, labels = self._mosaic(index, rng)
+            shapes: Shapes = None
+            if rng.random() < self.hyp["mixup"]:
+                img, labels = mixup(img, labels, *self._mosaic(int(rng.integers(0, len(self))), rng), rng)
+        else:
+            img, labels, shapes = self._letterboxed(index)
+            if self.augment:
+                img, labels = random_perspective(img, labels, self.hyp, rng)
+        if self.augment:
+            img = augment_hsv(img, self.hyp, rng)
+        h, w = img.shape[:2]
+        labels = np.concatenate((labels[:, :1], xyxy_to_xywhn(labels[:, 1:5], w, h)), 1)
+        if self.augment:
+            img, labels = random_flip(img, labels, self.hyp, rng)
+        out = torch.zeros((len(labels), 6))
+        out[:, 1:] = torch.from_numpy(labels.astype(np.float32))
+        chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return chw, out, self.image_paths[index], shapes
