@@ -1,0 +1,101 @@
+"""Budget-driven selection: per-layer rates that meet a GFLOPs (or params) target with the least predicted
+mAP loss, at most one rate per layer.
+
+It is a multiple-choice knapsack: each layer offers options (rate -> saving, loss) plus "leave it". Savings
+are treated as additive (a first-order prediction; pruning a layer and its consumer saves a little less
+than the sum) and discretised *downwards* into bins, so the dynamic programme is exact on the
+discretisation and never over-promises. ``select_for_budget`` then checks the real cost with the model and
+tightens the target until the budget holds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from yolo_prune.analysis.table import Entry, SensitivityTable
+from yolo_prune.errors import YoloPruneError
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The selected (layer, rate) pairs with predicted totals."""
+
+    pairs: list[tuple[int, float]]
+    predicted_cost: float  # GFLOPs or params after pruning, additive prediction
+    predicted_map: float | None
+    exact_cost: float | None = None
+
+
+def _cost(e: Entry, metric: str) -> float:
+    return e.gflops if metric == "gflops" else float(e.params)
+
+
+def _relax(best: np.ndarray, step: int, loss: float) -> tuple[np.ndarray, np.ndarray]:
+    """Losses reachable by adding one option of ``step`` bins to every state, and each target's source bin."""
+    bins = len(best) - 1
+    cand, src = np.full(bins + 1, math.inf), np.full(bins + 1, -1)
+    if step < bins:
+        cand[step:bins] = best[: bins - step] + loss
+        src[step:bins] = np.arange(bins - step)
+    tail = np.arange(max(bins - step, 0), bins + 1)  # every source that reaches the capped last bin
+    j = tail[np.argmin(best[tail])]
+    cand[bins], src[bins] = best[j] + loss, j
+    return cand, src
+
+
+def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
+                   metric: str = "gflops", bins: int = 2000) -> list[tuple[int, float]]:
+    """Minimise summed mAP loss s.t. summed saving >= ``required_saving`` (<= one rate per layer)."""
+    if required_saving <= 0:
+        return []
+    unit = required_saving / bins
+    best = np.full(bins + 1, math.inf)  # best[b]: least loss with saving in bin b (last bin: enough)
+    best[0] = 0.0
+    trail: list[tuple[int, np.ndarray, np.ndarray]] = []  # per layer: chosen rate index and source bin
+    for layer in table.layers:
+        new, pick, src = best.copy(), np.full(bins + 1, -1), np.arange(bins + 1)
+        for ri, rate in enumerate(table.rates):
+            e = table.entries.get((layer, rate))
+            step = int((base_cost - _cost(e, metric)) // unit) if e is not None else 0
+            if step <= 0:
+                continue
+            cand, cand_src = _relax(best, step, base_map - e.map)
+            better = cand < new
+            new[better], pick[better], src[better] = cand[better], ri, cand_src[better]
+        trail.append((layer, pick, src))
+        best = new
+    if not math.isfinite(best[bins]):
+        raise YoloPruneError(f"the budget cannot be met even by pruning every analysed layer at its highest rate "
+                             f"(needs a saving of {required_saving:g} {metric})")
+    pairs, b = [], bins
+    for layer, pick, src in reversed(trail):
+        if pick[b] >= 0:
+            pairs.append((layer, table.rates[int(pick[b])]))
+        b = int(src[b])
+    return sorted(pairs)
+
+
+def select_for_budget(table: SensitivityTable, base_cost: float, base_map: float, target: float,
+                      metric: str = "gflops",
+                      exact_cost: Callable[[list[tuple[int, float]]], float] | None = None,
+                      max_rounds: int = 12) -> BudgetChoice:
+    """Choose rates so the pruned model's cost is <= ``target``; checks and corrects with ``exact_cost``."""
+    required = base_cost - target
+    pairs: list[tuple[int, float]] = []
+    exact = None
+    for _ in range(max_rounds):
+        pairs = solve_knapsack(table, base_cost, base_map, required, metric)
+        if exact_cost is None:
+            break
+        exact = exact_cost(pairs)
+        if exact <= target:
+            break
+        required += (exact - target) * 1.02 + 1e-9  # interactions saved less than predicted: ask for more
+    else:
+        raise YoloPruneError(f"could not meet the {metric} budget {target:g} (best found {exact:g})")
+    saving = sum(base_cost - _cost(table.entries[p], metric) for p in pairs)
+    loss = sum(base_map - table.entries[p].map for p in pairs)
+    return BudgetChoice(pairs, base_cost - saving, base_map - loss, exact)

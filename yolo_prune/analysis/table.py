@@ -1,0 +1,86 @@
+"""Read a sensitivity-analysis directory (published ``output_<rate>.txt`` files or our ``sensitivity.json``)."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolo_prune.errors import YoloPruneError
+
+_OUTPUT = re.compile(r"^output_(\d+)\.txt$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One analysed configuration: accuracy and cost of the model with ``layer`` pruned at ``rate``."""
+
+    layer: int
+    rate: float
+    map: float  # mAP@.5:.95
+    map50: float
+    params: int
+    gflops: float
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """All entries by (layer, rate), the rates, and the unpruned baseline when the directory has it."""
+
+    entries: dict[tuple[int, float], Entry]
+    rates: tuple[float, ...]
+    baseline: Entry | None
+    source: str
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for layer, _ in self.entries})
+
+    def check_complete(self) -> None:
+        """Every layer must have every rate (selection on a partial table would silently skip layers)."""
+        for rate in self.rates:
+            missing = [layer for layer in self.layers if (layer, rate) not in self.entries]
+            if missing:
+                raise YoloPruneError(f"{self.source}: incomplete analysis: rate {rate:g} lacks layers {missing} "
+                                     f"(resume the analysis, or select from the complete rates only)")
+
+
+def _parse_output_file(path: Path, rate: float) -> list[Entry]:
+    try:
+        rows = ast.literal_eval(path.read_text())
+    except (ValueError, SyntaxError) as exc:
+        raise YoloPruneError(f"{path}: not a sensitivity output file ({exc.__class__.__name__})") from None
+    entries = []
+    for i, row in enumerate(rows):
+        try:
+            layer, (mp, mr, map50, map_, _per_class, _speed, params, gflops) = row
+        except (TypeError, ValueError):
+            raise YoloPruneError(f"{path}: entry {i} is not (layer, (mP, mR, mAP50, mAP, [...], (...), params, "
+                                 f"gflops)): {str(row)[:80]}") from None
+        entries.append(Entry(int(layer), rate, float(map_), float(map50), int(params), float(gflops)))
+    return entries
+
+
+def read_table(directory: str | Path) -> SensitivityTable:
+    """Our ``sensitivity.json`` when present (it has the baseline), else the published text files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise YoloPruneError(f"analysis directory not found: {directory}")
+    js = directory / "sensitivity.json"
+    if js.exists():
+        data = json.loads(js.read_text())
+        entries = {(r["layer"], float(r["rate"])): Entry(r["layer"], float(r["rate"]), r["map"], r["map50"],
+                                                          r["params"], r["gflops"]) for r in data["results"].values()}
+        b = data.get("baseline")
+        baseline = Entry(-1, 0.0, b["map"], b["map50"], b["params"], b["gflops"]) if b else None
+        rates = tuple(sorted(float(r) for r in data["settings"].get("rates", sorted({k[1] for k in entries}))))
+        return SensitivityTable(entries, rates, baseline, str(js))
+    files = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _OUTPUT.match(p.name)))
+    if not files:
+        raise YoloPruneError(f"{directory}: no sensitivity.json and no output_<rate>.txt files")
+    entries = {}
+    for pct, path in files:
+        for e in _parse_output_file(path, pct / 100):
+            entries[(e.layer, e.rate)] = e
+    return SensitivityTable(entries, tuple(pct / 100 for pct, _ in files), None, str(directory))
