@@ -33,6 +33,11 @@ def _cost(e: Entry, metric: str) -> float:
     return e.gflops if metric == "gflops" else float(e.params)
 
 
+def _bins(saving: float, unit: float) -> int:
+    """Saving in whole bins, rounded down (with a float tolerance so an exact fit still fits)."""
+    return int(math.floor(saving / unit + 1e-6))
+
+
 def _relax(best: np.ndarray, step: int, loss: float) -> tuple[np.ndarray, np.ndarray]:
     """Losses reachable by adding one option of ``step`` bins to every state, and each target's source bin."""
     bins = len(best) - 1
@@ -59,7 +64,7 @@ def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, r
         new, pick, src = best.copy(), np.full(bins + 1, -1), np.arange(bins + 1)
         for ri, rate in enumerate(table.rates):
             e = table.entries.get((layer, rate))
-            step = int((base_cost - _cost(e, metric)) // unit) if e is not None else 0
+            step = _bins(base_cost - _cost(e, metric), unit) if e is not None else 0
             if step <= 0:
                 continue
             cand, cand_src = _relax(best, step, base_map - e.map)
