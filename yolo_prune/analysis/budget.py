@@ -34,8 +34,8 @@ def _cost(e: Entry, metric: str) -> float:
 
 
 def _bins(saving: float, unit: float) -> int:
-    """Saving in whole bins, rounded down (with a float tolerance so an exact fit still fits)."""
-    return int(math.floor(saving / unit + 1e-6))
+    """Saving in whole bins, rounded to nearest (the real sum is re-checked by ``solve_knapsack``)."""
+    return int(math.floor(saving / unit + 0.5))
 
 
 def _relax(best: np.ndarray, step: int, loss: float) -> tuple[np.ndarray, np.ndarray]:
@@ -52,10 +52,27 @@ def _relax(best: np.ndarray, step: int, loss: float) -> tuple[np.ndarray, np.nda
 
 
 def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
-                   metric: str = "gflops", bins: int = 2000) -> list[tuple[int, float]]:
-    """Minimise summed mAP loss s.t. summed saving >= ``required_saving`` (<= one rate per layer)."""
+                   metric: str = "gflops", bins: int = 4000) -> list[tuple[int, float]]:
+    """Minimise summed mAP loss s.t. summed saving >= ``required_saving`` (<= one rate per layer).
+
+    Rounding each saving to the nearest bin can make the real sum fall a hair short; the requirement is
+    then raised by the shortfall and the programme solved again.
+    """
     if required_saving <= 0:
         return []
+    ask = required_saving
+    for _ in range(8):
+        pairs = _solve_binned(table, base_cost, base_map, ask, metric, bins)
+        real = sum(base_cost - _cost(table.entries[p], metric) for p in pairs)
+        if real >= required_saving - 1e-9 * abs(required_saving):
+            return pairs
+        ask += (required_saving - real) + ask / bins
+    raise YoloPruneError(f"the budget cannot be met (needs a saving of {required_saving:g} {metric})")
+
+
+def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
+                  metric: str, bins: int) -> list[tuple[int, float]]:
+    """The dynamic programme over discretised savings."""
     unit = required_saving / bins
     best = np.full(bins + 1, math.inf)  # best[b]: least loss with saving in bin b (last bin: enough)
     best[0] = 0.0
