@@ -121,3 +121,21 @@ def select_for_budget(table: SensitivityTable, base_cost: float, base_map: float
     saving = sum(base_cost - _cost(table.entries[p], metric) for p in pairs)
     loss = sum(base_map - table.entries[p].map for p in pairs)
     return BudgetChoice(pairs, base_cost - saving, base_map - loss, exact)
+
+
+def model_cost(model, pairs: list[tuple[int, float]], metric: str, img_size: int, round_to: int | None = None) -> float:
+    """Exact GFLOPs (or params) of ``model`` with ``pairs`` pruned; computed on a meta-device copy."""
+    import copy
+
+    from yolo_prune.graph.derive import derive_graph
+    from yolo_prune.models.complexity import count_gflops, count_params
+    from yolo_prune.prune.params import kept_count
+    from yolo_prune.prune.plan import LayerPlan, PruningPlan
+    from yolo_prune.prune.surgery import apply_plan
+
+    meta = copy.deepcopy(model).to("meta")
+    graph = derive_graph(meta)
+    layers = tuple(LayerPlan(l, r, graph[l].out_channels, tuple(range(kept_count(graph[l].out_channels, r, round_to))))
+                   for l, r in pairs)
+    apply_plan(meta, graph, PruningPlan(layers, "count", round_to, 0, graph.fingerprint()))
+    return count_gflops(meta, img_size) if metric == "gflops" else float(count_params(meta))

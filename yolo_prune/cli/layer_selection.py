@@ -1,0 +1,108 @@
+"""`yolo-prune layer-selection`: choose layers and rates from a sensitivity analysis."""
+from __future__ import annotations
+
+import argparse
+
+from yolo_prune.cli.common import positive_int, print_json
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=(
+        "examples:\n  yolo-prune layer-selection --output output/sens --params-layers 5 --flops-layers 5 --save\n"
+        "  yolo-prune layer-selection --output output/sens --target-gflops 6.5 --cfg yolov7-tiny --nc 6"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="analysis directory (sensitivity.json or output_<rate>.txt files)")
+    p.add_argument("--params", type=float, default=None, help="parameters of the unpruned model "
+                   "(needed for published output files; read from sensitivity.json otherwise)")
+    p.add_argument("--flops", type=float, default=None, help="GFLOPs of the unpruned model (as --params)")
+    p.add_argument("--params-layers", type=int, default=5, help="layers chosen by the params objective (default 5)")
+    p.add_argument("--flops-layers", type=int, default=5, help="layers chosen by the FLOPs objective (default 5)")
+    p.add_argument("--params-map", type=float, default=1.0, help="mAP exponent E of the params score (default 1)")
+    p.add_argument("--flops-map", type=float, default=1.0, help="mAP exponent E of the FLOPs score (default 1)")
+    p.add_argument("--save", action="store_true", help="write the selection diagrams (PNG and PDF) into --output")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--target-gflops", type=float, default=None, help="budget mode: GFLOPs after pruning")
+    budget.add_argument("--target-params", type=float, default=None, help="budget mode: parameters after pruning")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--weights", help="budget mode: check the exact cost on this model")
+    model.add_argument("--cfg", help="budget mode: check the exact cost on this cfg")
+    p.add_argument("--nc", type=int, default=None, help="with --cfg: number of classes")
+    p.add_argument("--img", type=positive_int, default=None, help="image size for exact GFLOPs (default: the analysis')")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run, parser=p)
+
+
+def _baseline(args: argparse.Namespace, table) -> tuple[float, float, float | None]:
+    params = args.params if args.params is not None else (table.baseline.params if table.baseline else None)
+    gflops = args.flops if args.flops is not None else (table.baseline.gflops if table.baseline else None)
+    if params is None or gflops is None:
+        args.parser.error(f"{table.source} has no baseline: give --params and --flops of the unpruned model")
+    return params, gflops, table.baseline.map if table.baseline else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.analysis.table import read_table
+
+    table = read_table(args.output)
+    table.check_complete()
+    base_params, base_gflops, base_map = _baseline(args, table)
+    if args.target_gflops is not None or args.target_params is not None:
+        return _run_budget(args, table, base_params, base_gflops, base_map)
+    return _run_published(args, table, base_params, base_gflops)
+
+
+def _run_published(args, table, base_params, base_gflops) -> int:
+    from yolo_prune.analysis.selection import format_pairs, published_selection
+
+    by_params, by_flops, merged = published_selection(table, base_params, base_gflops, args.params_layers,
+                                                      args.flops_layers, args.params_map, args.flops_map)
+    if args.save:
+        from yolo_prune.analysis.plots import plot_selection
+
+        plot_selection(table, {"params": by_params, "flops": by_flops}, args.output)
+    if args.json:
+        print_json({"pruning_params": [[p.layer, p.rate] for p in merged],
+                    "picks": [{"layer": p.layer, "rate": p.rate, "score": p.score, "objectives": list(p.objectives)}
+                              for p in merged]})
+        return 0
+    for p in merged:
+        print(f"layer {p.layer:>3} rate {p.rate:<5g} chosen by {' + '.join(p.objectives)}")
+    print(format_pairs(merged))
+    return 0
+
+
+def _run_budget(args, table, base_params, base_gflops, base_map) -> int:
+    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.selection import format_rates
+    from yolo_prune.cli.common import load_model_from_args
+
+    metric = "gflops" if args.target_gflops is not None else "params"
+    target = args.target_gflops if metric == "gflops" else args.target_params
+    base_cost = base_gflops if metric == "gflops" else base_params
+    exact = None
+    if args.weights or args.cfg:
+        model = load_model_from_args(args)
+        img = args.img or _analysis_img(args.output) or 640
+        exact = lambda pairs: model_cost(model, pairs, metric, img)  # noqa: E731
+    # without a baseline, the best analysed mAP stands in for it (the argmin does not depend on it)
+    reference = base_map if base_map is not None else max(e.map for e in table.entries.values())
+    choice = select_for_budget(table, base_cost, reference, target, metric, exact)
+    result = {"pruning_params": [list(p) for p in choice.pairs], "metric": metric, "target": target,
+              "predicted": choice.predicted_cost, "exact": choice.exact_cost,
+              "predicted_map": choice.predicted_map if base_map is not None else None}
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"budget {metric} <= {target:g}: {len(choice.pairs)} layers; predicted {metric} {choice.predicted_cost:g}"
+          + (f", exact {choice.exact_cost:g}" if choice.exact_cost is not None else " (give --weights/--cfg for the exact cost)")
+          + (f", predicted mAP@.5:.95 {choice.predicted_map:.4f} (baseline {base_map:.4f})" if base_map is not None else ""))
+    print(format_rates(choice.pairs))
+    return 0
+
+
+def _analysis_img(directory: str) -> int | None:
+    import json
+    from pathlib import Path
+
+    path = Path(directory) / "sensitivity.json"
+    return json.loads(path.read_text())["settings"].get("img") if path.exists() else None
