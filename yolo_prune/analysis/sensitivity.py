@@ -37,10 +37,15 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class Batch:
-    """A pre-processed batch: float images on the device, and what the scorer needs (labels, shapes)."""
+    """A batch on the device: images (uint8 0..255, or float 0..1) and what the scorer needs (labels, shapes)."""
 
     images: torch.Tensor
     meta: Any
+
+    def inputs(self, dtype: torch.dtype) -> torch.Tensor:
+        """Model input [B, 3, H, W] in 0..1 of ``dtype``."""
+        x = self.images.to(dtype)
+        return x / 255.0 if self.images.dtype == torch.uint8 else x
 
 
 @dataclass(frozen=True)
@@ -92,10 +97,12 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], sc
     """Run every batch once through the model and once per configuration's downstream layers."""
     for cfg in configs + ([baseline] if baseline else []):
         cfg.state = scorer.start()
+    dtype = next(model.parameters()).dtype
     with torch.inference_mode():
         for batch in batches:
+            x = batch.inputs(dtype)
             t0 = time.perf_counter()
-            cache = run_all(model, batch.images)
+            cache = run_all(model, x)
             sync()
             full_time = time.perf_counter() - t0
             if baseline is not None:
@@ -103,7 +110,7 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], sc
             for cfg in configs:
                 t0 = time.perf_counter()
                 with masked(model, graph, cfg.layer, cfg.removed):
-                    pred = run_from(model, cache, cfg.downstream, batch.images)[0]
+                    pred = run_from(model, cache, cfg.downstream, x)[0]
                 sync()
                 _update(scorer, cfg, pred, batch.meta, time.perf_counter() - t0, sync)
 
@@ -135,7 +142,8 @@ def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
 def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
-                    chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True) -> ResultStore:
+                    chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
+                    prefix: str = "output") -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
 
     ``model`` is used in eval mode and not modified (hooks are removed after each configuration).
@@ -173,7 +181,7 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
     for bar in (bars or {}).values():
         bar.close()
     if dist.rank == 0:
-        store.write_outputs(list(rates))
+        store.write_outputs(list(rates), prefix)
     return store
 
 

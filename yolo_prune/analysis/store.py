@@ -62,10 +62,10 @@ class ResultStore:
     def rows(self, rate: float) -> list[dict[str, Any]]:
         return sorted((r for r in self.results.values() if r["rate"] == rate), key=lambda r: r["layer"])
 
-    def write_outputs(self, rates: list[float]) -> list[Path]:
-        """The published per-rate text files and sensitivity.csv, from the stored results."""
-        paths = [write_text_atomic(self.directory / f"output_{int(round(100 * r))}.txt", format_published(self.rows(r)))
-                 for r in rates]
+    def write_outputs(self, rates: list[float], prefix: str = "output") -> list[Path]:
+        """The published per-rate text files (``<prefix>_<int(100*rate)>.txt``) and sensitivity.csv."""
+        paths = [write_text_atomic(self.directory / f"{prefix}_{int(round(100 * r))}.txt",
+                                   format_published(self.rows(r))) for r in rates]
         paths.append(write_text_atomic(self.directory / "sensitivity.csv", self._csv()))
         return paths
 

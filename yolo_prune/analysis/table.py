@@ -9,7 +9,7 @@ from pathlib import Path
 
 from yolo_prune.errors import YoloPruneError
 
-_OUTPUT = re.compile(r"^output_(\d+)\.txt$")
+_OUTPUT = re.compile(r"^[\w.-]+_(\d+)\.txt$")
 
 
 @dataclass(frozen=True)

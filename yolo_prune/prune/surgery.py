@@ -21,7 +21,7 @@ def _take(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
     t = getattr(module, name, None)
     if t is None:
         return
-    new = t.detach().index_select(dim, index.to(t.device)).clone()
+    new = t.detach().index_select(dim, index.to(t.device))  # a new tensor already
     setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new)
 
 

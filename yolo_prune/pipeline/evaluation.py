@@ -1,0 +1,129 @@
+"""Evaluate a model on a YOLO-format dataset, or run the sensitivity analysis on it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from yolo_prune.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which images and how to load them (the evaluator's pre-processing: letterbox, RGB, /255)."""
+
+    data: str
+    split: str = "val"
+    img_size: int = 640
+    batch_size: int = 32
+    workers: int = 2
+    max_images: int | None = None
+
+
+def split_images(settings: DataSettings) -> tuple[list[str], Any]:
+    """Image paths of the split and the data config; clear errors for missing splits."""
+    from yolo_prune.data import load_data_config
+
+    cfg = load_data_config(settings.data)
+    paths = getattr(cfg, settings.split, None)
+    if not paths:
+        raise DataError(f"{settings.data}: split '{settings.split}' is missing or has no images")
+    paths = list(paths)[: settings.max_images] if settings.max_images else list(paths)
+    return paths, cfg
+
+
+def make_loader(settings: DataSettings, stride: int):
+    """A deterministic evaluation DataLoader over the split (worker processes, letterboxed batches)."""
+    from yolo_prune.data import create_dataloader
+
+    paths, cfg = split_images(settings)
+    loader, _ = create_dataloader(paths, cfg.nc, settings.img_size, settings.batch_size, augment=False,
+                                  rect=False, workers=settings.workers, shuffle=False, stride=stride)
+    return loader, cfg
+
+
+def coco_json_for(cfg: Any, data_yaml: str) -> str | None:
+    """The COCO ground truth named in the data YAML (``val_coco_json``), if any and present."""
+    import yaml
+
+    raw = yaml.safe_load(Path(data_yaml).read_text()) or {}
+    name = raw.get("val_coco_json")
+    if not name:
+        return None
+    path = Path(name) if Path(name).is_absolute() else Path(data_yaml).parent / name
+    return str(path) if path.exists() else None
+
+
+def evaluate_on_data(model: torch.nn.Module, settings: DataSettings, *, device: torch.device,
+                     conf_thres: float = 0.001, iou_thres: float = 0.65, half: bool = False,
+                     save_json: str | None = None, verbose: bool = False, progress: bool = True):
+    """EvalResult of ``model`` on the split (ground truth from the YOLO labels)."""
+    from yolo_prune.engine.evaluator import evaluate
+
+    stride = int(getattr(model, "stride", torch.tensor([32])).max()) if hasattr(model, "stride") else 32
+    loader, cfg = make_loader(settings, stride)
+    return evaluate(model, loader, nc=cfg.nc, names=cfg.names, conf_thres=conf_thres, iou_thres=iou_thres,
+                    device=device, half=half, max_images=settings.max_images, save_json=save_json,
+                    verbose=verbose, progress=progress)
+
+
+def cached_batches(settings: DataSettings, stride: int, device: torch.device) -> tuple[list, Any]:
+    """All batches of the split held on ``device`` as uint8 (read and letterboxed once for every configuration)."""
+    from yolo_prune.analysis.sensitivity import Batch
+    from yolo_prune.pipeline.scoring import BatchMeta
+
+    loader, cfg = make_loader(settings, stride)
+    batches = []
+    for imgs, targets, paths, shapes in loader:
+        meta = BatchMeta(targets.cpu(), list(paths), list(shapes), (int(imgs.shape[2]), int(imgs.shape[3])))
+        batches.append(Batch(imgs.to(device), meta))
+    if not batches:
+        raise DataError(f"{settings.data}: no images to analyse in split '{settings.split}'")
+    return batches, cfg
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Sensitivity-analysis knobs (what the stored results depend on, plus where they go)."""
+
+    rates: Sequence[float]
+    criterion: str = "l2"
+    round_to: int | None = None
+    seed: int = 0
+    layers: Sequence[int] | None = None
+    conf_thres: float = 0.001
+    iou_thres: float = 0.65
+    chunk_layers: int = 4
+    prefix: str = "output"
+
+
+def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: AnalysisSettings, out_dir: str | Path,
+                        *, device: torch.device, half: bool = False, exist_ok: bool = False,
+                        source: str = "", progress: bool = True):
+    """Run (or resume) the analysis of ``model`` on the split; results land in ``out_dir``."""
+    from yolo_prune.analysis.distributed import from_environment
+    from yolo_prune.analysis.sensitivity import run_sensitivity
+    from yolo_prune.analysis.store import ResultStore
+    from yolo_prune.graph.derive import derive_graph
+    from yolo_prune.prune.criteria import criterion_name
+    from yolo_prune.pipeline.scoring import DetectionScorer
+
+    criterion = criterion_name(analysis.criterion)
+    settings = {"source": source, "data": str(Path(data.data).resolve()), "split": data.split, "img": data.img_size,
+                "max_images": data.max_images, "batch": data.batch_size, "rates": [float(r) for r in analysis.rates],
+                "criterion": criterion, "round_to": analysis.round_to, "seed": analysis.seed,
+                "conf": analysis.conf_thres, "iou": analysis.iou_thres,
+                "layers": list(analysis.layers) if analysis.layers is not None else None}
+    dist = from_environment(device.type)
+    model = model.to(device).eval()
+    if half and device.type == "cuda":
+        model = model.half()
+    store = ResultStore.open(out_dir, settings, exist_ok=exist_ok)
+    batches, cfg = cached_batches(data, int(model.stride.max()), device)
+    scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres)
+    return run_sensitivity(model, derive_graph(model), batches, scorer, store, list(analysis.rates),
+                           layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
+                           seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
+                           dist=dist, progress=progress, prefix=analysis.prefix)

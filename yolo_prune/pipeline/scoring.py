@@ -1,0 +1,45 @@
+"""Detection scoring for the sensitivity analysis: the evaluator's NMS + metrics as a ``Scorer``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from yolo_prune.engine import evaluator as ev
+from yolo_prune.engine.metrics import StatsAccumulator
+from yolo_prune.engine.postprocess import non_max_suppression
+
+
+@dataclass(frozen=True)
+class BatchMeta:
+    """What scoring one batch needs besides predictions: targets [M, 6], paths, shapes, input (h, w)."""
+
+    targets: torch.Tensor
+    paths: list[str]
+    shapes: list[Any]
+    hw: tuple[int, int]
+
+
+class DetectionScorer:
+    """NMS (multi-label, as YOLOv7 test.py) and COCO mAP via pycocotools, one state per configuration."""
+
+    def __init__(self, nc: int, names: Sequence[str], conf_thres: float = 0.001, iou_thres: float = 0.65,
+                 coco_gt: Any = None):
+        self.nc, self.names = nc, list(names)
+        self.conf_thres, self.iou_thres, self.coco_gt = conf_thres, iou_thres, coco_gt
+
+    def start(self) -> Any:
+        return ev._Run(StatsAccumulator())
+
+    def update(self, state: Any, pred: torch.Tensor, meta: BatchMeta) -> None:
+        out = non_max_suppression(pred.float(), self.conf_thres, self.iou_thres, multi_label=True)
+        state.hw, state.batch = meta.hw, max(state.batch, len(meta.paths))
+        for si, det in enumerate(out):
+            labels, dets, hw0 = ev._to_original(state.hw, meta.targets[meta.targets[:, 0] == si], det, meta.shapes[si])
+            state.add(meta.paths[si], hw0, labels, dets)
+
+    def finish(self, state: Any) -> dict[str, Any]:
+        result = ev._summarize(state, self.nc, self.names, self.coco_gt, None, False)
+        return {"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
+                "per_class": [0.0 if v != v else v for v in result.class_ap]}
