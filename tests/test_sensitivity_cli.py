@@ -1,0 +1,115 @@
+"""`yolo-prune test --task pruning_sensitivity_analysis` on real files: kill + resume, outputs, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import yolo_prune as yp
+from yolo_prune.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    from yolo_prune.data.synth import generate_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic(root / "data", n_train=4, n_val=16, img_size=96, n_classes=3, seed=1)
+    torch.manual_seed(0)
+    model = yp.build_model("yolov7-tiny", nc=3)
+    with torch.no_grad():  # many confident boxes, so NMS and COCOeval have real work and non-zero recall
+        for conv in model.detect.m:
+            conv.bias.view(3, -1)[:, 4] += 4.0
+    weights = yp.save_checkpoint(model, root / "tiny3.pt")
+    return root / "data" / "data.yaml", weights
+
+
+def _args(data, weights, project, *extra):
+    return ["test", "--data", str(data), "--weights", str(weights), "--img", "96", "--batch", "4", "--device", "cpu",
+            "--workers", "0", "--task", "pruning_sensitivity_analysis", "--pruning-rate", "[0.25, 0.5]",
+            "--project", str(project), "--name", "sens", "--chunk-layers", "1", *extra]
+
+
+def _strip_speed(results):
+    return {k: {kk: vv for kk, vv in v.items() if kk != "speed"} for k, v in results.items()}
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(small_set, tmp_path):
+    data, weights = small_set
+    layers = "[0, 3, 7, 11, 16, 21, 23, 28, 33, 39, 45, 52]"
+    assert main(_args(data, weights, tmp_path / "full", "--layers", layers, "--json")) == 0
+    full = json.loads((tmp_path / "full" / "sens" / "sensitivity.json").read_text())
+
+    store = tmp_path / "killed" / "sens" / "sensitivity.json"
+    cmd = [sys.executable, "-m", "yolo_prune", *_args(data, weights, tmp_path / "killed", "--layers", layers, "--json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if store.exists() and len(json.loads(store.read_text())["results"]) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = json.loads(store.read_text())
+    assert 2 <= len(partial["results"]) < 24, "the run was not interrupted mid-way"
+    assert main(_args(data, weights, tmp_path / "killed", "--layers", layers, "--json")) == 0
+    resumed = json.loads(store.read_text())
+    assert _strip_speed(resumed["results"]) == _strip_speed(full["results"])
+    for name in ("output_25.txt", "output_50.txt"):
+        a = (tmp_path / "full" / "sens" / name).read_text().splitlines()
+        b = (tmp_path / "killed" / "sens" / name).read_text().splitlines()
+        strip = lambda line: line.split("(", 3)[:2] + [line.rsplit(")", 2)[-1]]  # noqa: E731 - speed differs
+        assert [strip(x) for x in a] == [strip(x) for x in b]
+
+
+def test_outputs_and_baseline_match_plain_evaluation(small_set, tmp_path, capsys):
+    data, weights = small_set
+    assert main(_args(data, weights, tmp_path, "--layers", "[0, 23]", "--json")) == 0
+    capsys.readouterr()
+    saved = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert set(saved["results"]) == {"0:0.25", "0:0.5", "23:0.25", "23:0.5"}
+    assert main(["test", "--data", str(data), "--weights", str(weights), "--img", "96", "--batch", "4",
+                 "--device", "cpu", "--workers", "0", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert saved["baseline"]["map"] == pytest.approx(plain["map"], abs=1e-9) and plain["map"] > 0
+    # pruning on the fly evaluates the same as the analysis entry
+    assert main(["test", "--data", str(data), "--weights", str(weights), "--img", "96", "--batch", "4",
+                 "--device", "cpu", "--workers", "0", "--json", "--modification", "prune-structured",
+                 "--pruning-params", "[(23, 0.5)]"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert saved["results"]["23:0.5"]["map"] == pytest.approx(pruned["map"], abs=1e-6)
+    assert saved["results"]["23:0.5"]["params"] == pruned["params"]
+    lines = (tmp_path / "sens" / "output_50.txt").read_text().splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and lines[1].startswith("(0, (")
+
+
+def test_rerun_with_other_settings_needs_exist_ok(small_set, tmp_path, capsys):
+    data, weights = small_set
+    assert main(_args(data, weights, tmp_path, "--layers", "[0]")) == 0
+    assert main(_args(data, weights, tmp_path, "--layers", "[0]", "--criterion", "1")) == 2
+    assert "other settings (criterion)" in capsys.readouterr().err
+    assert main(_args(data, weights, tmp_path, "--layers", "[0]", "--criterion", "1", "--exist-ok")) == 0
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--data", "/nonexistent/data.yaml"), "--data /nonexistent/data.yaml: file not found"),
+    (("--weights", "/nonexistent/w.pt"), "checkpoint not found: /nonexistent/w.pt"),
+    (("--pruning-rate", "[0.5, 1.5]"), "rates must lie in (0, 1)"),
+    (("--pruning-rate", "half"), "--pruning-rate: cannot parse"),
+])
+def test_bad_input(small_set, tmp_path, capsys, change, message):
+    data, weights = small_set
+    args = _args(data, weights, tmp_path)
+    i = args.index(change[0])
+    args[i + 1] = change[1]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sens" / "sensitivity.json").exists()
