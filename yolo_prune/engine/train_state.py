@@ -1,0 +1,301 @@
+"""A training run as data: its settings (:class:`TrainSettings`), counters (:class:`TrainState`), result, the
+files it leaves, and how it is picked up again.
+
+A run folder ``<project>/<name>/`` holds ``weights/last.pt`` and ``weights/best.pt`` (our checkpoint format,
+the EMA weights as the model), ``results.csv``, ``results.png``, ``hyp.yaml`` and ``opt.yaml``.
+While training, both checkpoints carry a ``"train_state"`` entry (plain tensors and primitives, so the file
+still loads with ``weights_only=True``)::
+
+    {"version": 1, "epoch": last completed epoch, "updates": optimizer steps (EMA counter),
+     "best_fitness": float, "best_epoch": int, "rows": [results.csv rows], "base_history": [...],
+     "settings": {TrainSettings fields}, "hyp": {raw hyp}, "model": {training-model state_dict},
+     "optimizer": {SGD state_dict}, "scaler": {GradScaler state_dict}, "rng": torch CPU RNG state}
+
+At the end of a run ``best.pt`` is stripped to fp16 weights without ``train_state``; ``last.pt`` keeps it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yolo_prune.checkpoint import atomic_save
+from yolo_prune.errors import CheckpointError, ConfigError, YoloPruneError
+
+STATE_KEY = "train_state"
+STATE_VERSION = 1
+COLUMNS = ("epoch", "box", "obj", "cls", "total", "distill", "P", "R", "mAP@.5", "mAP@.5:.95", "fitness",
+           "lr0", "lr1", "lr2")
+
+
+def _positive(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class TrainSettings:
+    """Everything a training run depends on (YOLOv7 ``train.py`` options, validated on construction).
+
+    Model source: exactly one of ``weights`` (official YOLOv7 .pt or ours) and ``cfg`` (shipped name or cfg
+    path, trained from scratch with ``nc`` from the data YAML). With ``resume`` (a last.pt, a run folder, or
+    True for the newest last.pt under ``project``) every other field is read from the checkpoint except
+    ``device``, ``workers`` and ``progress``. ``batch_size`` is the total over all ranks. ``augment=False``
+    turns off mosaic/HSV/flip/affine (API only; used by tests). Raises ConfigError/PruningError.
+    """
+
+    data: str | None = None
+    weights: str | None = None
+    cfg: str | None = None
+    hyp: str = "scratch.p5"
+    epochs: int = 300
+    batch_size: int = 16
+    img_size: int = 640
+    device: str = ""
+    workers: int = 8
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    resume: str | bool = False
+    pruning_params: str | float | list | None = None
+    criterion: str = "0"
+    round_to: int | None = None
+    pruning_config: str | None = None
+    seed: int = 0
+    from_scratch: bool = False
+    distill: bool = False
+    distill_weight: float = 1.0
+    max_val_images: int | None = None
+    sync_bn: bool = False
+    augment: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.criterion = str(self.criterion)
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("seed", 0)):
+            _positive(name, getattr(self, name), minimum)
+        for name in ("round_to", "max_val_images"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
+            raise ConfigError(f"distill_weight must be a finite number >= 0, got {self.distill_weight!r}")
+        if self.resume:
+            return
+        if not self.data:
+            raise ConfigError("--data is required (a YOLOv7 data YAML)")
+        if bool(self.weights) == bool(self.cfg):
+            raise ConfigError("give exactly one of --weights (fine-tune a checkpoint) and --cfg (train from scratch)")
+        if self.distill and not self.weights:
+            raise ConfigError("--distill needs --weights: the teacher is the loaded model before pruning")
+        if self.pruning_params is not None:
+            from yolo_prune.prune import parse_pruning_params
+
+            parse_pruning_params(self.pruning_params)  # format errors now; fit to the model when pruning
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only (stored in checkpoints for --resume); file paths made absolute."""
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for key in ("data", "weights", "pruning_config"):
+            out[key] = os.path.abspath(out[key]) if out[key] else out[key]
+        if self.cfg and Path(self.cfg).is_file():
+            out["cfg"] = os.path.abspath(self.cfg)
+        if self.pruning_params is not None and not isinstance(self.pruning_params, str):
+            out["pruning_params"] = repr(self.pruning_params)
+        out["resume"] = False
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> "TrainSettings":
+        """Inverse of :meth:`to_dict` (unknown keys ignored), with ``overrides`` applied."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**(known | overrides))
+
+
+@dataclass
+class TrainResult:
+    """Where a run's files are and how it went (rows and fitness are complete on rank 0 only).
+
+    rows: one dict per completed epoch (results.csv columns); best_epoch: -1 if no epoch completed.
+    """
+
+    run_dir: Path
+    last: Path
+    best: Path
+    epochs_completed: int
+    best_epoch: int
+    best_fitness: float
+    rows: list[dict[str, float]]
+
+    @classmethod
+    def from_state(cls, run_dir: Path, state: "TrainState") -> "TrainResult":
+        """The result of the run in ``run_dir`` whose counters are ``state``."""
+        w = run_dir / "weights"
+        return cls(run_dir, w / "last.pt", w / "best.pt", state.epoch + 1, state.best_epoch, state.best_fitness,
+                   [dict(r) for r in state.rows])
+
+    @property
+    def best_row(self) -> dict[str, float] | None:
+        """The results row of the best epoch (mAP@.5, mAP@.5:.95, P, R...), or None."""
+        return next((r for r in self.rows if int(r["epoch"]) == self.best_epoch), None)
+
+
+@dataclass
+class TrainState:
+    """Counters of a run that, with model, optimizer and EMA weights, make a resumed run continue exactly."""
+
+    epoch: int = -1  # last completed epoch (-1: none)
+    updates: int = 0  # optimizer steps taken (drives the EMA decay)
+    best_fitness: float = 0.0
+    best_epoch: int = -1
+    rows: list[dict[str, float]] = field(default_factory=list)  # one results.csv row per completed epoch
+
+    def record(self, row: dict[str, float]) -> bool:
+        """Append an epoch's row (with ``fitness``); returns True when it is the best so far (ties: newest)."""
+        self.rows.append(row)
+        self.epoch = int(row["epoch"])
+        if row["fitness"] >= self.best_fitness:
+            self.best_fitness, self.best_epoch = float(row["fitness"]), self.epoch
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "updates": self.updates, "best_fitness": self.best_fitness,
+                "best_epoch": self.best_epoch, "rows": [dict(r) for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(int(d["epoch"]), int(d["updates"]), float(d["best_fitness"]), int(d["best_epoch"]),
+                   [dict(r) for r in d["rows"]])
+
+
+def train_entry(settings: TrainSettings, state: TrainState, img_size: int) -> dict[str, Any]:
+    """The checkpoint-history entry of a training run (after what came before: load, prune)."""
+    return {"event": "train", "epochs_completed": state.epoch + 1, "epochs": settings.epochs,
+            "data": settings.to_dict()["data"], "img_size": img_size, "hyp": settings.hyp,
+            "from_scratch": settings.from_scratch, "distill": settings.distill, "best_epoch": state.best_epoch,
+            "best_fitness": state.best_fitness}
+
+
+def fitness(map50: float, map5095: float) -> float:
+    """YOLOv7's model selection score: 0.1 * mAP@.5 + 0.9 * mAP@.5:.95."""
+    return 0.1 * float(map50) + 0.9 * float(map5095)
+
+
+# ------------------------------------------------------------------------------------------- run folders
+def new_run_dir(project: str | Path, name: str, exist_ok: bool) -> Path:
+    """Create and return ``project/name``; if it exists and not ``exist_ok``: ``name2``, ``name3``... (YOLOv7).
+
+    Creation is atomic (``mkdir`` without exist_ok), so two runs never share a folder by accident.
+    """
+    base = Path(project) / name
+    if exist_ok:
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{name}{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise YoloPruneError(f"{base}: no free run name (tried {name} .. {name}9999)")
+
+
+def find_last(resume: str | bool, project: str | Path) -> Path:
+    """The ``last.pt`` to resume: the given file, ``<dir>/weights/last.pt`` for a run folder, or (``True``)
+    the most recently modified ``last.pt`` under ``project``."""
+    if resume is True:
+        found = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise CheckpointError(f"--resume: no last.pt under {project} to resume")
+        return found[-1]
+    path = Path(str(resume))
+    if path.is_dir():
+        path = path / "weights" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def read_train_state(raw: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    """The ``train_state`` entry of a loaded checkpoint dict; CheckpointError if the file cannot resume."""
+    state = (raw or {}).get(STATE_KEY)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no training state in this checkpoint (only the last.pt of an unfinished "
+                              f"'yolo-prune train' run can be resumed)")
+    if int(state.get("version", 0)) > STATE_VERSION:
+        raise CheckpointError(f"{path}: training state written by a newer yolo-prune (version {state['version']})")
+    missing = [k for k in ("epoch", "updates", "settings", "hyp", "model", "optimizer") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: training state lacks {', '.join(missing)}")
+    return state
+
+
+def strip_checkpoint(path: Path) -> Path:
+    """Rewrite a checkpoint of ours without ``train_state`` and with fp16 floating tensors (atomically);
+    a checkpoint without ``train_state`` is left as it is."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if STATE_KEY not in ckpt:
+        return path  # already stripped
+    del ckpt[STATE_KEY]
+    ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    return atomic_save(ckpt, path)
+
+
+# ------------------------------------------------------------------------------------------- records
+def results_csv(rows: list[dict[str, float]]) -> str:
+    """The text of results.csv: header ``COLUMNS`` and one line per epoch."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([int(row["epoch"])] + [f"{float(row.get(c, 0.0)):.6g}" for c in COLUMNS[1:]])
+    return buf.getvalue()
+
+
+def _plot(rows: list[dict[str, float]]):
+    """A matplotlib Figure (no pyplot, no global backend switch): losses and metrics against epoch."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    epochs = [int(r["epoch"]) for r in rows]
+    for ax, keys, title in zip(fig.subplots(1, 2), (("box", "obj", "cls", "total", "distill"),
+                                                     ("P", "R", "mAP@.5", "mAP@.5:.95")), ("train loss", "val")):
+        for key in keys:
+            if key != "distill" or any(r.get(key, 0.0) for r in rows):
+                ax.plot(epochs, [float(r.get(key, 0.0)) for r in rows], marker=".", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def write_records(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """Write results.csv and results.png in ``run_dir`` (each atomically)."""
+    from yolo_prune.graph.io import write_text_atomic
+
+    write_text_atomic(run_dir / "results.csv", results_csv(rows))
+    tmp = run_dir / f".results.png.{os.getpid()}.tmp"  # plain open: the user's umask applies
+    try:
+        _plot(rows).savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, run_dir / "results.png")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_run_files(run_dir: Path, hyp: dict[str, Any], settings: TrainSettings) -> None:
+    """hyp.yaml and opt.yaml (the settings) in the run folder, as YOLOv7 writes them."""
+    import yaml
+
+    from yolo_prune.graph.io import write_text_atomic
+
+    write_text_atomic(run_dir / "hyp.yaml", yaml.safe_dump(dict(hyp), sort_keys=False))
+    write_text_atomic(run_dir / "opt.yaml", yaml.safe_dump(settings.to_dict(), sort_keys=False))
