@@ -1,0 +1,412 @@
+"""Training: the YOLOv7 recipe's parts (param groups, warm-up, one-cycle, EMA, distillation), end-to-end runs on a
+tiny synthetic set (pruned, distilled, from scratch, resumed, 2-rank gloo DDP) and bad inputs via the CLI."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from yolo_prune.engine.ddp import ShardSampler
+from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
+from yolo_prune.engine.ema import ModelEMA
+from yolo_prune.engine.optim import (Schedule, accumulate_steps, build_optimizer, one_cycle, param_groups,
+                                     warmup_iterations)
+from yolo_prune.engine.train_state import TrainState, find_last, new_run_dir, results_csv
+from yolo_prune.engine.trainer import TrainSettings, train
+from yolo_prune.errors import ConfigError, PruningError
+from yolo_prune.models.heads import ImplicitA, ImplicitM
+
+IMG = 96
+
+
+def tiny_model(nc: int = 3):
+    """yolov7-tiny at a quarter of its widths (~0.4 M parameters)."""
+    from yolo_prune.models import build_model
+
+    widths = [max(8, w // 4) for w in build_model("yolov7-tiny").widths()]
+    return build_model("yolov7-tiny", nc=nc, widths=widths)
+
+
+@pytest.fixture(scope="module")
+def hyp():
+    from yolo_prune.engine.hyp import load_hyp
+
+    return load_hyp("scratch.tiny")
+
+
+# ------------------------------------------------------------------------------------------- recipe parts
+def test_param_groups_follow_the_official_recipe(hyp):
+    torch.manual_seed(0)
+    model = tiny_model()
+    groups = param_groups(model)
+    ids = [id(p) for g in groups.values() for p in g]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # every parameter exactly once
+    bn = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    implicit = {id(m.implicit) for m in model.modules() if isinstance(m, (ImplicitA, ImplicitM))}
+    assert implicit and bn | implicit == {id(p) for p in groups["no_decay"]}
+    assert {id(p) for p in groups["bias"]} == {id(m.bias) for m in model.modules()
+                                               if isinstance(getattr(m, "bias", None), nn.Parameter)}
+    assert all(p.ndim == 4 for p in groups["decay"])
+    opt = build_optimizer(model, hyp, batch_size=16)
+    assert [g["name"] for g in opt.param_groups] == ["no_decay", "decay", "bias"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, hyp["weight_decay"] * 16 * 4 / 64, 0.0]
+    assert all(g["nesterov"] and g["momentum"] == hyp["momentum"] for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("batch,acc", [(1, 64), (16, 4), (24, 3), (64, 1), (128, 1)])
+def test_nominal_batch_accumulation(batch, acc):
+    assert accumulate_steps(batch) == acc
+
+
+def test_warmup_then_one_cycle(hyp):
+    lf = one_cycle(hyp["lrf"], 10)
+    assert lf(0) == 1.0 and lf(10) == pytest.approx(hyp["lrf"]) and lf(5) == pytest.approx((1 + hyp["lrf"]) / 2)
+    assert warmup_iterations(3.0, 1000, 300) == 3000
+    assert warmup_iterations(3.0, 10, 300) == 100  # at least 100 iterations...
+    assert warmup_iterations(3.0, 3, 4) == 6  # ...but never more than half of a short run
+    assert warmup_iterations(0.0, 10, 300) == 0
+    sched = Schedule(hyp, epochs=10, batches_per_epoch=50, batch_size=8)  # warm-up: 150 iterations
+    opt = build_optimizer(tiny_model(), hyp, 8)
+    sched.apply(opt, 0, 0)
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0, hyp["warmup_bias_lr"]]
+    assert opt.param_groups[0]["momentum"] == hyp["warmup_momentum"]
+    assert sched.accumulate(0) == 1 and sched.accumulate(150) == 8
+    sched.apply(opt, 4, 200)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([hyp["lr0"] * lf(4) for _ in range(3)])
+    assert opt.param_groups[2]["momentum"] == hyp["momentum"]
+
+
+def test_ema_decay_and_update():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    ema = ModelEMA(model)
+    assert ema.decay(2000) == pytest.approx(0.9999 * (1 - math.exp(-1)))
+    assert not any(p.requires_grad for p in ema.ema.parameters()) and not ema.ema.training
+    before = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[1].num_batches_tracked += 5
+    ema.update(model)
+    d = ema.decay(1)
+    for k, v in ema.ema.state_dict().items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(v, d * before[k] + (1 - d) * model.state_dict()[k])
+    assert int(ema.ema[1].num_batches_tracked) == 0 and ema.updates == 1
+
+
+def test_distillation_term():
+    torch.manual_seed(0)
+    student = tiny_model().train()
+    teacher = make_teacher(student, torch.device("cpu"))
+    imgs = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        same = student.eval()(imgs)[1]
+    assert distill_loss(same, teacher_maps(teacher, imgs)).item() == pytest.approx(0.0, abs=1e-12)
+    maps = student.train()(imgs)
+    loss = distill_loss(maps, teacher_maps(teacher, imgs))
+    loss.backward()  # train-mode BatchNorm differs from the teacher's running stats: a real signal
+    assert loss.item() > 0 and student.model[0].conv.weight.grad is not None
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="student map"):
+        distill_loss([m[..., :5] for m in maps], teacher_maps(teacher, imgs))
+
+
+def test_few_steps_reduce_the_loss(hyp):
+    """Optimizer + loss on one fixed batch: 15 SGD steps lower the YOLOv7 loss by a clear margin."""
+    from yolo_prune.engine.loss import YoloLoss, scale_loss_gains
+
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    criterion = YoloLoss(model.detect, scale_loss_gains(hyp, 3, 3, IMG))
+    opt = build_optimizer(model, hyp, 64)
+    imgs = torch.rand(4, 3, IMG, IMG)
+    targets = torch.tensor([[0, 0, .5, .5, .3, .3], [1, 1, .3, .6, .2, .4], [2, 2, .7, .3, .4, .2],
+                            [3, 1, .5, .5, .6, .6]])
+    losses = []
+    for _ in range(15):
+        loss, items = criterion(model(imgs), targets, imgs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(items[3].item())
+    assert sum(losses[-5:]) / 5 < 0.75 * losses[0]
+
+
+def test_shard_sampler_covers_every_index_once_per_epoch():
+    shards = [ShardSampler(r, 3, seed=1) for r in range(3)]
+    for s in shards:
+        s.bind(10)
+        s.set_epoch(2)
+    parts = [list(s) for s in shards]
+    assert [len(p) for p in parts] == [4, 4, 4]
+    assert set(sum(parts, [])) == set(range(10))
+    shards[0].set_epoch(3)
+    assert list(shards[0]) != parts[0]
+
+
+def test_run_folders_never_overwrite(tmp_path):
+    assert new_run_dir(tmp_path, "exp", False) == tmp_path / "exp"
+    assert new_run_dir(tmp_path, "exp", False) == tmp_path / "exp2"
+    assert new_run_dir(tmp_path, "exp", False) == tmp_path / "exp3"
+    assert new_run_dir(tmp_path, "exp", True) == tmp_path / "exp"
+
+
+def test_resume_finds_the_newest_last_pt(tmp_path):
+    import os
+
+    for i, name in enumerate(["a", "b"]):
+        f = tmp_path / name / "weights" / "last.pt"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+        os.utime(f, (1000 + i, 1000 + i))
+    assert find_last(True, tmp_path) == tmp_path / "b" / "weights" / "last.pt"
+    assert find_last(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "weights" / "last.pt"
+
+
+def test_state_records_best_and_csv():
+    st = TrainState()
+    assert st.record({"epoch": 0, "fitness": 0.2})
+    assert not st.record({"epoch": 1, "fitness": 0.1})
+    assert st.record({"epoch": 2, "fitness": 0.2})  # ties go to the newer epoch, as YOLOv7's ==
+    assert (st.epoch, st.best_epoch) == (2, 2)
+    text = results_csv(st.rows)
+    assert text.splitlines()[0].startswith("epoch,box,obj,cls,total,distill,P,R,mAP@.5,mAP@.5:.95,fitness,lr0")
+    assert len(text.splitlines()) == 4
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"data": None}, "--data is required"),
+    ({"cfg": "yolov7-tiny"}, "exactly one of --weights"),
+    ({"weights": None}, "exactly one of --weights"),
+    ({"epochs": 0}, "epochs must be an integer >= 1"),
+    ({"img_size": 16}, "img_size"),
+    ({"distill": True, "weights": None, "cfg": "yolov7-tiny"}, "--distill needs --weights"),
+])
+def test_settings_are_validated(kwargs, match):
+    base = {"data": "d.yaml", "weights": "w.pt"}
+    with pytest.raises(ConfigError, match=match):
+        TrainSettings(**(base | kwargs))
+
+
+def test_settings_reject_malformed_pruning_params():
+    with pytest.raises(PruningError, match="cannot parse"):
+        TrainSettings(data="d.yaml", weights="w.pt", pruning_params="[(8, 0.5")
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="session")
+def synth_yaml(tmp_path_factory) -> Path:
+    from yolo_prune.data.synth import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synth") / "data", n_train=12, n_val=6, img_size=IMG,
+                              n_classes=3, seed=0).data_yaml
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    from yolo_prune.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(tiny_model(), tmp_path_factory.mktemp("weights") / "tiny.pt")
+
+
+def settings(synth_yaml: Path, weights: Path, project: Path, **kw) -> TrainSettings:
+    """A tiny CPU run: 96 px, batch 4, no worker processes, quiet."""
+    base = dict(data=str(synth_yaml), weights=str(weights), hyp="scratch.tiny", epochs=1, batch_size=4,
+                img_size=IMG, device="cpu", workers=0, project=str(project), progress=False)
+    return TrainSettings(**(base | kw))
+
+
+@pytest.fixture(scope="session")
+def baseline(synth_yaml, tiny_weights, tmp_path_factory):
+    """Three uninterrupted epochs with the full recipe (mosaic and all augmentation on)."""
+    project = tmp_path_factory.mktemp("runs")
+    return train(settings(synth_yaml, tiny_weights, project, epochs=3, name="base"))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_writes_yolov7_outputs_and_learns(baseline):
+    from yolo_prune.checkpoint import load_checkpoint
+
+    rows = baseline.rows
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and baseline.epochs_completed == 3
+    assert rows[-1]["total"] < rows[0]["total"]  # the loss goes down over the run
+    assert rows[0]["lr2"] > rows[0]["lr1"]  # bias LR warms down from warmup_bias_lr
+    names = {p.name for p in baseline.run_dir.iterdir()}
+    assert {"weights", "results.csv", "results.png", "hyp.yaml", "opt.yaml"} <= names
+    assert len((baseline.run_dir / "results.csv").read_text().splitlines()) == 4
+    best, last = load_checkpoint(baseline.best), load_checkpoint(baseline.last)
+    key = "model.0.conv.weight"
+    assert "train_state" not in best.raw and best.raw["state_dict"][key].dtype == torch.float16
+    assert last.raw["train_state"]["epoch"] == 2 and last.raw["state_dict"][key].dtype == torch.float32
+    assert best.history[-1]["event"] == "train" and best.history[-1]["epochs_completed"] >= 1
+    assert best.model.names == ["circle", "square", "triangle"]
+
+
+def test_pruned_distilled_training_via_cli(synth_yaml, tiny_weights, tmp_path):
+    from yolo_prune.checkpoint import load_checkpoint, load_model
+    from yolo_prune.cli import main
+    from yolo_prune.prune import prune
+
+    params = "[(2, 0.5), (5, 0.5), (20, 0.25)]"
+    rc = main(["train", "--weights", str(tiny_weights), "--data", str(synth_yaml), "--hyp", "scratch.tiny",
+               "--epochs", "1", "--batch-size", "4", "--img", str(IMG), "--device", "cpu", "--workers", "0",
+               "--project", str(tmp_path), "--name", "pruned", "--pruning-params", params, "--criterion", "0",
+               "--distill"])
+    assert rc == 0
+    expected = prune(load_model(tiny_weights), params, 0, summarize=False).model.widths()
+    best = load_checkpoint(tmp_path / "pruned" / "weights" / "best.pt")
+    assert best.model.widths() == expected != load_model(tiny_weights).widths()
+    assert [h["event"] for h in best.history] == ["prune", "train"]
+    assert best.history[0]["criterion"] == "l2" and best.history[-1]["distill"] is True
+    row = (tmp_path / "pruned" / "results.csv").read_text().splitlines()[1].split(",")
+    assert float(row[5]) > 0  # the distillation column
+
+
+def conv_weights(state: dict) -> torch.Tensor:
+    """All conv weights of a state dict, flattened into one vector."""
+    return torch.cat([v.detach().flatten().float() for k, v in state.items() if k.endswith("conv.weight")])
+
+
+def test_fine_tuning_starts_from_the_loaded_weights(baseline, tiny_weights):
+    from yolo_prune.checkpoint import load_checkpoint, load_model
+
+    w0 = conv_weights(load_model(tiny_weights).state_dict())
+    w1 = conv_weights(load_checkpoint(baseline.last).raw["train_state"]["model"])
+    assert 0 < (w1 - w0).norm() < 0.2 * w0.norm()
+
+
+def test_from_scratch_keeps_the_pruned_architecture(synth_yaml, tiny_weights, tmp_path):
+    from yolo_prune.checkpoint import load_checkpoint, load_model
+    from yolo_prune.prune import prune
+
+    params = "[(2, 0.5), (5, 0.5)]"
+    pruned = prune(load_model(tiny_weights), params, 0, summarize=False).model
+    result = train(settings(synth_yaml, tiny_weights, tmp_path, pruning_params=params, from_scratch=True))
+    model = load_checkpoint(result.best).model
+    assert model.widths() == pruned.widths()
+    w0, w1 = conv_weights(pruned.state_dict()), conv_weights(model.state_dict())
+    assert (w1 - w0).norm() > w0.norm()  # re-initialised (independent weights: ~1.4x), not the pruned ones
+
+
+class Interrupt(Exception):
+    """Stands in for Ctrl-C / a killed job after an epoch's files were written."""
+
+
+@pytest.mark.slow
+def test_resume_ends_where_an_uninterrupted_run_would(baseline, synth_yaml, tiny_weights, tmp_path):
+    from yolo_prune.checkpoint import load_checkpoint
+
+    def stop_after_first(epoch: int, row: dict) -> None:
+        if epoch == 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(settings(synth_yaml, tiny_weights, tmp_path, epochs=3, name="base"), on_epoch_end=stop_after_first)
+    seen: list[int] = []
+    resumed = train(TrainSettings(resume=str(tmp_path / "base"), device="cpu", workers=0, progress=False),
+                    on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [1, 2] and resumed.run_dir == tmp_path / "base"
+    assert [r["epoch"] for r in resumed.rows] == [0, 1, 2]
+    for got, want in zip(resumed.rows, baseline.rows):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    a, b = load_checkpoint(resumed.last).raw, load_checkpoint(baseline.last).raw
+    for key in ("state_dict",):
+        for k, v in b[key].items():
+            torch.testing.assert_close(a[key][k], v, rtol=1e-4, atol=1e-5)
+    for k, v in b["train_state"]["model"].items():
+        torch.testing.assert_close(a["train_state"]["model"][k], v, rtol=1e-4, atol=1e-5)
+    assert a["train_state"]["updates"] == b["train_state"]["updates"]
+    assert (tmp_path / "base" / "results.csv").read_text() == (baseline.run_dir / "results.csv").read_text()
+
+
+def bad_hyp(tmp_path: Path) -> list[str]:
+    from yolo_prune.engine.hyp import resolve_hyp_path
+
+    text = resolve_hyp_path("scratch.tiny").read_text().replace("lr0: 0.01", "")
+    (tmp_path / "hyp.bad.yaml").write_text(text)
+    return ["--hyp", str(tmp_path / "hyp.bad.yaml")]
+
+
+def bad_data(tmp_path: Path) -> list[str]:
+    (tmp_path / "data.yaml").write_text("train: /nonexistent/images/train\nval: /nonexistent/images/val\n"
+                                        "nc: 3\nnames: [a, b, c]\n")
+    return ["--data", str(tmp_path / "data.yaml")]
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (bad_hyp, "missing required hyp key(s): lr0"),
+    (lambda tmp: ["--pruning-params", "[(500, 0.5)]"], "layer 500 is out of range"),
+    (bad_data, "key 'train': path '/nonexistent/images/train' does not exist"),
+    (lambda tmp: ["--weights", str(tmp / "missing.pt")], "checkpoint not found"),
+    (lambda tmp: ["--resume", str(tmp / "nothing_here")], "checkpoint not found"),
+], ids=["hyp-missing-key", "pruning-wrong-model", "data-wrong-paths", "weights-missing", "resume-missing"])
+@pytest.mark.parametrize("exist_ok", [False, True])
+def test_bad_inputs_fail_clearly_and_leave_runs_untouched(baseline, synth_yaml, tiny_weights, tmp_path, capsys,
+                                                          make_args, message, exist_ok):
+    from yolo_prune.cli import main
+
+    project = baseline.run_dir.parent
+    before, folders = snapshot(project), sorted(project.iterdir())
+    args = ["train", "--weights", str(tiny_weights), "--data", str(synth_yaml), "--hyp", "scratch.tiny",
+            "--epochs", "1", "--batch-size", "4", "--img", str(IMG), "--device", "cpu", "--workers", "0",
+            "--project", str(project), "--name", baseline.run_dir.name] + (["--exist-ok"] if exist_ok else [])
+    assert main(args + make_args(tmp_path)) == 2
+    assert message in capsys.readouterr().err
+    assert snapshot(project) == before and sorted(project.iterdir()) == folders
+
+
+def test_resuming_a_finished_checkpoint_is_refused(baseline, capsys):
+    from yolo_prune.cli import main
+
+    assert main(["train", "--resume", str(baseline.best)]) == 2
+    assert "no training state" in capsys.readouterr().err
+
+
+def test_official_checkpoint_with_other_classes_is_an_error(official_tiny_path, synth_yaml, tmp_path, capsys):
+    from yolo_prune.cli import main
+
+    rc = main(["train", "--weights", str(official_tiny_path), "--data", str(synth_yaml), "--epochs", "1",
+               "--project", str(tmp_path), "--device", "cpu"])
+    assert rc == 2 and "nc=80 classes but --data" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def _ddp_rank(rank: int, world: int, init_file: str, synth_yaml: str, weights: str, project: str) -> None:
+    """One of two gloo processes: join the group, train one epoch, report what this rank saw."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = train(settings(Path(synth_yaml), Path(weights), Path(project), name="ddp"))
+        report = {"rows": len(result.rows), "run_dir": str(result.run_dir), "world": dist.get_world_size()}
+        (Path(project) / f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_ddp_trains_and_rank0_saves(synth_yaml, tiny_weights, tmp_path):
+    from yolo_prune.checkpoint import load_checkpoint
+
+    project = tmp_path / "runs"
+    mp.start_processes(_ddp_rank, args=(2, str(tmp_path / "init"), str(synth_yaml), str(tiny_weights), str(project)),
+                       nprocs=2, join=True, start_method="spawn")
+    reports = [json.loads((project / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["rows"] for r in reports] == [1, 0]  # only rank 0 evaluates and records
+    assert {r["run_dir"] for r in reports} == {str(project / "ddp")} and reports[0]["world"] == 2
+    assert sorted(p.name for p in project.iterdir() if p.is_dir()) == ["ddp"]
+    best = load_checkpoint(project / "ddp" / "weights" / "best.pt")
+    assert best.model.widths() == load_checkpoint(tiny_weights).model.widths()
+    last = load_checkpoint(project / "ddp" / "weights" / "last.pt").raw["train_state"]
+    # 12 images / (2 ranks x 2) = 3 batches: a step on batch 0 (warm-up accumulates 1), then one at the epoch end
+    assert last["epoch"] == 0 and last["updates"] == 2

@@ -1,0 +1,70 @@
+"""`yolo-prune train`: train or fine-tune a (pruned) YOLOv7 model with the official recipe; resumable, DDP-ready."""
+from __future__ import annotations
+
+import argparse
+
+from yolo_prune.cli.common import positive_int
+from yolo_prune.cli.prune import add_pruning_flags
+
+EPILOG = """examples:
+  yolo-prune train --weights yolov7-tiny.pt --data data.yaml --hyp scratch.tiny --epochs 100 --batch-size 32
+  yolo-prune train --weights yolov7.pt --data data.yaml --pruning-params "[(8, 0.5), (18, 0.5)]" --criterion 0 --distill
+  yolo-prune train --cfg yolov7-tiny --data data.yaml --hyp scratch.tiny --img 320
+  yolo-prune train --resume                      # the newest runs/train/*/weights/last.pt
+  torchrun --nproc_per_node 2 -m yolo_prune train --weights best.pt --data data.yaml --batch-size 64 --sync-bn"""
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt or ours")
+    p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny) or a cfg .yaml")
+    p.add_argument("--data", default=None, help="data YAML (YOLOv7 format); nc and names come from it")
+    p.add_argument("--hyp", default="scratch.p5", help="hyp YAML path or shipped name: scratch.p5 (default), "
+                   "scratch.tiny, scratch.custom")
+    p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
+                   help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
+    p.add_argument("--img", "--img-size", dest="img", type=positive_int, nargs="+", default=[640],
+                   help="image size (default 640; a second value, as in 'train test', is ignored)")
+    p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
+    p.add_argument("--workers", type=int, default=8, help="data loader worker processes (default 8)")
+    p.add_argument("--project", default="runs/train", help="parent folder of runs (default runs/train)")
+    p.add_argument("--name", default="exp", help="run name: project/name, or name2, name3... if it exists")
+    p.add_argument("--exist-ok", action="store_true", help="write into project/name even if it exists")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="continue an interrupted run: its last.pt or run folder (default: newest under --project)")
+    add_pruning_flags(p, required=False)
+    p.add_argument("--from-scratch", action="store_true", help="keep the (pruned) architecture, re-initialise weights")
+    p.add_argument("--distill", action="store_true",
+                   help="distil from the model before pruning: + w * MSE(student maps, teacher maps)")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight w of the distillation term (default 1)")
+    p.add_argument("--max-val-images", type=positive_int, default=None, help="evaluate on the first N val images")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on CUDA")
+    p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
+                   help=argparse.SUPPRESS)  # torch.distributed.launch passes it; torchrun uses LOCAL_RANK
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`TrainSettings` the flags describe (validation happens in the dataclass)."""
+    from yolo_prune.engine.trainer import TrainSettings
+
+    return TrainSettings(
+        data=args.data, weights=args.weights, cfg=args.cfg, hyp=args.hyp, epochs=args.epochs,
+        batch_size=args.batch_size, img_size=args.img[0], device=args.device, workers=args.workers,
+        project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
+        pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
+        pruning_config=args.pruning_config, seed=args.seed, from_scratch=args.from_scratch, distill=args.distill,
+        distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn)
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.engine.trainer import train
+
+    result = train(settings_from_args(args))
+    best = result.best_row
+    if best is not None:
+        print(f"best epoch {result.best_epoch}: mAP@.5 {best['mAP@.5']:.4f}, mAP@.5:.95 {best['mAP@.5:.95']:.4f}; "
+              f"weights {result.best}")
+    return 0
