@@ -1,0 +1,153 @@
+"""pycocotools mAP: known answers, and agreement with COCOeval run directly on json files."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from yolo_prune.engine.coco import (
+    build_coco_gt, category_ids, coco_evaluate, coco_from_dict, default_image_ids, detections_to_coco,
+    image_ids_in, save_predictions_json,
+)
+from yolo_prune.errors import DataError
+
+SHAPES = [(100, 120), (90, 60), (200, 150)]
+
+
+def _evaluate(labels, dets, nc=2):
+    ids = list(range(1, len(labels) + 1))
+    gt = build_coco_gt(labels, SHAPES[: len(labels)], ids, nc)
+    return coco_evaluate(detections_to_coco(dets, ids, list(range(nc))), gt, img_ids=ids)
+
+
+def _gt():
+    return [torch.tensor([[0, 10, 10, 50, 60], [1, 60, 20, 110, 90.0]]),
+            torch.tensor([[0, 5, 5, 40, 40], [0, 20, 50, 55, 85.0]])]
+
+
+def _perfect(labels, conf=0.9):
+    return [torch.cat((lab[:, 1:5], torch.full((len(lab), 1), conf), lab[:, :1]), 1) for lab in labels]
+
+
+def test_perfect_detector() -> None:
+    res = _evaluate(_gt(), _perfect(_gt()))
+    assert res.map == pytest.approx(1.0) and res.map50 == pytest.approx(1.0)
+    np.testing.assert_allclose(res.class_ap, [1.0, 1.0])
+    assert res.stats[8] == pytest.approx(1.0)  # AR@100
+
+
+def test_missing_half_the_objects() -> None:
+    gt = [torch.tensor([[0, 10, 10, 50, 60], [0, 60, 20, 110, 90.0]]),
+          torch.tensor([[0, 5, 5, 40, 40], [0, 20, 50, 55, 85.0]])]
+    dets = [d[:1] for d in _perfect(gt)]  # the first of the two objects in each image
+    res = _evaluate(gt, dets, nc=1)
+    assert res.stats[8] == pytest.approx(0.5)  # AR@100
+    assert res.map == pytest.approx(51 / 101)  # precision 1 on recall points 0.00..0.50, 0 beyond
+    assert res.class_ap[0] == pytest.approx(51 / 101)
+
+
+def test_shifted_box_only_counts_at_low_iou() -> None:
+    gt = [torch.tensor([[0, 0, 0, 100, 100.0]])]
+    dets = [torch.tensor([[16, 0, 116, 100, 0.9, 0.0]])]  # IoU 0.724: thresholds .50-.70 only
+    res = _evaluate(gt, dets, nc=1)
+    assert res.map50 == pytest.approx(1.0)
+    assert res.stats[2] == pytest.approx(0.0)  # AP75
+    assert res.map == pytest.approx(0.5)
+
+
+def test_no_detections() -> None:
+    res = _evaluate(_gt(), [torch.zeros(0, 6), torch.zeros(0, 6)])
+    assert res.map == 0.0 and res.map50 == 0.0
+    np.testing.assert_array_equal(res.class_ap, [0.0, 0.0])
+
+
+def _random_case(seed: int, n_img: int = 12, nc: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    labels, dets, shapes = [], [], []
+    for _ in range(n_img):
+        h0, w0 = (int(v) for v in torch.randint(80, 300, (2,), generator=g))
+        m = int(torch.randint(0, 7, (1,), generator=g))
+        xy = torch.rand(m, 2, generator=g) * torch.tensor([w0 * 0.7, h0 * 0.7])
+        wh = 8 + torch.rand(m, 2, generator=g) * 60
+        lab = torch.cat((torch.randint(0, nc, (m, 1), generator=g).float(), xy, xy + wh), 1)
+        k = m + int(torch.randint(0, 5, (1,), generator=g))
+        src = lab[torch.randint(0, max(m, 1), (k,), generator=g)] if m else torch.zeros(k, 5)
+        box = src[:, 1:5] + torch.randn(k, 4, generator=g) * 5
+        cls = torch.where(torch.rand(k, generator=g) < 0.8, src[:, 0], torch.randint(0, nc, (k,), generator=g).float())
+        dets.append(torch.cat((box, torch.rand(k, 1, generator=g), cls[:, None]), 1))
+        labels.append(lab)
+        shapes.append((h0, w0))
+    return labels, dets, shapes
+
+
+def _reference(tmp: Path, labels, dets, shapes, nc: int, cat_of):
+    """COCOeval straight from json files written here, independently of yolo_prune.engine.coco."""
+    images, anns, res = [], [], []
+    for i, (lab, det, (h0, w0)) in enumerate(zip(labels, dets, shapes)):
+        images.append({"id": 100 + i, "width": w0, "height": h0, "file_name": f"im{i}.jpg"})
+        for c, x1, y1, x2, y2 in lab.double().tolist():
+            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cat_of[int(c)],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for x1, y1, x2, y2, s, c in det.double().tolist():
+            res.append({"image_id": 100 + i, "category_id": cat_of[int(c)], "score": round(s, 5),
+                        "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]})
+    cats = [{"id": cat_of[i], "name": f"c{i}"} for i in range(nc)]
+    (tmp / "gt.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (tmp / "dt.json").write_text(json.dumps(res))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp / "gt.json"))
+        ev = COCOeval(gt, gt.loadRes(str(tmp / "dt.json")), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    prec = ev.eval["precision"]
+    per = [prec[:, :, k, 0, -1] for k in range(nc)]
+    ap = [x[x > -1].mean() if (x > -1).any() else np.nan for x in per]
+    ap50 = [x[0][x[0] > -1].mean() if (x[0] > -1).any() else np.nan for x in per]
+    return np.array(ev.stats), np.array(ap), np.array(ap50), tmp / "gt.json"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_raw_pycocotools(tmp_path: Path, seed: int) -> None:
+    nc = 4
+    labels, dets, shapes = _random_case(seed, nc=nc)
+    stats, ap, ap50, _ = _reference(tmp_path, labels, dets, shapes, nc, cat_of=list(range(nc)))
+    ids = [100 + i for i in range(len(labels))]
+    gt = build_coco_gt(labels, shapes, ids, nc)
+    res = coco_evaluate(detections_to_coco(dets, ids, list(range(nc))), gt, img_ids=ids)
+    np.testing.assert_allclose(res.stats, stats, atol=1e-12)
+    np.testing.assert_allclose(res.class_ap, ap, atol=1e-12)
+    np.testing.assert_allclose(res.class_ap50, ap50, atol=1e-12)
+    assert res.map == pytest.approx(stats[0]) and 0 < res.map < 1
+
+
+def test_external_gt_json_with_sparse_category_ids(tmp_path: Path) -> None:
+    nc = 4
+    labels, dets, shapes = _random_case(7, nc=nc)
+    cat_of = [1, 3, 8, 90]
+    stats, ap, _, gt_path = _reference(tmp_path, labels, dets, shapes, nc, cat_of)
+    gt = coco_from_dict(json.loads(gt_path.read_text()))
+    ids = image_ids_in(gt, [f"/data/images/im{i}.jpg" for i in range(len(labels))])
+    assert ids == [100 + i for i in range(len(labels))]
+    assert category_ids(gt, nc) == cat_of
+    results = detections_to_coco(dets, ids, cat_of)
+    res = coco_evaluate(results, gt_path)
+    np.testing.assert_allclose(res.stats, stats, atol=1e-12)
+    np.testing.assert_allclose(res.class_ap, ap, atol=1e-12)
+    out = save_predictions_json(results, tmp_path / "run")
+    assert out.name == "predictions.json" and json.loads(out.read_text()) == results
+    with pytest.raises(DataError):
+        image_ids_in(gt, ["elsewhere/unknown.jpg"])
+    with pytest.raises(DataError):
+        category_ids(gt, 80)
+
+
+def test_default_image_ids() -> None:
+    assert default_image_ids(["a/000000000139.jpg", "b/285.png"]) == [139, 285]
+    assert default_image_ids(["a/1.jpg", "b/x.jpg"]) == [1, 2]
+    assert default_image_ids(["a/1.jpg", "b/1.png"]) == [1, 2]

@@ -1,0 +1,34 @@
+"""Training and evaluation engine: loss, NMS, detection metrics (YOLOv7 ``test.py`` and pycocotools).
+
+Evaluation names are imported lazily so importing another engine module (e.g. the loss) stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ClassRow": "evaluator",
+    "EvalResult": "evaluator",
+    "evaluate": "evaluator",
+    "format_results": "evaluator",
+    "non_max_suppression": "postprocess",
+    "coco_evaluate": "coco",
+    "ap_per_class": "metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .coco import coco_evaluate
+    from .evaluator import ClassRow, EvalResult, evaluate, format_results
+    from .metrics import ap_per_class
+    from .postprocess import non_max_suppression
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

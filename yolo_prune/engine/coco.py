@@ -1,0 +1,202 @@
+"""COCO-style mAP via ``pycocotools.cocoeval.COCOeval``, with ground truth from YOLO labels or a COCO json.
+
+Everything here is in ORIGINAL image pixels. Detections per image are [n, 6] = (x1, y1, x2, y2, conf, cls)
+and labels [m, 5] = (cls, x1, y1, x2, y2); ``cls`` is a 0-based class index that :func:`category_ids`
+maps to COCO ``category_id``. Result entries follow the COCO format: ``{"image_id", "category_id",
+"bbox": [x, y, w, h], "score"}`` with bbox rounded to 3 and score to 5 decimals, as YOLOv7 writes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from torch import Tensor
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from yolo_prune.engine.boxes import xyxy2ltwh
+from yolo_prune.errors import DataError
+
+CocoSource = Union[str, Path, dict, COCO]
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)
+
+
+@dataclass
+class CocoResult:
+    """COCOeval output. ``stats`` are the 12 ``summarize()`` numbers (-1 where undefined).
+
+    ``cat_ids`` [K] sorted category ids; ``class_ap`` / ``class_ap50`` [K] per-category AP@.5:.95 / AP@.5
+    from ``eval['precision']`` (area all, maxDets 100), NaN for a category without ground truth.
+    """
+
+    stats: np.ndarray
+    cat_ids: list[int]
+    class_ap: np.ndarray
+    class_ap50: np.ndarray
+    n_detections: int = 0
+    map: float = field(init=False)
+    map50: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.map = max(float(self.stats[0]), 0.0)
+        self.map50 = max(float(self.stats[1]), 0.0)
+
+
+def coco_from_dict(dataset: dict) -> COCO:
+    """A pycocotools ``COCO`` object from an in-memory dataset dict (no file, no prints)."""
+    coco = COCO()
+    coco.dataset = copy.deepcopy(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_coco(source: CocoSource) -> COCO:
+    """Ground truth from a ``COCO`` object, a dataset dict or a COCO json path."""
+    if isinstance(source, COCO):
+        return source
+    if isinstance(source, dict):
+        return coco_from_dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"COCO annotation file not found: {path}")
+    try:
+        return coco_from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a COCO annotation file ({e})") from e
+
+
+def default_image_ids(paths: Sequence[str]) -> list[int]:
+    """Image ids for in-memory ground truth: numeric file stems (YOLOv7/COCO style) when they are all
+    numeric and unique, else 1..N in order."""
+    stems = [Path(p).stem for p in paths]
+    if stems and all(s.isnumeric() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(paths) + 1))
+
+
+def image_ids_in(coco: COCO, paths: Sequence[str]) -> list[Any]:
+    """Ids of ``paths`` in an existing COCO ground truth: by file name, else by numeric file stem."""
+    by_name = {Path(str(im.get("file_name", ""))).name: im["id"] for im in coco.dataset.get("images", [])}
+    known = set(coco.getImgIds())
+    ids = []
+    for p in paths:
+        name, stem = Path(p).name, Path(p).stem
+        if name in by_name:
+            ids.append(by_name[name])
+        elif stem.isnumeric() and int(stem) in known:
+            ids.append(int(stem))
+        else:
+            raise DataError(f"image {p} is not in the COCO ground truth (no matching file_name or id)")
+    return ids
+
+
+def category_ids(coco: COCO, nc: int) -> list[int]:
+    """Class index -> category id: the i-th smallest category id (COCO 80 -> 91 for COCO itself)."""
+    cats = sorted(coco.getCatIds())
+    if len(cats) != nc:
+        raise DataError(f"COCO ground truth has {len(cats)} categories, the model predicts {nc} classes")
+    return cats
+
+
+def build_coco_gt(
+    labels: Sequence[Tensor], shapes: Sequence[tuple[int, int]], image_ids: Sequence[int],
+    nc: int, names: Sequence[str] | None = None, paths: Sequence[str] | None = None,
+) -> dict:
+    """COCO dataset dict from per-image labels [m, 5] = (cls, x1, y1, x2, y2) in original pixels.
+
+    shapes[i] = (h0, w0); category id = class index; annotation ids start at 1 (COCOeval needs > 0).
+    """
+    names = list(names) if names is not None else [str(i) for i in range(nc)]
+    images, anns = [], []
+    for i, (lab, (h0, w0), img_id) in enumerate(zip(labels, shapes, image_ids)):
+        name = Path(paths[i]).name if paths is not None else str(img_id)
+        images.append({"id": img_id, "width": int(w0), "height": int(h0), "file_name": name})
+        boxes = xyxy2ltwh(lab[:, 1:5].double()).tolist() if len(lab) else []
+        for c, b in zip(lab[:, 0].tolist(), boxes):
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": int(c), "bbox": b,
+                         "area": b[2] * b[3], "iscrowd": 0})
+    cats = [{"id": i, "name": names[i]} for i in range(nc)]
+    return {"info": {}, "images": images, "annotations": anns, "categories": cats}
+
+
+def detections_to_coco(
+    dets: Sequence[Tensor], image_ids: Sequence[Any], cat_ids: Sequence[int],
+) -> list[dict]:
+    """COCO result entries from per-image detections [n, 6] = (x1, y1, x2, y2, conf, cls), original pixels."""
+    out = []
+    for det, img_id in zip(dets, image_ids):
+        if not len(det):
+            continue
+        boxes = xyxy2ltwh(det[:, :4].double()).tolist()
+        for (conf, cls), b in zip(det[:, 4:6].tolist(), boxes):
+            out.append({"image_id": img_id, "category_id": int(cat_ids[int(cls)]),
+                        "bbox": [round(v, 3) for v in b], "score": round(conf, 5)})
+    return out
+
+
+def save_predictions_json(results: list[dict], path: str | Path) -> Path:
+    """Write COCO result entries to ``path`` (a ``.json`` file, or a folder that gets predictions.json)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / "predictions.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results))
+    return path
+
+
+def per_category_ap(precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-category AP@.5:.95 and AP@.5 [K] from COCOeval ``eval['precision']`` [T, R, K, A, M].
+
+    Uses area range 'all' and the last maxDets (100), averaging only entries > -1, as ``summarize()``.
+    """
+    p = precision[:, :, :, 0, -1]  # [T, R, K]
+    ap, ap50 = np.full(p.shape[2], np.nan), np.full(p.shape[2], np.nan)
+    for k in range(p.shape[2]):
+        allt, t50 = p[:, :, k], p[0, :, k]
+        if (allt > -1).any():
+            ap[k] = allt[allt > -1].mean()
+        if (t50 > -1).any():
+            ap50[k] = t50[t50 > -1].mean()
+    return ap, ap50
+
+
+def _empty_result(gt: COCO, img_ids: Sequence[Any]) -> CocoResult:
+    """The result COCOeval would give with no detections: 0 for categories with ground truth, else NaN."""
+    cats = sorted(gt.getCatIds())
+    has = {a["category_id"] for a in gt.loadAnns(gt.getAnnIds(imgIds=list(img_ids)))}
+    ap = np.array([0.0 if c in has else np.nan for c in cats])
+    stats = np.full(12, 0.0 if has else -1.0)
+    return CocoResult(stats, cats, ap, ap.copy(), 0)
+
+
+def coco_evaluate(
+    results: list[dict], gt: CocoSource, img_ids: Sequence[Any] | None = None, verbose: bool = False,
+) -> CocoResult:
+    """Run COCOeval (bbox) on COCO result entries against ``gt``; ``img_ids`` restricts the images.
+
+    ``results`` are not modified. With ``verbose`` pycocotools' own printout is shown.
+    """
+    gt = load_coco(gt)
+    img_ids = sorted(gt.getImgIds()) if img_ids is None else list(img_ids)
+    if not results:
+        return _empty_result(gt, img_ids)
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with sink:
+        dt = gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ap, ap50 = per_category_ap(ev.eval["precision"])
+    return CocoResult(np.asarray(ev.stats, dtype=float), list(ev.params.catIds), ap, ap50, len(results))
