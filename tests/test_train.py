@@ -410,3 +410,19 @@ def test_two_rank_gloo_ddp_trains_and_rank0_saves(synth_yaml, tiny_weights, tmp_
     last = load_checkpoint(project / "ddp" / "weights" / "last.pt").raw["train_state"]
     # 12 images / (2 ranks x 2) = 3 batches: a step on batch 0 (warm-up accumulates 1), then one at the epoch end
     assert last["epoch"] == 0 and last["updates"] == 2
+
+
+def test_cfg_alone_trains_from_scratch_with_the_data_classes(synth_yaml, tmp_path):
+    import yaml
+
+    from yolo_prune.checkpoint import load_checkpoint
+    from yolo_prune.cli import main
+    from yolo_prune.models.cfgs import resolve_cfg
+
+    cfg = yaml.safe_load(resolve_cfg("yolov7-tiny").read_text()) | {"width_multiple": 0.25}  # nc stays 80
+    (tmp_path / "tiny-quarter.yaml").write_text(yaml.safe_dump(cfg))
+    rc = main(["train", "--cfg", str(tmp_path / "tiny-quarter.yaml"), "--data", str(synth_yaml), "--hyp",
+               "scratch.tiny", "--epochs", "1", "--batch-size", "4", "--img", str(IMG), "--device", "cpu",
+               "--workers", "0", "--project", str(tmp_path / "runs")])
+    best = load_checkpoint(tmp_path / "runs" / "exp" / "weights" / "best.pt")
+    assert rc == 0 and best.model.nc == 3 and best.history[-1]["event"] == "train"

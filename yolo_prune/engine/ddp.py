@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -44,8 +45,8 @@ def start_distributed(device_text: str) -> tuple[DistInfo, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if owned:  # long timeout: other ranks wait in their next all-reduce while rank 0 evaluates and saves
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=3))
     return DistInfo(dist.get_rank(), dist.get_world_size(), owned), device
 
 
