@@ -19,6 +19,7 @@ from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked,
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.complexity import count_gflops, count_params
+from yolo_prune.models.fuse import fuse
 from yolo_prune.models.model import Model
 from yolo_prune.prune.plan import make_plan
 from yolo_prune.prune.surgery import apply_plan
@@ -68,15 +69,20 @@ class _Config:
     nms_seconds: float = 0.0
 
 
+def fused_cost(model: Model, img_size: int) -> tuple[int, float]:
+    """Params and GFLOPs as the published analysis reports them: of the BN+RepConv-fused model."""
+    fused = fuse(copy.deepcopy(model).to("meta"), conv_bn=True, repconv=True, implicit=False)
+    return count_params(fused), count_gflops(fused, img_size)
+
+
 def pruned_cost(meta_model: Model, graph: PruningGraph, layer: int, rate: float, criterion: str,
                 round_to: int | None, seed: int, kept: Sequence[int], img_size: int) -> tuple[int, float]:
-    """Params and GFLOPs of the model with ``layer`` pruned (computed on a meta-device copy)."""
+    """``fused_cost`` of the model with ``layer`` pruned (computed on a meta-device copy)."""
     from yolo_prune.prune.plan import LayerPlan, PruningPlan
 
     plan = PruningPlan((LayerPlan(layer, rate, graph[layer].out_channels, tuple(kept)),), criterion, round_to,
                        seed, graph.fingerprint())
-    pruned = apply_plan(copy.deepcopy(meta_model), graph, plan)
-    return count_params(pruned), count_gflops(pruned, img_size)
+    return fused_cost(apply_plan(copy.deepcopy(meta_model), graph, plan), img_size)
 
 
 def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
@@ -168,8 +174,7 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
             [i for i in range(graph[c.layer].out_channels) if i not in set(c.removed)], img_size)))
             for c in configs]}
         if baseline is not None:
-            local["baseline"] = _metrics(scorer, baseline, n_images, shape,
-                                         (count_params(model), count_gflops(model, img_size)))
+            local["baseline"] = _metrics(scorer, baseline, n_images, shape, fused_cost(meta_model, img_size))
         for part in dist.all_gather(local):
             store.baseline = part.get("baseline", store.baseline)
             for layer, rate, metrics in part["results"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_prune.errors import YoloPruneError
-from yolo_prune.graph.io import write_text_atomic
+from yolo_prune.fileio import write_text_atomic
 
 Key = tuple[int, float]
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from yolo_prune.checkpoint.state import load_state_strict
 from yolo_prune.errors import CheckpointError
+from yolo_prune.fileio import umask_mode
 from yolo_prune.models.blocks import Conv, RepConv
 from yolo_prune.models.fuse import fold_implicit, fuse_conv_bn, fuse_repconv
 from yolo_prune.models.heads import IDetect
@@ -58,6 +59,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -62,6 +62,6 @@ class PruningGraph:
 
     def save(self, path: str | Path, title: str = "") -> Path:
         """Write ``to_yaml()`` atomically."""
-        from yolo_prune.graph.io import write_text_atomic
+        from yolo_prune.fileio import write_text_atomic
 
         return write_text_atomic(path, self.to_yaml(title))

@@ -1,14 +1,13 @@
 """Reading published ``pruning_config`` YAML files and checking them against a model's derived graph."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from yolo_prune.errors import ConfigError
+from yolo_prune.fileio import write_text_atomic  # noqa: F401 - kept importable from here
 from yolo_prune.graph.graph import Entry, PruningGraph
 
 
@@ -19,21 +18,6 @@ class PublishedGraph:
     nconv: int
     entries: list[Entry]
     path: str
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary sibling, then rename (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _int_list(value: object, where: str) -> list[int]:
