@@ -1,4 +1,7 @@
-"""The published selection diagrams: pruned params and GFLOPs per layer and rate, selected points marked."""
+"""The published selection diagrams: pruned params, pruned GFLOPs and mAP per layer and rate.
+
+Selected points are marked: limegreen = chosen for params, royalblue = for FLOPs, red = for both.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +9,19 @@ from pathlib import Path
 from yolo_prune.analysis.selection import Pick
 from yolo_prune.analysis.table import SensitivityTable
 
+COLOURS = {"params": "limegreen", "flops": "royalblue", "both": "red"}
+PANELS = (("sa_parameters", "Pruned Parameters (millions)", lambda e, bp, bg: (bp - e.params) / 1e6),
+          ("sa_flops", "Pruned GFLOPS", lambda e, bp, bg: bg - e.gflops),
+          ("sa_map", "mAP", lambda e, bp, bg: e.map))
 
-def plot_selection(table: SensitivityTable, picks: dict[str, list[Pick]], out_dir: str | Path) -> list[Path]:
-    """Write ``selection_params.{png,pdf}`` and ``selection_flops.{png,pdf}``; returns the paths."""
+
+def _colour(pick: Pick) -> str:
+    return COLOURS["both"] if len(set(pick.objectives)) > 1 else COLOURS[pick.objectives[0]]
+
+
+def plot_selection(table: SensitivityTable, picks: list[Pick], base_params: float, base_gflops: float,
+                   out_dir: str | Path) -> list[Path]:
+    """Write ``sa_parameters``, ``sa_flops`` and ``sa_map`` as PNG and PDF; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,24 +30,24 @@ def plot_selection(table: SensitivityTable, picks: dict[str, list[Pick]], out_di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for objective, attr, label in (("params", "params", "parameters after pruning"),
-                                   ("flops", "gflops", "GFLOPs after pruning")):
-        fig, ax = plt.subplots(figsize=(10, 4))
+    for stem, ylabel, value in PANELS:
+        fig, ax = plt.subplots(figsize=(8, 6))
         for rate in table.rates:
             layers = [l for l in table.layers if (l, rate) in table.entries]
-            ax.plot(layers, [getattr(table.entries[(l, rate)], attr) for l in layers], marker=".", lw=0.8,
-                    label=f"rate {rate:g}")
-        chosen = picks.get(objective, [])
-        ax.scatter([p.layer for p in chosen], [getattr(table.entries[(p.layer, p.rate)], attr) for p in chosen],
-                   s=80, facecolors="none", edgecolors="red", label="selected", zorder=3)
-        ax.set_xlabel("conv layer index")
-        ax.set_ylabel(label)
-        ax.set_title(f"Layer selection by {objective}")
+            ax.plot(layers, [value(table.entries[(l, rate)], base_params, base_gflops) for l in layers],
+                    label=f"pruning rate: {rate * 100:g}%")
+        for p in picks:
+            ax.plot(p.layer, value(table.entries[(p.layer, p.rate)], base_params, base_gflops), ".", ms=8,
+                    mec="k", mew=0.8, color=_colour(p))
+        ax.plot([], [], ".", ms=8, mec="k", mew=0.8, color="white", label="Selected pruning rates\n(red: for both)")
+        ax.set_xlabel("Convolutional Layer Index")
+        ax.set_ylabel(ylabel)
+        ax.grid(True)
+        ax.locator_params(axis="x", nbins=10)
         ax.legend(fontsize=8)
-        fig.tight_layout()
         for ext in ("png", "pdf"):
-            path = out_dir / f"selection_{objective}.{ext}"
-            fig.savefig(path, dpi=120)
+            path = out_dir / f"{stem}.{ext}"
+            fig.savefig(path, bbox_inches="tight", dpi=120)
             written.append(path)
         plt.close(fig)
     return written

@@ -12,14 +12,16 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         "  yolo-prune layer-selection --output output/sens --target-gflops 6.5 --cfg yolov7-tiny --nc 6"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="analysis directory (sensitivity.json or output_<rate>.txt files)")
-    p.add_argument("--params", type=float, default=None, help="parameters of the unpruned model "
-                   "(needed for published output files; read from sensitivity.json otherwise)")
-    p.add_argument("--flops", type=float, default=None, help="GFLOPs of the unpruned model (as --params)")
-    p.add_argument("--params-layers", type=int, default=5, help="layers chosen by the params objective (default 5)")
+    p.add_argument("--params", type=float, default=None, help="parameters of the unpruned, fused model (read from "
+                   "sensitivity.json when present; published default for output files: 36907898, yolov7)")
+    p.add_argument("--flops", type=float, default=None, help="GFLOPs of the unpruned, fused model (as --params; "
+                   "published default 104.514)")
+    p.add_argument("--params-layers", type=int, default=6, help="layers chosen by the params objective (default 6)")
     p.add_argument("--flops-layers", type=int, default=5, help="layers chosen by the FLOPs objective (default 5)")
-    p.add_argument("--params-map", type=float, default=1.0, help="mAP exponent E of the params score (default 1)")
-    p.add_argument("--flops-map", type=float, default=1.0, help="mAP exponent E of the FLOPs score (default 1)")
-    p.add_argument("--save", action="store_true", help="write the selection diagrams (PNG and PDF) into --output")
+    p.add_argument("--params-map", type=float, default=20.0, help="mAP exponent E of the params score (default 20)")
+    p.add_argument("--flops-map", type=float, default=20.0, help="mAP exponent E of the FLOPs score (default 20)")
+    p.add_argument("--save", action="store_true", help="write the selection diagrams (PNG and PDF)")
+    p.add_argument("--save-dir", default=None, help="where --save writes (default graphs/SA_<output folder name>)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--target-gflops", type=float, default=None, help="budget mode: GFLOPs after pruning")
     budget.add_argument("--target-params", type=float, default=None, help="budget mode: parameters after pruning")
@@ -32,11 +34,20 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.set_defaults(func=run, parser=p)
 
 
+PUBLISHED_BASELINE = (36_907_898, 104.514)  # yolov7, BN+RepConv fused: the published defaults
+
+
 def _baseline(args: argparse.Namespace, table) -> tuple[float, float, float | None]:
+    """Flags first, then the analysis' stored baseline, then the published yolov7 defaults (with a warning)."""
+    import sys
+
     params = args.params if args.params is not None else (table.baseline.params if table.baseline else None)
     gflops = args.flops if args.flops is not None else (table.baseline.gflops if table.baseline else None)
     if params is None or gflops is None:
-        args.parser.error(f"{table.source} has no baseline: give --params and --flops of the unpruned model")
+        params = PUBLISHED_BASELINE[0] if params is None else params
+        gflops = PUBLISHED_BASELINE[1] if gflops is None else gflops
+        print(f"warning: {table.source} has no baseline; using --params {params:g} --flops {gflops:g} "
+              f"(the published yolov7 defaults). Pass the figures of your model.", file=sys.stderr)
     return params, gflops, table.baseline.map if table.baseline else None
 
 
@@ -57,9 +68,13 @@ def _run_published(args, table, base_params, base_gflops) -> int:
     by_params, by_flops, merged = published_selection(table, base_params, base_gflops, args.params_layers,
                                                       args.flops_layers, args.params_map, args.flops_map)
     if args.save:
+        from pathlib import Path
+
         from yolo_prune.analysis.plots import plot_selection
 
-        plot_selection(table, {"params": by_params, "flops": by_flops}, args.output)
+        save_dir = args.save_dir or Path("graphs") / f"SA_{Path(args.output).resolve().name}"
+        plot_selection(table, merged, base_params, base_gflops, save_dir)
+        print(f"diagrams in {save_dir}")
     if args.json:
         print_json({"pruning_params": [[p.layer, p.rate] for p in merged],
                     "picks": [{"layer": p.layer, "rate": p.rate, "score": p.score, "objectives": list(p.objectives)}
