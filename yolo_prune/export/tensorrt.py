@@ -208,7 +208,7 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], cache: Path | None,
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
-            self.device = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+            self.device: torch.Tensor | None = None  # allocated on the first batch (none with a cache)
 
         def get_batch_size(self) -> int:
             return 1  # explicit-batch networks: the batch is part of the input shape
@@ -217,7 +217,11 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], cache: Path | None,
             arr = next(batches, None)
             if arr is None:
                 return None
-            self.device[: arr.nbytes].copy_(torch.from_numpy(arr.view(np.uint8).reshape(-1)))
+            if arr.nbytes > nbytes:
+                raise YoloPruneError(f"calibration batch of {arr.nbytes} bytes exceeds the {nbytes}-byte buffer")
+            if self.device is None:
+                self.device = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+            self.device[: arr.nbytes].copy_(torch.from_numpy(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)))
             return [int(self.device.data_ptr())]
 
         def read_calibration_cache(self) -> bytes | None:
