@@ -17,7 +17,7 @@ from yolo_prune.models.heads import IDetect
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new Conv2d with bias equal to ``bn(conv(x))`` in eval mode."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -47,8 +47,8 @@ def merge_repconv(rep: RepConv) -> None:
     bias = dense.bias + one.bias
     if rep.rbr_identity is not None:
         bn = rep.rbr_identity
-        ident = nn.Conv2d(rep.in_channels, rep.out_channels, dense.kernel_size, groups=rep.groups, bias=False)
-        ident = ident.to(weight.device, weight.dtype)
+        ident = nn.Conv2d(rep.in_channels, rep.out_channels, dense.kernel_size, groups=rep.groups, bias=False,
+                          device=weight.device, dtype=weight.dtype)
         ident.weight.copy_(_identity_kernel(rep, ident.weight))
         folded = fold_bn(ident, bn)
         weight, bias = weight + folded.weight, bias + folded.bias
