@@ -1,0 +1,141 @@
+"""`yolo-prune export`: ONNX (raw / --grid / --end2end) or a TensorRT engine, every export verified.
+
+Exit codes: 0 success; 1 a verification failed (nothing written); 2 bad input, or ``--format engine``
+where TensorRT is not installed (the verified ONNX is written and the trtexec command to run on the
+target is printed).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from yolo_prune.cli.common import add_model_source, load_model_from_args, positive_int
+from yolo_prune.errors import YoloPruneError
+
+if TYPE_CHECKING:
+    from yolo_prune.export.options import ExportOptions
+    from yolo_prune.export.tensorrt import EngineOptions
+
+NMS_DEFAULTS = {"topk_all": 100, "iou_thres": 0.45, "conf_thres": 0.25}
+ENGINE_FLAGS = {"int8": "--int8", "calib_images": "--calib-images", "calib_cache": "--calib-cache",
+                "dla": "--dla", "workspace": "--workspace", "timing_cache": "--timing-cache"}
+EPILOG = """examples:
+  yolo-prune export --weights pruned.pt --img-size 640 --grid --simplify
+  yolo-prune export --weights pruned.pt --end2end --max-wh 7680 --topk-all 100   (NMS runs in ONNX Runtime)
+  yolo-prune export --weights pruned.pt --format engine --end2end --fp16 --dla 0   (EfficientNMS_TRT plugin)
+exit codes: 0 ok, 1 verification failed (no file written), 2 bad input or TensorRT missing for --format engine
+(the verified ONNX is then written and the trtexec command for the target is printed)."""
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_source(p)
+    p.add_argument("--format", choices=("onnx", "engine"), default="onnx", help="onnx (default) or a TensorRT engine")
+    p.add_argument("--output", default=None, help="output file (default: the weights/cfg name with .onnx/.engine)")
+    p.add_argument("--img-size", nargs="+", type=positive_int, default=[640], metavar="N",
+                   help="input size: H W, or one value for both (default 640)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (engine profile 1..batch-size)")
+    p.add_argument("--grid", action="store_true", help="output decoded predictions [B, N, 5+nc] instead of raw maps")
+    p.add_argument("--end2end", action="store_true", help="append NMS: outputs num_dets, det_boxes (x1y1x2y2), "
+                   "det_scores, det_classes; EfficientNMS_TRT plugin unless --max-wh is given")
+    p.add_argument("--max-wh", type=positive_int, default=None,
+                   help="with --end2end: use ONNX NonMaxSuppression (runs in ONNX Runtime), classes offset by this")
+    p.add_argument("--topk-all", type=positive_int, default=None, help="with --end2end: detections per image (100)")
+    p.add_argument("--iou-thres", type=float, default=None, help="with --end2end: NMS IoU threshold (0.45)")
+    p.add_argument("--conf-thres", type=float, default=None, help="with --end2end: score threshold (0.25)")
+    p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
+    p.add_argument("--fp16", action="store_true", help="onnx: half-precision graph; engine: FP16 TensorRT build")
+    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ... (default cpu)")
+    p.add_argument("--opset", type=positive_int, default=12, help="ONNX opset (default 12)")
+    _register_engine_flags(p)
+    p.set_defaults(func=run)
+
+
+def _register_engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TensorRT (--format engine)")
+    g.add_argument("--int8", action="store_true", help="INT8 build (calibrate with --calib-images or --calib-cache)")
+    g.add_argument("--calib-images", type=Path, default=None, help="folder of images for the entropy calibrator")
+    g.add_argument("--calib-cache", type=Path, default=None, help="calibration cache to read/write")
+    g.add_argument("--dla", type=int, default=None, metavar="CORE", help="run on this DLA core (GPU fallback on)")
+    g.add_argument("--workspace", type=positive_int, default=None, metavar="MIB", help="workspace MiB (2048)")
+    g.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file to reuse")
+
+
+def export_options(args: argparse.Namespace) -> "ExportOptions":
+    """ExportOptions from the flags; YoloPruneError for flags that would be silently ignored."""
+    from yolo_prune.export.options import ExportOptions, as_hw
+
+    nms = {k: getattr(args, k) for k in NMS_DEFAULTS}
+    given = [f"--{k.replace('_', '-')}" for k, v in nms.items() if v is not None]
+    if args.max_wh is not None:
+        given.append("--max-wh")
+    if given and not args.end2end:
+        raise YoloPruneError(f"{', '.join(given)}: only valid with --end2end")
+    values = {flag: getattr(args, key) for key, flag in ENGINE_FLAGS.items()}
+    used = [flag for flag, v in values.items() if v is not None and v is not False]  # --dla 0 counts
+    if used and args.format != "engine":
+        raise YoloPruneError(f"{', '.join(used)}: only valid with --format engine")
+    nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
+    return ExportOptions(img_size=as_hw(args.img_size), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+                         grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
+                         fp16=args.fp16 and args.format == "onnx", opset=args.opset, device=args.device, **nms)
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(ONNX path, engine path or None); the ONNX of an engine sits next to it."""
+    suffix = ".engine" if args.format == "engine" else ".onnx"
+    default = Path(args.weights) if args.weights else Path(Path(args.cfg).name)
+    out = Path(args.output) if args.output else default.with_suffix(suffix)
+    if args.format == "onnx":
+        return out, None
+    if out.suffix.lower() == ".onnx":
+        raise YoloPruneError(f"--output {out}: with --format engine name the engine file (e.g. .engine)")
+    return out.with_suffix(".onnx"), out
+
+
+def engine_options(args: argparse.Namespace) -> "EngineOptions":
+    """EngineOptions from the flags."""
+    from yolo_prune.export.tensorrt import EngineOptions
+
+    return EngineOptions(fp16=args.fp16, int8=args.int8, calib_cache=args.calib_cache, calib_images=args.calib_images,
+                         dla_core=args.dla, workspace_mib=args.workspace or 2048, timing_cache=args.timing_cache)
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.export.onnx_export import export_onnx, max_stride
+    from yolo_prune.export.options import check_img_size
+
+    opts = export_options(args)
+    eopts = engine_options(args) if args.format == "engine" else None
+    onnx_path, engine_path = output_paths(args)
+    model = load_model_from_args(args)
+    check_img_size(opts.img_size, max_stride(model), "--img-size")
+    result = export_onnx(model, onnx_path, opts)
+    b = "batch" if opts.dynamic_batch else opts.batch_size
+    print(f"exported {opts.mode} ONNX (opset {opts.opset}, input {result.input_name} [{b}, 3, "
+          f"{opts.img_size[0]}, {opts.img_size[1]}], outputs {', '.join(result.outputs)}) -> {onnx_path}")
+    print(result.report)
+    if engine_path is not None:
+        _engine(onnx_path, engine_path, eopts, opts, result.metadata)
+    return 0
+
+
+def _engine(onnx_path: Path, engine_path: Path, eopts: "EngineOptions", opts: "ExportOptions", meta: dict) -> None:
+    """Build the engine here, or raise TensorRTUnavailable carrying the trtexec command for the target."""
+    from yolo_prune.export.onnx_export import INPUT_NAME
+    from yolo_prune.export.tensorrt import (InputShape, TensorRTUnavailable, build_engine, build_warnings,
+                                            import_tensorrt, unavailable_message)
+
+    shape = InputShape(INPUT_NAME, opts.img_size, opts.batch_size, opts.dynamic_batch)
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable as exc:
+        raise TensorRTUnavailable(unavailable_message(onnx_path, engine_path, eopts, shape, str(exc))) from None
+    for warning in build_warnings(eopts):
+        print(f"warning: {warning}")
+    built = build_engine(onnx_path, engine_path, eopts, shape, meta)
+    print(f"built TensorRT {built['tensorrt']} engine -> {engine_path} (bindings and version in "
+          f"{engine_path.with_suffix('.json')})")
