@@ -73,8 +73,8 @@ def test_engine_options_validation(bad):
 def test_metadata_roundtrip_and_version_check(tmp_path):
     engine = tmp_path / "m.engine"
     bindings = [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "float", "input": True}]
-    meta = trtx.engine_metadata("8.5.2.2", bindings, {"nc": 3}, EngineOptions(fp16=True, calib_cache=Path("c")),
-                                "m.onnx")
+    build = EngineOptions(fp16=True, calib_cache=Path("c")).to_dict()
+    meta = trtx.engine_metadata("8.5.2.2", bindings, {"nc": 3}, build, "m.onnx")
     trtx.write_json(trtx.metadata_path(engine), meta)
     assert trtx.metadata_path(engine) == tmp_path / "m.json"
     read = trtx.read_engine_metadata(engine)
@@ -249,3 +249,18 @@ def test_load_engine_refuses_another_tensorrt_version(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("8.5.2.2"))
     loaded, meta = trtx.load_engine(engine)
     assert isinstance(loaded, _FakeEngine) and meta["tensorrt"] == "8.5.2.2"
+
+
+def test_describe_engine_built_by_trtexec(tmp_path, monkeypatch):
+    from yolo_prune.export import ExportOptions, export_onnx
+    from yolo_prune.models import build_model
+
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(build_model("yolov7-tiny", nc=2).eval(), onnx_path, ExportOptions(img_size=64, end2end=True))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"ENGINE-BYTES")
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("8.5.2.2"))
+    meta = trtx.describe_engine(engine, onnx_path, {"trtexec": ["--fp16"]})
+    assert json.loads((tmp_path / "m.json").read_text()) == meta
+    assert meta["export"]["options"]["mode"] == "trt_nms" and meta["export"]["nc"] == 2
+    assert meta["build"] == {"trtexec": ["--fp16"]} and meta["bindings"][0]["name"] == "images"

@@ -139,10 +139,10 @@ def metadata_path(engine_path: str | Path) -> Path:
 
 
 def engine_metadata(trt_version: str, bindings: list[dict[str, Any]], export_meta: dict[str, Any],
-                    opts: EngineOptions, onnx_path: str | Path) -> dict[str, Any]:
-    """The JSON written next to an engine."""
+                    build: dict[str, Any], onnx_path: str | Path) -> dict[str, Any]:
+    """The JSON written next to an engine (``build``: EngineOptions.to_dict() or the trtexec flags)."""
     return {"format_version": 1, "tensorrt": trt_version, "bindings": bindings, "onnx": str(onnx_path),
-            "build": opts.to_dict(), "export": export_meta}
+            "build": build, "export": export_meta}
 
 
 def read_engine_metadata(engine_path: str | Path) -> dict[str, Any]:
@@ -312,7 +312,22 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: EngineOpt
         with atomic_path(opts.timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
     engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
-    meta = engine_metadata(trt.__version__, engine_bindings(engine), export_meta, opts, onnx_path)
+    meta = engine_metadata(trt.__version__, engine_bindings(engine), export_meta, opts.to_dict(), onnx_path)
+    write_json(metadata_path(engine_path), meta)
+    return meta
+
+
+def describe_engine(engine_path: str | Path, onnx_path: str | Path, build: dict[str, Any]) -> dict[str, Any]:
+    """Write the JSON of an engine built elsewhere (trtexec) with the installed TensorRT; returns it."""
+    from yolo_prune.export.onnx_export import read_metadata
+
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+    if engine is None:
+        raise YoloPruneError(f"{engine_path}: TensorRT could not deserialise the engine")
+    meta = engine_metadata(trt.__version__, engine_bindings(engine), read_metadata(onnx_path), build, onnx_path)
     write_json(metadata_path(engine_path), meta)
     return meta
 

@@ -1,0 +1,232 @@
+"""Run a yolo-prune TensorRT engine on images, videos or a camera; draw and save the detections (Jetson).
+
+    python3 deploy/jetson/infer.py --engine yolov7-tiny.engine --source images/ --out runs/jetson
+    python3 deploy/jetson/infer.py --engine yolov7-tiny.engine --source 0            # USB camera 0
+    python3 deploy/jetson/infer.py --engine yolov7-tiny.engine --source clip.mp4
+
+The engine needs its JSON (written by `yolo-prune export --format engine` or build_engine.sh); engines built by
+another TensorRT version are refused. Pre-processing (letterbox), NMS and box mapping are imported from
+yolo_prune, exactly what evaluation uses. End-to-end engines (--end2end) carry their NMS; --grid engines are
+post-processed with yolo_prune's NMS. ``tensorrt``, ``cuda-python``, ``torch`` and ``cv2`` are imported lazily.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--engine", required=True, help="TensorRT engine (its .json must sit next to it)")
+    p.add_argument("--source", required=True, help="image, folder, video file, camera index or GStreamer pipeline")
+    p.add_argument("--out", default="runs/jetson", help="folder for annotated images/videos (default runs/jetson)")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold for --grid engines")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold for --grid engines")
+    p.add_argument("--max-det", type=int, default=300, help="detections per image for --grid engines")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames of a video/camera (0: all)")
+    p.add_argument("--no-save", action="store_true", help="only print detections and FPS")
+    return p.parse_args(argv)
+
+
+def _cudart() -> Any:
+    """cuda-python's runtime module (``cuda.cudart`` in 11.x/12.x, ``cuda.bindings.runtime`` later)."""
+    try:
+        from cuda import cudart
+    except ImportError:
+        from cuda.bindings import runtime as cudart
+    return cudart
+
+
+def _ok(result: tuple) -> Any:
+    """Unwrap a cuda-python ``(err, value...)`` tuple, raising on an error code."""
+    err, *rest = result
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA error {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class TrtDetector:
+    """An engine with device buffers: ``run(batch [B, 3, H, W]) -> {output name: array}`` (TensorRT >= 8.5 API)."""
+
+    def __init__(self, engine_path: str | Path):
+        from yolo_prune.export.tensorrt import load_engine
+
+        self.engine, self.meta = load_engine(engine_path)  # clear errors: no TensorRT, no JSON, other version
+        import tensorrt as trt
+
+        self.cudart = _cudart()
+        self.context = self.engine.create_execution_context()
+        self.stream = _ok(self.cudart.cudaStreamCreate())
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input = next(n for n in names if is_input[n])
+        self.outputs = [n for n in names if not is_input[n]]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        shape = list(self.engine.get_tensor_shape(self.input))
+        self.batch = 1 if shape[0] < 0 else int(shape[0])  # dynamic batch: one frame at a time
+        self.img_size = (int(shape[2]), int(shape[3]))
+        self.device: dict[str, int] = {}  # name -> device pointer
+        self.sizes: dict[str, int] = {}  # name -> bytes allocated
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least ``nbytes`` for ``name`` (grown when needed)."""
+        if nbytes > self.sizes.get(name, 0):
+            if name in self.device:
+                _ok(self.cudart.cudaFree(self.device[name]))
+            self.device[name], self.sizes[name] = _ok(self.cudart.cudaMalloc(nbytes)), nbytes
+        return self.device[name]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Copy in, execute, copy out (synchronous)."""
+        h2d, d2h = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        x = np.ascontiguousarray(batch, dtype=self.dtypes[self.input])
+        self.context.set_input_shape(self.input, x.shape)
+        ptr = self._buffer(self.input, x.nbytes)
+        _ok(self.cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, self.stream))
+        self.context.set_tensor_address(self.input, ptr)
+        host = {n: np.empty(tuple(self.context.get_tensor_shape(n)), self.dtypes[n]) for n in self.outputs}
+        for n, arr in host.items():
+            self.context.set_tensor_address(n, self._buffer(n, max(arr.nbytes, 1)))
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execution failed")
+        for n, arr in host.items():
+            _ok(self.cudart.cudaMemcpyAsync(arr.ctypes.data, self.device[n], arr.nbytes, d2h, self.stream))
+        _ok(self.cudart.cudaStreamSynchronize(self.stream))
+        return host
+
+
+def detections(outputs: dict[str, np.ndarray], mode: str, conf: float, iou: float, max_det: int) -> list[np.ndarray]:
+    """Engine outputs -> per image [n, 6] (x1, y1, x2, y2, score, class) in network-input pixels."""
+    if mode in ("trt_nms", "ort_nms"):
+        rows = np.concatenate([outputs["det_boxes"].astype(np.float32),
+                               outputs["det_scores"][..., None].astype(np.float32),
+                               outputs["det_classes"][..., None].astype(np.float32)], 2)
+        return [r[: int(n)] for r, n in zip(rows, outputs["num_dets"].reshape(-1))]
+    if mode != "grid":
+        raise SystemExit(f"engine mode {mode!r}: export with --grid or --end2end for deployment")
+    import torch
+
+    from yolo_prune.engine.postprocess import non_max_suppression
+
+    pred = torch.from_numpy(outputs["output"].astype(np.float32))
+    return [d.numpy() for d in non_max_suppression(pred, conf, iou, max_det=max_det)]
+
+
+def to_original(dets: np.ndarray, net_hw: tuple[int, int], img_hw: tuple[int, int], ratio_pad: tuple) -> np.ndarray:
+    """Map [n, 6] boxes from the letterboxed network input back to the original image (clipped)."""
+    from yolo_prune.data.letterbox import scale_boxes
+
+    return scale_boxes(dets, net_hw, img_hw, ratio_pad).astype(np.float32)
+
+
+def draw(img_rgb: np.ndarray, dets: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """A copy of the image with boxes and "name score" labels."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img_rgb)
+    pen = ImageDraw.Draw(im)
+    for x1, y1, x2, y2, score, cls in dets.tolist():
+        colour = tuple(int(c) for c in np.random.default_rng(int(cls)).integers(64, 256, 3))
+        label = f"{names[int(cls)] if int(cls) < len(names) else int(cls)} {score:.2f}"
+        pen.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        pen.text((x1 + 2, max(0.0, y1 - 11)), label, fill=colour)
+    return np.asarray(im)
+
+
+def frames(source: str) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """(name, RGB frame, is_stream) from an image, a folder of images, a video, a camera index or a pipeline."""
+    from PIL import Image
+
+    path = Path(source)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        for f in files:
+            yield f.name, np.asarray(Image.open(f).convert("RGB")), False
+        return
+    import cv2
+
+    cap = cv2.VideoCapture(int(source)) if source.isdigit() else (
+        cv2.VideoCapture(source, cv2.CAP_GSTREAMER) if "!" in source else cv2.VideoCapture(source))
+    if not cap.isOpened():
+        raise SystemExit(f"cannot open video source {source!r}")
+    name = f"camera{source}.mp4" if source.isdigit() else f"{path.stem}.mp4"
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        yield name, bgr[..., ::-1].copy(), True
+    cap.release()
+
+
+def detect(det: TrtDetector, img_rgb: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """One frame -> [n, 6] detections in the frame's pixels."""
+    from yolo_prune.data.letterbox import preprocess
+
+    x, ratio, pad = preprocess(img_rgb, det.img_size, int(max(det.meta["export"]["stride"])))
+    batch = np.zeros((det.batch, *x.shape[1:]), dtype=np.float32)  # a static batch is padded with zeros
+    batch[0] = x[0].numpy()
+    mode = det.meta["export"]["options"]["mode"]
+    dets = detections(det.run(batch), mode, args.conf_thres, args.iou_thres, args.max_det)[0]
+    return to_original(dets, det.img_size, img_rgb.shape[:2], (ratio, pad))
+
+
+class _Writer:
+    """Saves annotated images as files and video/camera frames into one .mp4 per source."""
+
+    def __init__(self, out: Path):
+        self.out, self.videos = out, {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def save(self, name: str, img_rgb: np.ndarray, stream: bool, fps: float = 30.0) -> None:
+        if not stream:
+            from PIL import Image
+
+            Image.fromarray(img_rgb).save(self.out / name)
+            return
+        import cv2
+
+        if name not in self.videos:
+            h, w = img_rgb.shape[:2]
+            self.videos[name] = cv2.VideoWriter(str(self.out / name), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        self.videos[name].write(img_rgb[..., ::-1])
+
+    def close(self) -> None:
+        for v in self.videos.values():
+            v.release()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from yolo_prune.errors import YoloPruneError
+
+    args = parse_args(argv)
+    try:
+        det = TrtDetector(args.engine)
+    except YoloPruneError as exc:
+        print(f"infer.py: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    names = det.meta["export"].get("names", [])
+    writer = None if args.no_save else _Writer(Path(args.out))
+    t0, n = time.perf_counter(), 0
+    for n, (name, img, stream) in enumerate(frames(args.source), start=1):
+        dets = detect(det, img, args)
+        print(f"{name}: {len(dets)} detections, {n / (time.perf_counter() - t0):.1f} FPS (incl. pre/post-processing)")
+        if writer is not None:
+            writer.save(name, draw(img, dets, names), stream)
+        if stream and args.max_frames and n >= args.max_frames:
+            break
+    if writer is not None:
+        writer.close()
+        print(f"saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
