@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from test_export_common import one_torch_thread  # noqa: F401 (autouse fixture)
 from yolo_prune.cli import main
 from yolo_prune.errors import CheckFailed
 

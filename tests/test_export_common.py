@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 IMG = (160, 192)  # H, W: small, non-square, multiples of 32
@@ -61,3 +62,13 @@ def test_importing_export_does_not_import_optional_runtimes():
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxslim', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Export tests run one intra-op thread: on a shared 2-core machine, two spinning OpenMP threads made the
+    tiny model's forward pass 50x slower. Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

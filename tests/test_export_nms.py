@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from test_export_common import IMG, lively_tiny
+from test_export_common import IMG, lively_tiny, one_torch_thread  # noqa: F401 (autouse fixture)
 from yolo_prune.errors import CheckFailed
 from yolo_prune.export import ExportOptions, export_onnx
 from yolo_prune.export.detections import match_detections, reference_detections, unpad

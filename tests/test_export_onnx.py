@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from test_export_common import IMG, lively_tiny, pruned_widths
+from test_export_common import IMG, lively_tiny, pruned_widths, one_torch_thread  # noqa: F401 (autouse fixture)
 from yolo_prune.errors import CheckFailed, YoloPruneError
 from yolo_prune.export import ExportOptions, OrtDetector, export_onnx, read_metadata
 from yolo_prune.export.verify import ort_session, run_ort, sample_images
