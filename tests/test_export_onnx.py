@@ -189,3 +189,15 @@ def test_sample_images_are_real_looking_and_different():
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert all(float(x[i].std()) > 0.05 for i in range(3))
     assert np.unique(x.view(3, -1).sum(1).numpy()).size == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lively,kw", [(True, dict(grid=True)), (True, dict(end2end=True, max_wh=7680)),
+                                       (False, dict(grid=True, fp16=True)), (False, dict(end2end=True, fp16=True))])
+def test_export_on_cuda(lively, kw, tmp_path):
+    from yolo_prune.models import build_model
+
+    model = lively_tiny() if lively else build_model("yolov7-tiny", nc=3).eval()
+    result = export_onnx(model, tmp_path / "c.onnx", ExportOptions(img_size=IMG, device="cuda", **kw))
+    assert result.report is not None and result.report.lines
+    assert next(model.parameters()).device.type == "cpu"  # traced on a CUDA copy; the model stays put

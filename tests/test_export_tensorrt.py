@@ -264,3 +264,15 @@ def test_describe_engine_built_by_trtexec(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "m.json").read_text()) == meta
     assert meta["export"]["options"]["mode"] == "trt_nms" and meta["export"]["nc"] == 2
     assert meta["build"] == {"trtexec": ["--fp16"]} and meta["bindings"][0]["name"] == "images"
+
+
+def test_bindings_of_tensorrt_before_8_5(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("8.2.1"))
+    old = mock.Mock(spec=["num_bindings", "get_binding_name", "get_binding_shape", "get_binding_dtype",
+                          "binding_is_input"])
+    old.num_bindings = 1
+    old.get_binding_name.return_value = "images"
+    old.get_binding_shape.return_value = (1, 3, 64, 64)
+    old.get_binding_dtype.return_value = "DataType.FLOAT"
+    old.binding_is_input.return_value = True
+    assert trtx.engine_bindings(old) == [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "float", "input": True}]

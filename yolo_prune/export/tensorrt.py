@@ -165,9 +165,13 @@ def check_version(meta: dict[str, Any], runtime_version: str) -> None:
 
 
 def engine_bindings(engine: Any) -> list[dict[str, Any]]:
-    """Name, shape, dtype and direction of every I/O tensor (TensorRT >= 8.5 tensor API)."""
+    """Name, shape, dtype and direction of every I/O tensor (tensor API of TensorRT >= 8.5, else bindings)."""
     import tensorrt as trt
 
+    if not hasattr(engine, "num_io_tensors"):  # TensorRT < 8.5
+        return [{"name": engine.get_binding_name(i), "shape": [int(d) for d in engine.get_binding_shape(i)],
+                 "dtype": str(engine.get_binding_dtype(i)).split(".")[-1].lower(),
+                 "input": bool(engine.binding_is_input(i))} for i in range(engine.num_bindings)]
     out = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
@@ -206,6 +210,8 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], cache: Path | None,
     import torch
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
+        """Feeds ``batches`` to TensorRT one device copy at a time; the cache skips calibration next time."""
+
         def __init__(self) -> None:
             super().__init__()
             self.device: torch.Tensor | None = None  # allocated on the first batch (none with a cache)
