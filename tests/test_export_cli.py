@@ -45,6 +45,12 @@ def test_engine_without_tensorrt_prints_trtexec_and_exits_2(tmp_path, monkeypatc
     assert any(n.op_type == "EfficientNMS_TRT" for n in proto.graph.node)
 
 
+def test_small_max_wh_gets_a_note(tmp_path, capsys):
+    assert main(["export", *TINY, "--end2end", "--max-wh", "96", "--output", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "note: --max-wh 96 < 2 x the image side" in out and "verified ort_nms export" in out
+
+
 def test_int8_engine_without_calibration_warns(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["export", *TINY, "--format", "engine", "--int8", "--output", str(tmp_path / "m.engine")]) == 2

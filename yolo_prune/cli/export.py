@@ -113,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     onnx_path, engine_path = output_paths(args)
     model = load_model_from_args(args)
     check_img_size(opts.img_size, max_stride(model), "--img-size")
+    if opts.max_wh is not None and opts.max_wh < 2 * max(opts.img_size):
+        print(f"note: --max-wh {opts.max_wh} < 2 x the image side: boxes reaching past the image edge can overlap "
+              "boxes of the next class after the class offset (YOLOv7's PyTorch NMS uses 7680)")
     result = export_onnx(model, onnx_path, opts)
     b = "batch" if opts.dynamic_batch else opts.batch_size
     print(f"exported {opts.mode} ONNX (opset {opts.opset}, input {result.input_name} [{b}, 3, "

@@ -55,7 +55,7 @@ def resolve_device(device: str) -> torch.device:
 
 def max_stride(model: nn.Module) -> int:
     """The model's largest detection stride (input sizes must be multiples of it)."""
-    return int(max(float(s) for s in model.detect.stride))
+    return int(model.detect.stride.max())
 
 
 def prepare_model(model: nn.Module, opts: ExportOptions) -> nn.Module:

@@ -4,21 +4,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from yolo_prune.data.letterbox import as_hw as letterbox_hw
 from yolo_prune.errors import YoloPruneError
 
 MODES = ("raw", "grid", "trt_nms", "ort_nms")
 
 
 def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
-    """An int or one/two-element sequence -> ``(h, w)``."""
-    if isinstance(size, int):
-        return size, size
-    values = [int(v) for v in size]
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) != 2:
+    """An int or one/two-element sequence -> ``(h, w)``; YoloPruneError for other lengths."""
+    values = [size] if isinstance(size, int) else [int(v) for v in size]
+    if len(values) not in (1, 2):
         raise YoloPruneError(f"image size takes one or two values (H W), got {values}")
-    return values[0], values[1]
+    return letterbox_hw(values[0] if len(values) == 1 else values)
 
 
 def check_img_size(img_size: tuple[int, int], stride: int, name: str = "img_size") -> None:

@@ -10,15 +10,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from yolo_prune.engine.boxes import xywh2xyxy
 from yolo_prune.export.nms_onnx import E2E_OUTPUTS, EfficientNMSTRT, OnnxNMS, pad_selected
 from yolo_prune.export.options import ExportOptions
 
 
 def boxes_and_scores(pred: Tensor) -> tuple[Tensor, Tensor]:
     """pred [B, N, 5 + nc] -> (boxes [B, N, 4] x1 y1 x2 y2, scores [B, N, nc] = obj * cls); no in-place ops."""
-    xy, wh, obj, cls = pred.split((2, 2, 1, pred.shape[2] - 5), 2)
-    half = wh * 0.5
-    return torch.cat((xy - half, xy + half), 2), cls * obj
+    return xywh2xyxy(pred[..., :4]), pred[..., 5:] * pred[..., 4:5]
 
 
 class _Wrapper(nn.Module):
