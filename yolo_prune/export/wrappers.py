@@ -6,7 +6,6 @@ input pixels, objectness and class scores (after sigmoid).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
