@@ -11,7 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("YOLO_PRUNE_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests use tiny tensors, and on a shared 2-core machine a second thread that has to
+# wait for a busy core made forward passes up to ~50x slower.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,6 +17,7 @@ import torch
 from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
 from yolo_prune.data.synth import generate_synthetic
 from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH
+from yolo_prune.errors import YoloPruneError
 from yolo_prune.models.complexity import count_gflops, count_params
 from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings, evaluate_on_data, sensitivity_on_data
 
@@ -77,7 +78,7 @@ def fine_tune(weights: Path, data: Path, out: Path, epochs: int) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--analysis-images", type=int, default=32)
+    p.add_argument("--analysis-images", type=int, default=16)
     p.add_argument("--budget", type=float, default=0.6, help="target GFLOPs as a fraction of the unpruned model's")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-images", type=int, default=256)
@@ -93,8 +94,13 @@ def main() -> None:
     print(f"mAP@.5 {before.map50:.4f}  mAP@.5:.95 {before.map:.4f}")
     banner(f"3/7 sensitivity analysis: every layer x rates 0.25/0.5/0.75 on {args.analysis_images} images")
     subset = DataSettings(str(data), "val", img, 16, 2, args.analysis_images)
-    sensitivity_on_data(load_checkpoint(DEMO_MODEL).model, subset, AnalysisSettings([0.25, 0.5, 0.75]),
-                        out / "sensitivity", device=torch.device("cpu"), source=str(DEMO_MODEL))
+    analyse = lambda replace: sensitivity_on_data(  # noqa: E731
+        load_checkpoint(DEMO_MODEL).model, subset, AnalysisSettings([0.25, 0.5, 0.75]), out / "sensitivity",
+        device=torch.device("cpu"), source=str(DEMO_MODEL), exist_ok=replace)
+    try:
+        analyse(False)  # resumes an interrupted demo
+    except YoloPruneError:
+        analyse(True)  # an earlier demo with other settings: replace it
     banner(f"4/7 layer selection for {args.budget:.0%} of the GFLOPs (knapsack, exact cost checked)")
     pairs = select(out, model, img, args.budget)
     banner("5/7 prune")

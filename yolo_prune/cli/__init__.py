@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "layer-selection": ("yolo_prune.cli.layer_selection", "select layers and rates from a sensitivity analysis"),
     "train": ("yolo_prune.cli.train", "train or fine-tune a (pruned) model"),
     "iterate": ("yolo_prune.cli.iterate", "analyse -> select -> prune -> fine-tune, repeated"),
-    "export": ("yolo_prune.cli.export", "export to ONNX, TensorRT engine or Vitis AI INT8 ONNX"),
+    "export": ("yolo_prune.cli.export", "export to ONNX (verified in ONNX Runtime) or a TensorRT engine"),
     "benchmark": ("yolo_prune.cli.benchmark", "measure latency and throughput of models"),
     "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
 }
