@@ -50,7 +50,8 @@ def test_kill_and_resume_equals_uninterrupted(small_set, tmp_path):
 
     store = tmp_path / "killed" / "sens" / "sensitivity.json"
     cmd = [sys.executable, "-m", "yolo_prune", *_args(data, weights, tmp_path / "killed", "--layers", layers, "--json")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same float summation order as in-process
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline:
         if store.exists() and len(json.loads(store.read_text())["results"]) >= 2:
