@@ -85,11 +85,15 @@ def test_decoded_boxes_follow_yolov7_formula(tiny_model):
     assert torch.allclose(pred[0, idx, 0], cx) and torch.allclose(pred[0, idx, 2], w)
 
 
-def test_fp16_forward_cpu(tiny_model):
-    model = copy.deepcopy(tiny_model).half()
+@pytest.mark.parametrize("name", available_cfgs())
+def test_fp16_forward_cpu_every_shipped_cfg(name):
+    model = build_model(name, nc=3).half()
+    x = torch.rand(1, 3, 64, 64).half()
     with torch.no_grad():
-        pred, _ = model(torch.rand(1, 3, 64, 64).half())
-    assert pred.dtype == torch.float16 and torch.isfinite(pred).all()
+        pred, _ = model.eval()(x)
+        raw = model.train()(x)
+    assert pred.dtype == torch.float16 and torch.isfinite(pred).all() and pred.shape == (1, 252, 8)
+    assert [r.dtype for r in raw] == [torch.float16] * 3
 
 
 @pytest.mark.gpu
