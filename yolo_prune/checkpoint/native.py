@@ -9,8 +9,6 @@ Layout (a plain dict of primitives and tensors)::
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import torch.nn as nn
 
 from yolo_prune.checkpoint.state import load_state_strict
 from yolo_prune.errors import CheckpointError
-from yolo_prune.fileio import umask_mode
+from yolo_prune.fileio import write_atomic
 from yolo_prune.models.blocks import Conv, RepConv
 from yolo_prune.models.fuse import fold_implicit, fuse_conv_bn, fuse_repconv
 from yolo_prune.models.heads import IDetect
@@ -53,18 +51,7 @@ def to_checkpoint(model: Model, history: list[dict] | None = None, extra: dict |
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(model: Model, path: str | Path, history: list[dict] | None = None,
