@@ -1,0 +1,643 @@
+"""Sensitivity analysis speed: the cached fast path vs one plain evaluation per configuration, CPU.
+
+``yolo-prune test --task pruning_sensitivity_analysis`` prunes each prunable conv alone at each rate and scores
+the result. The published workflow evaluates every (layer, rate) configuration with the standard evaluator; our
+analysis reads and letterboxes the images once, runs the unpruned model once per batch (per chunk of layers)
+with every layer output cached, and re-runs only the layers downstream of the pruned one with the removed
+filters zeroed. This script measures
+
+    ratio = analysis wall time / (configurations x one plain evaluation)
+
+on ``yolov7-tiny`` over a synthetic validation set (goal: ratio <= 0.6), where
+
+* one plain evaluation = ``evaluate_on_data(model, DataSettings(...), device=cpu, progress=False)`` of the
+  unpruned model (builds the data loader, reads and letterboxes the images, forward, NMS, COCO mAP); one
+  warm-up run, then ``--repeats`` timed runs before the analysis and ``--repeats`` after it; the median of all
+  timed runs is the denominator (the before/after medians are printed to show drift);
+* the analysis = ``sensitivity_on_data(model, DataSettings(...), AnalysisSettings(rates, criterion='l2'),
+  <fresh temp dir>, device=cpu, progress=False)`` on the same images, timed end to end.
+
+It also checks that the analysis' stored baseline (mp, mr, mAP@.5, mAP@.5:.95) equals the plain evaluation's,
+and breaks both runs down: forward and NMS from the timings the two tools record themselves; metrics/COCOeval
+(``_summarize``), the cached full forward (``run_all``), the pruned models' params/GFLOPs (``pruned_cost``) and
+the image cache (``cached_batches``) by wrapping those library functions with timers (see ``Timers``); next to
+the share of the network's multiply-adds that the fast path re-runs per configuration.
+
+Models (``--models``, each measured in turn): ``demo``, the shipped demo model
+(``yolo_prune/assets/yolov7-tiny-synth.pt``, trained on the synthetic benchmark: a realistic NMS load of a few
+hundred candidates per image) and ``random``, ``build_model('yolov7-tiny', nc=6)`` with seeded random weights:
+with the YOLOv7 bias initialisation every one of the 6,300 boxes per 320x320 image passes conf 0.001, so NMS keeps
+the maximum 300 detections per image, the worst case for NMS and COCO eval. A checkpoint path works too.
+
+Timing noise: with 2 intra-op threads a contended host slows the forward pass several-fold. Each attempt is
+checked twice: the spread of its plain evaluations (slowest / fastest) and the analysis' forward slowdown (its
+downstream-forward seconds over what its multiply-adds cost at the plain evaluations' forward speed; 0.6-0.7 on a
+quiet 2-core host). ``--attempts`` re-measures a disturbed model and reports the least disturbed attempt.
+
+The default is every prunable layer (165 configurations on yolov7-tiny, ~12 min on a quiet 2-core host for both
+models); ``--layer-step 4`` analyses every 4th layer (42 configurations) and states so in the section.
+
+    .venv/bin/python benchmarks/sensitivity_speed.py --layer-step 4            # print the tables
+    .venv/bin/python benchmarks/sensitivity_speed.py --layer-step 4 --write    # ... and (re)write the section
+
+Exits with status 1 when the ratio is above ``--goal`` or the baselines differ.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Sensitivity analysis speed"
+DEMO_WEIGHTS = REPO / "yolo_prune" / "assets" / "yolov7-tiny-synth.pt"
+METRICS = ("mp", "mr", "map50", "map")
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def make_data(root: Path, n_images: int, img_size: int, n_classes: int, seed: int) -> Path:
+    """A synthetic val split of ``n_images``; returns its data.yaml.
+
+    ``generate_synthetic(n_train=0)`` leaves ``train`` pointing at an empty folder, which the data-config
+    loader rejects (``train`` is required to hold images); the evaluation never reads it, so point it at val.
+    """
+    import yaml
+
+    from yolo_prune.data.synth import generate_synthetic
+
+    res = generate_synthetic(root, n_train=0, n_val=n_images, img_size=img_size, n_classes=n_classes, seed=seed)
+    raw = yaml.safe_load(res.data_yaml.read_text())
+    raw["train"] = raw["val"]
+    res.data_yaml.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return res.data_yaml
+
+
+def load_model(which: str, cfg: str, nc: int, seed: int):
+    """``demo``: the shipped demo model; ``random``: ``build_model(cfg, nc)`` seeded; else a checkpoint path."""
+    from yolo_prune import build_model
+    from yolo_prune.checkpoint import load_model as load_weights
+
+    if which == "random":
+        torch.manual_seed(seed)
+        return build_model(cfg, nc=nc).float().eval(), f"`build_model('{cfg}', nc={nc})`, random weights (seed {seed})"
+    weights = DEMO_WEIGHTS if which == "demo" else Path(which)
+    import hashlib
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    shown = os.path.relpath(weights, REPO) if weights.resolve().is_relative_to(REPO) else str(weights)
+    return load_weights(weights).float().eval(), f"weights `{shown}` (sha256 {digest}...)"
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its reaped children (the data loader's workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def wait_quiet(max_load: float, max_wait: float) -> None:
+    """Sleep until the 1-minute load average is below ``max_load`` (at most ``max_wait`` s); 0 disables."""
+    if max_load <= 0:
+        return
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= max_load and time.perf_counter() - t0 < max_wait:
+        time.sleep(5)
+
+
+class Timers:
+    """Wall seconds spent in a few library functions, by wrapping them where their callers look them up.
+
+    Only adds a Python call per wrapped call (a few hundred per analysis); the code paths are unchanged.
+    """
+
+    TARGETS = (  # (module, attribute, bucket)
+        ("yolo_prune.engine.evaluator", "_summarize", "metrics"),  # test.py metrics + COCOeval, both tools
+        ("yolo_prune.analysis.sensitivity", "run_all", "cache_forward"),
+        ("yolo_prune.analysis.sensitivity", "pruned_cost", "pruned_cost"),
+        ("yolo_prune.pipeline.evaluation", "cached_batches", "image_cache"),
+    )
+
+    def __init__(self) -> None:
+        import functools
+        import importlib
+
+        self.seconds: dict[str, float] = {}
+        for mod_name, attr, bucket in self.TARGETS:
+            mod = importlib.import_module(mod_name)
+            fn = getattr(mod, attr)
+
+            @functools.wraps(fn)
+            def wrapper(*a, _fn=fn, _bucket=bucket, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    self.seconds[_bucket] = self.seconds.get(_bucket, 0.0) + time.perf_counter() - t0
+
+            setattr(mod, attr, wrapper)
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
+TIMERS: Timers | None = None
+
+
+def timers() -> Timers:
+    global TIMERS
+    if TIMERS is None:
+        TIMERS = Timers()
+    return TIMERS
+
+
+@dataclass
+class PlainRun:
+    wall: float
+    cpu: float
+    forward: float  # seconds, from the evaluator's own ``speed``
+    nms: float
+    metrics: float  # seconds in test.py metrics + COCOeval
+
+
+def plain_eval(model, data: "DataSettings"):
+    from yolo_prune.pipeline.evaluation import evaluate_on_data
+
+    timers().take()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    res = evaluate_on_data(model, data, device=torch.device("cpu"), progress=False)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    metrics = timers().take().get("metrics", 0.0)
+    return PlainRun(wall, cpu, res.speed[0] * res.n_images / 1e3, res.speed[1] * res.n_images / 1e3, metrics), res
+
+
+def nms_load(model, data: "DataSettings", conf: float = 0.001, iou: float = 0.65) -> tuple[float, float, float]:
+    """On the first batch: boxes per image, those with objectness > conf, detections NMS keeps (means)."""
+    from yolo_prune.engine.postprocess import non_max_suppression
+    from yolo_prune.pipeline.evaluation import make_loader
+
+    loader, _ = make_loader(data, int(model.stride.max()))
+    imgs = next(iter(loader))[0]
+    with torch.inference_mode():
+        pred = model(imgs.float() / 255.0)
+        pred = pred[0] if isinstance(pred, (tuple, list)) else pred
+        kept = non_max_suppression(pred, conf, iou, multi_label=True)
+    return (float(pred.shape[1]), float((pred[..., 4] > conf).sum(1).float().mean()),
+            float(sum(len(k) for k in kept) / len(kept)))
+
+
+def downstream_shares(model, layers: list[int], img_size: int) -> dict[int, float]:
+    """Per conv of ``layers``: the fraction of the network's multiply-adds the fast path re-runs for it."""
+    from yolo_prune.analysis.fastforward import downstream_layers, layer_of
+    from yolo_prune.graph.derive import derive_graph
+    from yolo_prune.models.complexity import op_costs
+
+    graph = derive_graph(model)
+    per_layer: dict[int, int] = {}
+    for c in op_costs(model, img_size):
+        top = int(c.name.split(".")[1])
+        per_layer[top] = per_layer.get(top, 0) + c.macs
+    total = sum(per_layer.values())
+    deps = downstream_layers(model)
+    return {conv: sum(per_layer.get(i, 0) for i in deps[layer_of(graph, conv)]) / total for conv in layers}
+
+
+@dataclass
+class Analysis:
+    seconds: float
+    cpu: float
+    n_configs: int
+    n_chunks: int
+    baseline: dict
+    t_forward: float  # seconds in downstream re-runs (all configurations)
+    t_nms: float  # seconds in NMS + per-image bookkeeping (all configurations and the baseline)
+    t_cache: float  # seconds in the full cached forward passes (run_all, once per batch per chunk)
+    mac_share: float  # sum over configurations of the downstream share of multiply-adds
+    t_metrics: float  # seconds in test.py metrics + COCOeval (every configuration and the baseline)
+    t_pruned_cost: float  # seconds computing the pruned models' params / GFLOPs
+    t_image_cache: float  # seconds reading and letterboxing the images once
+
+
+def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[int] | None, chunk_layers: int,
+                 out_dir: Path, shares: dict[int, float]) -> Analysis:
+    from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
+
+    settings = AnalysisSettings(rates=rates, criterion="l2", layers=layers, chunk_layers=chunk_layers)
+    timers().take()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    sensitivity_on_data(model, data, settings, out_dir, device=torch.device("cpu"), progress=False)
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    parts = timers().take()
+    saved = json.loads((out_dir / "sensitivity.json").read_text())
+    results, baseline = list(saved["results"].values()), saved["baseline"]
+    n_img = data.max_images or 0
+    n_layers = len({r["layer"] for r in results})
+    n_chunks = math.ceil(n_layers / chunk_layers)
+    scale = n_img / 1e3  # speed is ms per image
+    return Analysis(seconds, cpu, len(results), n_chunks, baseline,
+                    t_forward=sum(r["speed"][0] for r in results) * scale,
+                    t_nms=(sum(r["speed"][1] for r in results) + baseline["speed"][1]) * scale,
+                    t_cache=parts.get("cache_forward", 0.0),
+                    mac_share=sum(shares[int(r["layer"])] for r in results),
+                    t_metrics=parts.get("metrics", 0.0), t_pruned_cost=parts.get("pruned_cost", 0.0),
+                    t_image_cache=parts.get("image_cache", 0.0))
+
+
+@dataclass
+class Attempt:
+    """One measurement: plain evaluations before and after one analysis."""
+
+    before: list[PlainRun]
+    after: list[PlainRun]
+    analysis: Analysis
+    plain_res: Any  # EvalResult of the last plain evaluation before the analysis
+    loads: list[str]
+
+    @property
+    def runs(self) -> list[PlainRun]:
+        return self.before + self.after
+
+    @property
+    def plain(self) -> float:
+        return statistics.median(r.wall for r in self.runs)
+
+    @property
+    def plain_cpu(self) -> float:
+        return statistics.median(r.cpu for r in self.runs)
+
+    @property
+    def ratio(self) -> float:
+        return self.analysis.seconds / (self.analysis.n_configs * self.plain)
+
+    @property
+    def ratio_cpu(self) -> float:
+        return self.analysis.cpu / (self.analysis.n_configs * self.plain_cpu)
+
+    @property
+    def spread(self) -> float:
+        """Slowest / fastest timed plain evaluation: 1 on a quiet machine."""
+        walls = [r.wall for r in self.runs]
+        return max(walls) / min(walls)
+
+    @property
+    def slowdown(self) -> float:
+        """Analysis' downstream forward time / what its multiply-adds cost at the plain evaluations' forward speed.
+
+        0.6-0.7 on a quiet 2-core host (the early high-resolution layers, which only the plain evaluation runs
+        in full, cost more per multiply-add); several times more when the analysis alone was disturbed.
+        """
+        plain_forward = statistics.median(r.forward for r in self.runs)
+        return self.analysis.t_forward / (self.analysis.mac_share * plain_forward)
+
+    def disturbance(self, max_spread: float, max_slowdown: float) -> float:
+        """Above 1: disturbed."""
+        return max(self.spread / max_spread, self.slowdown / max_slowdown)
+
+    @property
+    def same_baseline(self) -> bool:
+        return all(float(self.analysis.baseline[k]) == float(getattr(self.plain_res, k)) for k in METRICS)
+
+
+def measure(model, data: "DataSettings", args: argparse.Namespace, layers: list[int] | None, work: Path,
+            label: str, shares: dict[int, float]) -> Attempt:
+    def log(msg: str) -> None:
+        print(f"[{label}] {msg}", file=sys.stderr, flush=True)
+
+    wait_quiet(args.quiet_load, args.max_wait)
+    loads, before, after = [load()], [], []
+    plain_res = None
+    for i in range(1 + args.repeats):
+        run, res = plain_eval(model, data)
+        if i:
+            before.append(run)
+            plain_res = res
+        log(f"plain eval {'warm-up' if not i else f'{i}/{args.repeats}'}: {run.wall:.2f} s, cpu {run.cpu:.2f} s "
+            f"(mAP {res.map:.4g}, speed {res.speed[0]:.0f}/{res.speed[1]:.0f} ms/img)")
+    loads.append(load())
+    log(f"analysis: {len(layers) if layers else 'all'} layers x {len(args.rates)} rates ...")
+    an = run_analysis(copy.deepcopy(model), data, list(args.rates), layers, args.chunk_layers, work, shares)
+    log(f"analysis: {an.seconds:.1f} s, cpu {an.cpu:.1f} s for {an.n_configs} configs")
+    loads.append(load())
+    for i in range(args.repeats):
+        run, _ = plain_eval(model, data)
+        after.append(run)
+        log(f"plain eval after {i + 1}/{args.repeats}: {run.wall:.2f} s, cpu {run.cpu:.2f} s")
+    loads.append(load())
+    attempt = Attempt(before, after, an, plain_res, loads)
+    log(f"ratio {attempt.ratio:.3f} (cpu {attempt.ratio_cpu:.3f}), plain-eval spread {attempt.spread:.2f}, "
+        f"analysis forward slowdown {attempt.slowdown:.2f}")
+    return attempt
+
+
+@dataclass
+class ModelResult:
+    name: str
+    source: str
+    nms: tuple[float, float, float]
+    attempts: list[Attempt]
+    limits: tuple[float, float]  # max spread, max slowdown
+
+    @property
+    def best(self) -> Attempt:
+        """The least disturbed attempt."""
+        return min(self.attempts, key=lambda a: a.disturbance(*self.limits))
+
+
+# ------------------------------------------------------------------------------------------------ environment
+def machine() -> dict[str, str]:
+    try:
+        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = "unknown"
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "n/a"
+    return {"nproc": nproc, "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": ver("torchvision"), "numpy": ver("numpy"),
+            "pycocotools": ver("pycocotools"), "commit": rev,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def command_line(argv: list[str]) -> str:
+    def rel(p: str) -> str:
+        try:
+            return os.path.relpath(Path(p).absolute(), REPO) if Path(p).absolute().is_relative_to(REPO) else p
+        except ValueError:
+            return p
+    return " ".join([rel(sys.executable), rel(sys.argv[0])] + [shlex.quote(a) for a in argv])
+
+
+def load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ------------------------------------------------------------------------------------------------ report
+def breakdown(args: argparse.Namespace, r: ModelResult) -> list[str]:
+    at, an = r.best, r.best.analysis
+    c, plain = an.n_configs, at.plain
+
+    def mean(f) -> float:
+        return statistics.fmean(f(x) for x in at.runs)
+
+    p_total, p_inf, p_nms, p_met = mean(lambda x: x.wall), mean(lambda x: x.forward), mean(lambda x: x.nms), \
+        mean(lambda x: x.metrics)
+    a_known = an.t_forward + an.t_nms + an.t_cache + an.t_metrics + an.t_pruned_cost + an.t_image_cache
+    rows = [("forward (plain: full model; analysis: downstream re-runs, removed filters zeroed)", p_inf, an.t_forward),
+            ("NMS + per-image matching", p_nms, an.t_nms),
+            ("test.py metrics + COCOeval (`_summarize`; analysis: once per configuration + baseline)", p_met,
+             an.t_metrics),
+            (f"cached full forward (`run_all`, once per batch per chunk of {args.chunk_layers} layers, "
+             f"{an.n_chunks} chunks)", None, an.t_cache),
+            ("pruned model params / GFLOPs (`pruned_cost`, per configuration)", None, an.t_pruned_cost),
+            ("read + letterbox images (plain: inside the rest; analysis: `cached_batches`, once)", None,
+             an.t_image_cache),
+            ("rest (plain: data loader, workers, letterbox; analysis: plans, graph, baseline params/GFLOPs, store, hooks)",
+             p_total - p_inf - p_nms - p_met, an.seconds - a_known),
+            ("total", p_total, an.seconds)]
+    lines = [f"Where the time goes, {r.name} (seconds; forward/NMS from the `speed` each tool records, the other "
+             "named parts by timing those library functions; plain: mean of the timed runs; the last column "
+             "divides by configs x median plain evaluation, so it adds up to the ratio):",
+             "",
+             "| part | plain eval, 1 run | analysis, all configs | analysis per config | share of ratio |",
+             "|---|---:|---:|---:|---:|"]
+    for name, pv, av in rows:
+        lines.append(f"| {name} | {'-' if pv is None else f'{pv:.2f}'} | {av:.1f} | {av / c:.3f} | "
+                     f"{av / c / plain:.3f} |")
+    return lines + [""]
+
+
+def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[int], share_sel: float,
+           share_all: float, argv: list[str]) -> str:
+    n_img = args.images
+    layer_note = ("all " + str(n_prunable) if len(layers) == n_prunable else
+                  f"{len(layers)} of the {n_prunable} prunable layers, every {args.layer_step}th "
+                  f"(conv indices {', '.join(map(str, layers))})")
+    rates = ", ".join(f"{r:g}" for r in args.rates)
+    lines = [
+        SECTION,
+        "",
+        f"Cost of the pruning sensitivity analysis (`yolo-prune test --task pruning_sensitivity_analysis`) on "
+        f"`{args.cfg}`, CPU, `torch.set_num_threads({args.threads})`: {n_img} synthetic val images "
+        f"(`generate_synthetic(n_train=0, n_val={n_img}, img_size={args.img_size}, n_classes={args.nc}, "
+        f"seed={args.seed})`) at {args.img_size} px, batch {args.batch}, {args.workers} loader workers; layers: "
+        f"{layer_note}; rates {rates}; L2 criterion.",
+        "",
+        "- one plain evaluation: `evaluate_on_data(model, DataSettings(...), device=cpu, progress=False)` of the "
+        "unpruned model, what the published workflow runs per configuration (data loader, letterbox, forward, "
+        f"NMS, COCO mAP); 1 warm-up, then {args.repeats} timed runs before and {args.repeats} after the analysis, "
+        "median of all;",
+        "- analysis: `sensitivity_on_data(model, DataSettings(...), AnalysisSettings(rates=[" + rates + "], "
+        "criterion='l2'" + (", layers=[...]" if len(layers) != n_prunable else "") + "), <fresh temp dir>, "
+        "device=cpu, progress=False)`, end to end;",
+        "- ratio = analysis / (configurations x one plain evaluation); goal: <= " + f"{args.goal:g}.",
+        "",
+        "Models: " + "; ".join(f"**{r.name}**: {r.source}, NMS load {r.nms[1]:.0f} of {r.nms[0]:.0f} boxes per "
+                               f"image above conf 0.001, {r.nms[2]:.0f} detections kept (max 300)" for r in results)
+        + ".",
+        "",
+        "| model | images | img size | configs | plain eval (s) | analysis (s) | per config (s) | ratio | goal "
+        "| ratio of CPU times | plain-eval spread | analysis slowdown |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        a = r.best
+        verdict = "met" if a.ratio <= args.goal else "NOT met"
+        lines.append(f"| {r.name} | {n_img} | {args.img_size} | {a.analysis.n_configs} | {a.plain:.2f} | "
+                     f"{a.analysis.seconds:.1f} | {a.analysis.seconds / a.analysis.n_configs:.2f} | "
+                     f"**{a.ratio:.3f}** | <= {args.goal:g}: **{verdict}** | {a.ratio_cpu:.3f} | {a.spread:.2f} | "
+                     f"{a.slowdown:.2f} |")
+    lines += [
+        "",
+        "CPU time = this process + its data-loader workers. Two checks that the host stayed quiet (with 2 "
+        "intra-op threads a contended host slows the forward pass several-fold, far more than the CPU share "
+        "lost): plain-eval spread = slowest / fastest timed plain evaluation (1.0 when quiet); analysis slowdown "
+        "= the analysis' downstream forward seconds / (its multiply-adds at the plain evaluations' median forward "
+        "speed), 0.6-0.7 when the analysis ran as undisturbed as the plain evaluations (the early high-resolution "
+        "layers, which only the plain evaluation runs in full, cost more per multiply-add). An attempt with a "
+        f"spread above {args.max_spread:g} or a slowdown above {args.max_slowdown:g} is treated as disturbed.",
+        "",
+    ]
+    for r in results:
+        a = r.best
+        lines.append(
+            f"- {r.name}: plain evaluations (s) before the analysis "
+            + ", ".join(f"{x.wall:.2f}" for x in a.before) + "; after it " + ", ".join(f"{x.wall:.2f}" for x in a.after)
+            + f". Load average (1/5/15 min) at start / before the analysis / after it / at the end: "
+            f"{' ; '.join(a.loads)}." + ("" if len(r.attempts) == 1 else
+            " Attempts (ratio, plain-eval spread, analysis slowdown): "
+            + ", ".join(f"({x.ratio:.3f}, {x.spread:.2f}, {x.slowdown:.2f})" for x in r.attempts)
+            + "; the least disturbed is reported."))
+    lines.append("")
+    for r in results:
+        a = r.best
+        lines.append(
+            f"- Baseline consistency, {r.name} (same images, conf 0.001, IoU 0.65): analysis baseline mp / mr / "
+            "mAP@.5 / mAP@.5:.95 = " + " / ".join(f"{float(a.analysis.baseline[k]):.6g}" for k in METRICS)
+            + "; plain evaluation = " + " / ".join(f"{float(getattr(a.plain_res, k)):.6g}" for k in METRICS)
+            + f": **{'identical' if a.same_baseline else 'DIFFERENT'}**.")
+    lines.append("")
+    for r in results:
+        lines += breakdown(args, r)
+    lines += [
+        f"The fast path re-runs on average {100 * share_sel:.1f}% of the network's multiply-adds per configuration "
+        f"for the layers measured ({100 * share_all:.1f}% over all {n_prunable} prunable layers, so the subset "
+        "slightly overstates the forward cost); the forward part of the ratio cannot drop much below that share "
+        "of the plain evaluation's forward without a cheaper re-run.",
+        "",
+        f"Command: `{command_line(argv)}`",
+        "",
+        f"Machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}; Python {env['python']}, torch {env['torch']}, "
+        f"torchvision {env['torchvision']}, numpy {env['numpy']}, pycocotools {env['pycocotools']}; "
+        f"commit {env['commit']}; {env['date']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's ``##`` section in ``path``, or append it at the end; other sections untouched."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    headings, fenced = [], False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            headings.append(i)
+    mine = [i for i in headings if lines[i].strip() == SECTION]
+    new = section.rstrip("\n").splitlines() + [""]
+    if mine:
+        start = mine[0]
+        end = next((i for i in headings if i > start), len(lines))
+        lines[start:end] = new
+    else:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += [""] + new
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cfg", default="yolov7-tiny", help="cfg of the random model (default: yolov7-tiny)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="'demo' (shipped demo model), 'random' (random weights) or checkpoint paths "
+                         "(default: demo and random, or random alone when no demo model is shipped)")
+    ap.add_argument("--nc", type=int, default=6, help="classes of the synthetic set and random model (default: 6)")
+    ap.add_argument("--images", type=int, default=64, help="val images (default: 64)")
+    ap.add_argument("--img-size", type=int, default=320, help="image size (default: 320)")
+    ap.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
+    ap.add_argument("--workers", type=int, default=2, help="data loader workers, both tools (default: 2)")
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--layer-step", type=int, default=1,
+                    help="analyse every k-th prunable layer (default: 1 = all 55 of yolov7-tiny)")
+    ap.add_argument("--chunk-layers", type=int, default=4, help="AnalysisSettings.chunk_layers (default: 4)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed plain evaluations before and after (>= 3)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attempts", type=int, default=1,
+                    help="measure a model up to this many times while the attempt looks disturbed (plain-eval "
+                         "spread above --max-spread or analysis slowdown above --max-slowdown); the least disturbed "
+                         "attempt "
+                         "is reported (default: 1)")
+    ap.add_argument("--max-spread", type=float, default=1.3,
+                    help="largest acceptable plain-eval spread, slowest/fastest (default 1.3)")
+    ap.add_argument("--max-slowdown", type=float, default=1.0,
+                    help="largest acceptable analysis forward slowdown (default 1.0; ~0.65 when quiet)")
+    ap.add_argument("--quiet-load", type=float, default=0.0,
+                    help="before each attempt, wait until the 1-min load average is below this (0: don't wait)")
+    ap.add_argument("--max-wait", type=float, default=900.0, help="longest wait for --quiet-load, s")
+    ap.add_argument("--goal", type=float, default=0.6, help="largest acceptable ratio (default: 0.6)")
+    ap.add_argument("--write", action="store_true", help="(re)write the section in BENCHMARKS.md")
+    ap.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="file --write updates")
+    args = ap.parse_args(argv)
+    if args.repeats < 3:
+        ap.error("--repeats must be at least 3")
+    if args.layer_step < 1 or args.attempts < 1:
+        ap.error("--layer-step and --attempts must be >= 1")
+    models = args.models or (["demo", "random"] if DEMO_WEIGHTS.exists() else ["random"])
+    for m in models:
+        if m not in ("demo", "random") and not Path(m).is_file():
+            ap.error(f"--models: {m} is neither 'demo', 'random' nor a checkpoint file")
+        if m == "demo" and not DEMO_WEIGHTS.exists():
+            ap.error(f"--models demo: {DEMO_WEIGHTS} does not exist")
+
+    from yolo_prune.graph.derive import derive_graph
+    from yolo_prune.pipeline.evaluation import DataSettings
+
+    torch.set_num_threads(args.threads)
+    env = machine()
+    results: list[ModelResult] = []
+    with tempfile.TemporaryDirectory(prefix="sens-speed-") as tmp:
+        tmp = Path(tmp)
+        data_yaml = make_data(tmp / "synth", args.images, args.img_size, args.nc, args.seed)
+        data = DataSettings(str(data_yaml), img_size=args.img_size, batch_size=args.batch, workers=args.workers,
+                            max_images=args.images)
+        for which in models:
+            model, source = load_model(which, args.cfg, args.nc, args.seed)
+            if int(model.detect.nc) != args.nc:
+                ap.error(f"{which}: the model has nc={model.detect.nc}, but --nc is {args.nc}")
+            prunable = list(derive_graph(model).prunable)
+            layers = prunable[:: args.layer_step]
+            shares = downstream_shares(model, prunable, args.img_size)
+            share_sel = statistics.fmean(shares[c] for c in layers)
+            share_all = statistics.fmean(shares.values())
+            name = which if which in ("demo", "random") else Path(which).name
+            result = ModelResult(name, source, nms_load(model, data), [], (args.max_spread, args.max_slowdown))
+            for k in range(args.attempts):
+                result.attempts.append(measure(model, data, args, None if len(layers) == len(prunable) else layers,
+                                               tmp / f"analysis-{len(results)}-{k}", name, shares))
+                if result.attempts[-1].disturbance(args.max_spread, args.max_slowdown) <= 1:
+                    break
+            results.append(result)
+
+    section = report(args, env, results, len(prunable), layers, share_sel, share_all, argv)
+    print(section)
+    if args.write:
+        write_section(args.output, section)
+        print(f"wrote '{SECTION}' in {args.output}", file=sys.stderr)
+    ok = all(r.best.ratio <= args.goal and r.best.same_baseline for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
