@@ -1,8 +1,9 @@
-"""`yolo-prune export`: ONNX (raw / --grid / --end2end) or a TensorRT engine, every export verified.
+"""`yolo-prune export`: ONNX (raw / --grid / --end2end), a TensorRT engine, or a power-of-two INT8 QDQ ONNX
+for Vitis AI DPUs; every export verified.
 
-Exit codes: 0 success; 1 a verification failed (nothing written); 2 bad input, or ``--format engine``
+Exit codes: 0 success; 1 a verification failed (nothing written); 2 bad input, ``--format engine``
 where TensorRT is not installed (the verified ONNX is written and the trtexec command to run on the
-target is printed).
+target is printed), or ``--format vitis-int8`` without AMD Quark.
 """
 from __future__ import annotations
 
@@ -18,22 +19,29 @@ if TYPE_CHECKING:
     from yolo_prune.export.tensorrt import EngineOptions
 
 NMS_DEFAULTS = {"topk_all": 100, "iou_thres": 0.45, "conf_thres": 0.25}
-ENGINE_FLAGS = {"int8": "--int8", "calib_images": "--calib-images", "calib_cache": "--calib-cache",
-                "dla": "--dla", "workspace": "--workspace", "timing_cache": "--timing-cache"}
+ENGINE_FLAGS = {"int8": "--int8", "calib_cache": "--calib-cache", "dla": "--dla", "workspace": "--workspace",
+                "timing_cache": "--timing-cache"}
+VITIS_FLAGS = {"data": "--data", "calib_count": "--calib-count", "keep_head_float": "--keep-head-float",
+               "dpu": "--dpu"}
+DEFAULT_OPSET = {"onnx": 12, "engine": 12, "vitis-int8": 13}
 EPILOG = """examples:
   yolo-prune export --weights pruned.pt --img-size 640 --grid --simplify
   yolo-prune export --weights pruned.pt --end2end --max-wh 7680 --topk-all 100   (NMS runs in ONNX Runtime)
   yolo-prune export --weights pruned.pt --format engine --end2end --fp16 --dla 0   (EfficientNMS_TRT plugin)
-exit codes: 0 ok, 1 verification failed (no file written), 2 bad input or TensorRT missing for --format engine
-(the verified ONNX is then written and the trtexec command for the target is printed)."""
+  yolo-prune export --weights pruned.pt --format vitis-int8 --data data.yaml --calib-count 200 --img-size 640
+      (power-of-two INT8 QDQ for Vitis AI; evaluate it with `yolo-prune test --weights pruned.int8.onnx`)
+exit codes: 0 ok, 1 verification failed (no file written), 2 bad input, TensorRT missing for --format engine
+(the verified ONNX is then written and the trtexec command for the target is printed), or AMD Quark missing."""
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
-    p.add_argument("--format", choices=("onnx", "engine"), default="onnx", help="onnx (default) or a TensorRT engine")
-    p.add_argument("--output", default=None, help="output file (default: the weights/cfg name with .onnx/.engine)")
+    p.add_argument("--format", choices=tuple(DEFAULT_OPSET), default="onnx",
+                   help="onnx (default), engine (TensorRT) or vitis-int8 (power-of-two INT8 QDQ ONNX, AMD Quark)")
+    p.add_argument("--output", default=None,
+                   help="output file (default: the weights/cfg name with .onnx, .engine or .int8.onnx)")
     p.add_argument("--img-size", nargs="+", type=positive_int, default=[640], metavar="N",
                    help="input size: H W, or one value for both (default 640)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default 1)")
@@ -49,19 +57,57 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
     p.add_argument("--fp16", action="store_true", help="onnx: half-precision graph; engine: FP16 TensorRT build")
     p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ... (default cpu)")
-    p.add_argument("--opset", type=positive_int, default=12, help="ONNX opset (default 12)")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 12; 13 for vitis-int8)")
+    p.add_argument("--calib-images", type=Path, default=None,
+                   help="engine --int8 / vitis-int8: folder of calibration images")
     _register_engine_flags(p)
+    _register_vitis_flags(p)
     p.set_defaults(func=run)
 
 
 def _register_engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TensorRT (--format engine)")
     g.add_argument("--int8", action="store_true", help="INT8 build (calibrate with --calib-images or --calib-cache)")
-    g.add_argument("--calib-images", type=Path, default=None, help="folder of images for the entropy calibrator")
     g.add_argument("--calib-cache", type=Path, default=None, help="calibration cache to read/write")
     g.add_argument("--dla", type=int, default=None, metavar="CORE", help="run on this DLA core (GPU fallback on)")
     g.add_argument("--workspace", type=positive_int, default=None, metavar="MIB", help="workspace MiB (2048)")
     g.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file to reuse")
+
+
+def _register_vitis_flags(p: argparse.ArgumentParser) -> None:
+    from yolo_prune.export.vitis_checks import DPU_MAXPOOL_KERNEL
+
+    g = p.add_argument_group("Vitis AI INT8 (--format vitis-int8)")
+    g.add_argument("--data", default=None, help="data YAML whose --calib-split images calibrate (or --calib-images)")
+    g.add_argument("--calib-split", default="train", help="split of --data to calibrate on (default train)")
+    g.add_argument("--calib-count", type=positive_int, default=None, help="calibration images (default 100)")
+    g.add_argument("--keep-head-float", action="store_true",
+                   help="leave the detection head's output convs in float (they then run on the CPU)")
+    g.add_argument("--dpu", choices=tuple(DPU_MAXPOOL_KERNEL), default=None,
+                   help="DPU family for the report of CPU-bound operators (default DPUCZDX8G: Zynq US+ / Kria)")
+
+
+def _check_format_flags(args: argparse.Namespace) -> None:
+    """Flags of one format given with another: an error, never silently ignored."""
+    for fmt, flags in (("engine", ENGINE_FLAGS), ("vitis-int8", VITIS_FLAGS)):
+        used = [flag for key, flag in flags.items()
+                if getattr(args, key) is not None and getattr(args, key) is not False]  # --dla 0 counts
+        if used and args.format != fmt:
+            raise YoloPruneError(f"{', '.join(used)}: only valid with --format {fmt}")
+    if args.calib_images is not None and args.format == "onnx":
+        raise YoloPruneError("--calib-images: only valid with --format engine (--int8) or --format vitis-int8")
+    if args.format != "vitis-int8":
+        return
+    bad = [f for f, on in (("--grid", args.grid), ("--end2end", args.end2end), ("--fp16", args.fp16),
+                           ("--dynamic-batch", args.dynamic_batch), ("--simplify", args.simplify)) if on]
+    if bad:
+        raise YoloPruneError(f"{', '.join(bad)}: not valid with --format vitis-int8 (the DPU graph has a fixed batch "
+                             "and ends at the head convs; decoding and NMS run on the CPU)")
+    if (args.data is None) == (args.calib_images is None):
+        raise YoloPruneError("--format vitis-int8 needs calibration images: give --data YAML (its --calib-split "
+                             "images) or --calib-images FOLDER, not both")
+    if args.opset is not None and args.opset < 13:
+        raise YoloPruneError(f"--opset {args.opset}: QDQ models need opset >= 13")
 
 
 def export_options(args: argparse.Namespace) -> "ExportOptions":
@@ -74,22 +120,22 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         given.append("--max-wh")
     if given and not args.end2end:
         raise YoloPruneError(f"{', '.join(given)}: only valid with --end2end")
-    values = {flag: getattr(args, key) for key, flag in ENGINE_FLAGS.items()}
-    used = [flag for flag, v in values.items() if v is not None and v is not False]  # --dla 0 counts
-    if used and args.format != "engine":
-        raise YoloPruneError(f"{', '.join(used)}: only valid with --format engine")
+    _check_format_flags(args)
     nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
     return ExportOptions(img_size=as_hw(args.img_size), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                          grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
-                         fp16=args.fp16 and args.format == "onnx", opset=args.opset, device=args.device, **nms)
+                         fp16=args.fp16 and args.format == "onnx", opset=args.opset or DEFAULT_OPSET[args.format],
+                         device=args.device, **nms)
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(ONNX path, engine path or None); the ONNX of an engine sits next to it."""
-    suffix = ".engine" if args.format == "engine" else ".onnx"
+    suffix = {"onnx": ".onnx", "engine": ".engine", "vitis-int8": ".int8.onnx"}[args.format]
     default = Path(args.weights) if args.weights else Path(Path(args.cfg).name)
     out = Path(args.output) if args.output else default.with_suffix(suffix)
-    if args.format == "onnx":
+    if args.format in ("onnx", "vitis-int8"):
+        if args.weights and out.resolve() == Path(args.weights).resolve():
+            raise YoloPruneError(f"--output {out}: would overwrite the input weights")
         return out, None
     if out.suffix.lower() == ".onnx":
         raise YoloPruneError(f"--output {out}: with --format engine name the engine file (e.g. .engine)")
@@ -113,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     onnx_path, engine_path = output_paths(args)
     model = load_model_from_args(args)
     check_img_size(opts.img_size, max_stride(model), "--img-size")
+    if args.format == "vitis-int8":
+        return _vitis(args, model, opts, onnx_path)
     if opts.max_wh is not None and opts.max_wh < 2 * max(opts.img_size):
         print(f"note: --max-wh {opts.max_wh} < 2 x the image side: boxes reaching past the image edge can overlap "
               "boxes of the next class after the class offset (YOLOv7's PyTorch NMS uses 7680)")
@@ -142,3 +190,36 @@ def _engine(onnx_path: Path, engine_path: Path, eopts: "EngineOptions", opts: "E
     built = build_engine(onnx_path, engine_path, eopts, shape, meta)
     print(f"built TensorRT {built['tensorrt']} engine -> {engine_path} (bindings and version in "
           f"{engine_path.with_suffix('.json')})")
+
+
+def calibration_source(args: argparse.Namespace, limit: int) -> list[Path]:
+    """Calibration image files from --data (its --calib-split) or --calib-images; errors name the flag."""
+    if args.calib_images is not None:
+        from yolo_prune.export.tensorrt import calibration_files
+
+        return calibration_files(args.calib_images, limit)
+    from yolo_prune.pipeline.evaluation import DataSettings, split_images
+
+    paths, _ = split_images(DataSettings(args.data, args.calib_split, max_images=limit))
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise YoloPruneError(f"--data {args.data}: {len(missing)} calibration image(s) missing, e.g. {missing[0]}")
+    return [Path(p) for p in paths]
+
+
+def _vitis(args: argparse.Namespace, model, opts: "ExportOptions", path: Path) -> int:
+    """Quantize with AMD Quark, check, report what the DPU leaves on the CPU."""
+    from yolo_prune.export.vitis import VitisOptions, export_vitis_int8
+
+    vopts = VitisOptions(calib_count=args.calib_count or 100, keep_head_float=args.keep_head_float,
+                         target=args.dpu or "DPUCZDX8G")
+    files = calibration_source(args, vopts.calib_count)
+    result = export_vitis_int8(model, path, opts.img_size, files, vopts)
+    print(f"exported Vitis AI INT8 QDQ ONNX (opset 13, input images [1, 3, {opts.img_size[0]}, {opts.img_size[1]}], "
+          f"outputs conv0..conv{model.detect.nl - 1} = head convs before decoding) -> {path}")
+    print(result)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"next: yolo-prune test --weights {path} --data DATA.yaml --img {opts.img_size[0]}   (mAP of the INT8 "
+          "model); deploy/vitis/compile.sh for the board")
+    return 0

@@ -30,7 +30,8 @@ def check_img_size(img_size: tuple[int, int], stride: int, name: str = "img_size
 class ExportOptions:
     """What to export: input shape, output mode, NMS settings (end-to-end graphs only) and precision.
 
-    Modes (``mode``): ``raw`` per-level maps ``[B, na, ny, nx, 5 + nc]`` (pre-sigmoid); ``grid`` decoded
+    Modes (``mode``): ``raw`` per-level maps ``[B, na, ny, nx, 5 + nc]`` (pre-sigmoid); ``conv`` the head convs'
+    outputs ``[B, na * (5 + nc), ny, nx]`` (pre-sigmoid, no reshape: where DPU graphs end); ``grid`` decoded
     ``output [B, N, 5 + nc]`` (xywh pixels, obj, cls); ``trt_nms`` TensorRT ``EfficientNMS_TRT`` plugin;
     ``ort_nms`` ONNX ``NonMaxSuppression`` (``max_wh`` set). Both NMS modes output ``num_dets [B, 1]``,
     ``det_boxes [B, topk, 4]`` (x1, y1, x2, y2 pixels), ``det_scores [B, topk]``, ``det_classes [B, topk]``.
@@ -40,6 +41,7 @@ class ExportOptions:
     batch_size: int = 1
     dynamic_batch: bool = False
     grid: bool = False
+    conv_maps: bool = False
     end2end: bool = False
     max_wh: int | None = None
     topk_all: int = 100
@@ -58,9 +60,11 @@ class ExportOptions:
 
     @property
     def mode(self) -> str:
-        """``raw`` | ``grid`` | ``trt_nms`` | ``ort_nms`` (see the class docstring)."""
+        """``raw`` | ``conv`` | ``grid`` | ``trt_nms`` | ``ort_nms`` (see the class docstring)."""
         if self.end2end:
             return "trt_nms" if self.max_wh is None else "ort_nms"
+        if self.conv_maps:
+            return "conv"
         return "grid" if self.grid else "raw"
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +92,8 @@ def _problems(o: ExportOptions) -> list[str]:
         p.append(f"max_wh must be > 0, got {o.max_wh}")
     if o.max_wh is not None and not o.end2end:
         p.append("max_wh only applies to end2end graphs (ONNX Runtime NMS)")
+    if o.conv_maps and (o.grid or o.end2end):
+        p.append("conv_maps (head conv outputs) excludes grid and end2end")
     if o.opset < 11:
         p.append(f"opset must be >= 11 (NonMaxSuppression, Resize), got {o.opset}")
     return p

@@ -15,8 +15,9 @@ class OrtDetector:
     """ONNX Runtime detector with the eval-mode Model contract: ``images [B, 3, H, W] -> (pred, raw)``.
 
     ``pred`` [B, N, 5 + nc] is (cx, cy, w, h) in input pixels, objectness, class scores (float32, on the
-    images' device). ``--grid`` exports give ``raw == []``; raw exports give the per-level maps
-    [B, na, ny, nx, 5 + nc] and ``pred`` decoded from them with the stored strides and anchors.
+    images' device). ``--grid`` exports give ``raw == []``; raw and conv-map exports (plain or INT8 QDQ)
+    give the per-level maps [B, na, ny, nx, 5 + nc] and ``pred`` decoded from them with the stored strides
+    and anchors.
     A static-batch graph is run in chunks (the last one zero-padded). End-to-end graphs are refused.
     """
 
@@ -29,8 +30,9 @@ class OrtDetector:
         self.path = Path(path)
         self.meta: dict[str, Any] = read_metadata(self.path)
         mode = self.meta.get("options", {}).get("mode")
-        if mode not in ("grid", "raw"):
-            raise YoloPruneError(f"{self.path}: OrtDetector needs a yolo-prune raw or --grid export, got mode {mode!r}")
+        if mode not in ("grid", "raw", "conv"):
+            raise YoloPruneError(f"{self.path}: evaluating an ONNX file needs a yolo-prune raw, --grid or vitis-int8 "
+                                 f"export (not end-to-end NMS), got mode {mode!r}")
         self.session = ort_session(self.path) if providers is None else _session(self.path, providers)
         self.mode: str = mode
         self.nc: int = int(self.meta["nc"])
@@ -40,7 +42,7 @@ class OrtDetector:
         inp = self.session.get_inputs()[0]
         self._input, self._batch = inp.name, inp.shape[0] if isinstance(inp.shape[0], int) else None
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        self._head = _decoder(self.meta) if mode == "raw" else None
+        self._head = _decoder(self.meta) if mode in ("raw", "conv") else None
 
     def eval(self) -> "OrtDetector":
         """No-op (always inference); returns self like ``nn.Module.eval``."""
@@ -51,6 +53,10 @@ class OrtDetector:
         outs = [torch.from_numpy(o).float() for o in self._run(images)]
         if self._head is None:
             return outs[0].to(images.device), []
+        if self.mode == "conv":
+            from yolo_prune.export.verify import conv_to_raw
+
+            outs = [conv_to_raw(o, self._head.na) for o in outs]
         with torch.no_grad():
             pred = torch.cat([self._head.decode(i, r) for i, r in enumerate(outs)], 1)
         return pred.to(images.device), [r.to(images.device) for r in outs]

@@ -35,6 +35,17 @@ class RawOutputs(_Wrapper):
         return tuple(self.model(x)[1])
 
 
+class ConvMaps(_Wrapper):
+    """-> tuple of nl head-conv outputs [B, na * (5 + nc), ny, nx] (pre-sigmoid, before any reshape).
+
+    Where a DPU graph ends: reshape, decode and NMS run on the CPU (``Detect.reshape`` then ``decode``).
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        head = self.model.detect
+        return tuple(head.level(i, f) for i, f in enumerate(self.model.head_inputs(x)[: head.nl]))
+
+
 class GridOutput(_Wrapper):
     """-> output [B, N, 5 + nc] decoded (xywh pixels, obj, cls), as the official export with --grid."""
 
@@ -79,6 +90,8 @@ def export_module(model: nn.Module, opts: ExportOptions) -> nn.Module:
     """The wrapper for ``opts.mode`` around ``model`` (not copied; prepare a copy first)."""
     if opts.mode == "raw":
         return RawOutputs(model)
+    if opts.mode == "conv":
+        return ConvMaps(model)
     if opts.mode == "grid":
         return GridOutput(model)
     if opts.mode == "trt_nms":
@@ -87,9 +100,9 @@ def export_module(model: nn.Module, opts: ExportOptions) -> nn.Module:
 
 
 def output_names(opts: ExportOptions, nl: int) -> list[str]:
-    """Graph output names: ``raw0..`` per level, ``output``, or the four end-to-end names."""
-    if opts.mode == "raw":
-        return [f"raw{i}" for i in range(nl)]
+    """Graph output names: ``raw0..``/``conv0..`` per level, ``output``, or the four end-to-end names."""
+    if opts.mode in ("raw", "conv"):
+        return [f"{opts.mode}{i}" for i in range(nl)]
     if opts.mode == "grid":
         return ["output"]
     return list(E2E_OUTPUTS)

@@ -98,15 +98,21 @@ class Model(nn.Module):
 
     # ----------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor):
+        return self.detect(self.head_inputs(x))
+
+    def head_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps the detection head reads (one per level; exporters end DPU graphs at its convs)."""
         outputs: list[torch.Tensor | None] = []
         save = set(self.save)
         for i, (spec, m) in enumerate(zip(self.specs, self.model)):
             f = spec.from_
             if f != -1:
                 x = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
+            if i == len(self.model) - 1:
+                return x if isinstance(x, list) else [x]
             x = m(x)
             outputs.append(x if i in save else None)
-        return x
+        raise AssertionError("a model ends with its detection head")
 
 
 def _saved_layers(specs: Sequence[LayerSpec]) -> set[int]:

@@ -1,0 +1,212 @@
+"""INT8 ONNX for Vitis AI DPUs: QDQ with power-of-two scales, made by AMD Quark (its XINT8 configuration).
+
+The float graph ends at the detection head's convs (``conv`` mode): reshape, box decoding and NMS run on
+the CPU, as the DPU runs convolutions, pools, concatenations and resizes only. Calibration images get exactly
+the inference pre-processing (letterbox, RGB, /255). The written file carries the export metadata, so
+``yolo-prune test --weights model.int8.onnx`` evaluates it and ``deploy/vitis/run_vitis.py`` decodes it.
+Quark is an optional extra (``pip install 'yolo-prune[vitis]'``) imported only here.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yolo_prune.errors import CheckFailed, YoloPruneError
+from yolo_prune.export.files import atomic_path
+from yolo_prune.export.onnx_export import annotate, build_onnx, max_stride
+from yolo_prune.export.options import ExportOptions, as_hw, check_img_size
+from yolo_prune.export.verify import conv_to_raw, run_ort, ort_session, sample_images, torch_reference
+from yolo_prune.export.vitis_checks import DPU_MAXPOOL_KERNEL, QuantCheck, check_xint8, dpu_warnings
+
+if TYPE_CHECKING:
+    import onnx
+
+MIN_COSINE = 0.9  # INT8 head maps below this similarity to float mean a broken quantization, not rounding
+
+
+class QuarkUnavailable(YoloPruneError):
+    """AMD Quark is not installed (exit 2 with the install command)."""
+
+
+@dataclass(frozen=True)
+class VitisOptions:
+    """Quantization settings: calibration image count, float head convs, DPU family for the CPU-op report."""
+
+    calib_count: int = 100
+    keep_head_float: bool = False
+    target: str = "DPUCZDX8G"
+
+    def __post_init__(self) -> None:
+        if self.calib_count < 1:
+            raise YoloPruneError(f"--calib-count must be >= 1, got {self.calib_count}")
+        if self.target not in DPU_MAXPOOL_KERNEL:
+            raise YoloPruneError(f"--dpu {self.target!r}: choose one of {', '.join(DPU_MAXPOOL_KERNEL)}")
+
+
+@dataclass
+class VitisResult:
+    """The written file, the QDQ check, INT8-vs-float agreement per head level, and DPU warnings."""
+
+    path: Path
+    check: QuantCheck
+    cosine: list[float]
+    max_abs_diff: list[float]
+    warnings: list[str]
+    calib_images: int
+    stacked_pools: int = 0
+
+    def __str__(self) -> str:
+        agree = ", ".join(f"conv{i} cos {c:.4f} / max diff {d:.3g}" for i, (c, d) in
+                          enumerate(zip(self.cosine, self.max_abs_diff)))
+        pools = (f"; {self.stacked_pools} large max-pool(s) exported as stacked 5x5 pools (exact, DPU-supported)"
+                 if self.stacked_pools else "")
+        return (f"checked: {self.check}\nINT8 vs float head maps (ONNX Runtime, synthetic images): {agree}\n"
+                f"calibrated on {self.calib_images} images{pools}")
+
+
+def import_quark() -> Any:
+    """``quark.onnx``, or QuarkUnavailable saying how to install it."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import quark.onnx as quark_onnx
+    except ImportError as exc:
+        raise QuarkUnavailable(f"--format vitis-int8 needs AMD Quark ({exc}); install it with "
+                               "`pip install 'yolo-prune[vitis]'` (or `pip install amd-quark`)") from None
+    return quark_onnx
+
+
+def calibration_arrays(files: Sequence[Path], img_size: tuple[int, int], stride: int) -> Iterator[np.ndarray]:
+    """Batches of one letterboxed image [1, 3, H, W] float32 RGB 0..1 (the inference pre-processing)."""
+    from yolo_prune.export.tensorrt import calibration_batches
+
+    yield from calibration_batches(files, 1, img_size, stride)
+
+
+def _reader(quark_onnx: Any, input_name: str, arrays: Iterator[np.ndarray]) -> Any:
+    """A Quark CalibrationDataReader over ``arrays`` (counted, so an empty set is reported)."""
+
+    class Reader(quark_onnx.CalibrationDataReader):
+        count = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            arr = next(arrays, None)
+            if arr is None:
+                return None
+            Reader.count += 1
+            return {input_name: arr}
+
+    return Reader()
+
+
+def stack_large_pools(model: nn.Module, limit: int) -> int:
+    """Replace stride-1 'same' max-pools with kernel > ``limit`` by stacked 5x5 pools (exact: the SPPF form).
+
+    Two 5x5 pools equal one 9x9, three one 13x13 (YOLOv7's SPPCSPC kernels), so the DPU runs them instead of
+    the CPU. Modifies ``model`` in place; returns how many pools were replaced.
+    """
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.MaxPool2d):
+                continue
+            k, s, pad = (child.kernel_size, child.stride, child.padding)
+            if not (isinstance(k, int) and k > limit and s in (1, (1, 1)) and pad in (k // 2, (k // 2, k // 2))
+                    and (k - 1) % 4 == 0 and child.dilation in (1, (1, 1)) and not child.ceil_mode):
+                continue
+            pools = [nn.MaxPool2d(5, 1, 2) for _ in range((k - 1) // 4)]
+            setattr(parent, name, nn.Sequential(*pools))
+            replaced += 1
+    return replaced
+
+
+def head_conv_nodes(proto: "onnx.ModelProto") -> list[str]:
+    """Names of the Conv nodes whose outputs are graph outputs (the detection head's convs in ``conv`` mode)."""
+    outputs = {o.name for o in proto.graph.output}
+    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.output[0] in outputs]
+
+
+def quantize(float_path: Path, out_path: Path, arrays: Iterator[np.ndarray], exclude: Sequence[str]) -> int:
+    """Quark XINT8 (power-of-two, symmetric int8, per-tensor, MinMSE) of ``float_path``; returns images used."""
+    quark_onnx = import_quark()
+    from quark.onnx.quantization.config.custom_config import XINT8_QCONFIG
+
+    config = copy.deepcopy(XINT8_QCONFIG)
+    config.exclude = list(exclude)
+    config.extra_options.update({"PrintSummary": False, "AlignConcat": True})
+    reader = _reader(quark_onnx, "images", arrays)
+    from quark.common.utils.log import ScreenLogger
+
+    log, level = io.StringIO(), ScreenLogger._shared_level
+    ScreenLogger.set_shared_level(logging.ERROR)  # Quark logs every step at INFO; restored below
+    try:
+        with contextlib.redirect_stdout(log):
+            quark_onnx.ModelQuantizer(config).quantize_model(str(float_path), str(out_path), reader)
+    except Exception as exc:  # noqa: BLE001 - Quark raises assorted types; say which step failed
+        if type(reader).count == 0:
+            raise YoloPruneError("calibration set is empty: no images were read") from None
+        raise CheckFailed(f"AMD Quark quantization failed ({type(exc).__name__}: {exc})\n"
+                          f"{log.getvalue()[-2000:]}") from exc
+    finally:
+        ScreenLogger.set_shared_level(level)
+    if type(reader).count == 0:
+        raise YoloPruneError("calibration set is empty: no images were read")
+    return type(reader).count
+
+
+def agreement(model: nn.Module, proto: "onnx.ModelProto", images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per head level: cosine similarity and max abs difference of INT8 (ORT) vs PyTorch float raw maps."""
+    session = ort_session(proto.SerializeToString())
+    per_image = [run_ort(session, images[i: i + 1]) for i in range(len(images))]  # static batch 1
+    outs = [torch.cat(level) for level in zip(*per_image)]
+    _, raw = torch_reference(model, images)
+    cos, diff = [], []
+    for got, want in zip(outs, raw):
+        got = conv_to_raw(got.float(), want.shape[1])
+        cos.append(float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)))
+        diff.append(float((got - want).abs().max()))
+    return cos, diff
+
+
+def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequence[int], calib_files: Sequence[Path],
+                      opts: VitisOptions = VitisOptions()) -> VitisResult:
+    """Quantize ``model`` (not modified) for a DPU and write ``path`` only after every check passed."""
+    import onnx
+
+    export = ExportOptions(img_size=as_hw(img_size), conv_maps=True, opset=13)
+    check_img_size(export.img_size, max_stride(model), "--img-size")
+    if not calib_files:
+        raise YoloPruneError("calibration set is empty: no images")
+    import_quark()
+    limit = DPU_MAXPOOL_KERNEL[opts.target]
+    model = copy.deepcopy(model).float().eval()
+    stacked = stack_large_pools(model, limit)
+    float_proto, meta = build_onnx(model, export)
+    with tempfile.TemporaryDirectory(prefix="yolo-prune-vitis-") as tmp:
+        float_path, q_path = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(float_proto, str(float_path))
+        exclude = head_conv_nodes(float_proto) if opts.keep_head_float else []
+        arrays = calibration_arrays(list(calib_files)[: opts.calib_count], export.img_size, max_stride(model))
+        used = quantize(float_path, q_path, arrays, exclude)
+        proto = onnx.load(str(q_path))
+    check = check_xint8(proto)
+    onnx.checker.check_model(proto)
+    meta["quantization"] = {"tool": "amd-quark", "config": "XINT8 (power-of-two, symmetric int8, per-tensor)",
+                            "calib_images": used, "stacked_pools": stacked, **asdict(opts)}
+    annotate(proto, meta, export)
+    cos, diff = agreement(model, proto, sample_images(export.img_size, 2))
+    if min(cos) < MIN_COSINE:
+        raise CheckFailed(f"INT8 head maps disagree with float (cosine {min(cos):.3f} < {MIN_COSINE}); "
+                          "check the calibration images (they should look like the deployment data)")
+    with atomic_path(path) as out:
+        onnx.save(proto, str(out))
+    return VitisResult(Path(path), check, cos, diff, dpu_warnings(model, opts.target, check), used, stacked)

@@ -1,0 +1,135 @@
+"""What a Vitis AI DPU needs from a quantized graph, checked: power-of-two scales, zero points 0, per-tensor
+scales, one scale across each concatenation; and what the DPU would leave on the CPU, reported.
+
+Limits are those of the DPU product guides (PG338 DPUCZDX8G, PG389 DPUCVDX8G): activations ReLU, ReLU6,
+LeakyReLU (slope 26/256); max-pool kernels 1..8. The Vitis AI compiler has the last word: it prints the
+subgraphs it assigns to the CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch.nn as nn
+
+from yolo_prune.errors import CheckFailed
+
+if TYPE_CHECKING:
+    import onnx
+
+DPU_LEAKY_SLOPE = 26 / 256
+DPU_MAXPOOL_KERNEL = {"DPUCZDX8G": 8, "DPUCVDX8G": 8, "DPUCV2DX8G": 8}
+CPU_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Mish, nn.GELU)
+
+
+@dataclass
+class QuantCheck:
+    """Counts of what was checked in a QDQ graph; ``float_convs`` are the Conv nodes left unquantized."""
+
+    quantize_nodes: int = 0
+    scales: int = 0
+    concats: int = 0
+    exponents: tuple[int, int] = (0, 0)
+    float_convs: list[str] = field(default_factory=list)
+    per_channel: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lo, hi = self.exponents
+        text = (f"{self.quantize_nodes} Q/DQ nodes: all {self.scales} scales powers of two (2^{lo} .. 2^{hi}), "
+                f"zero points 0; {self.concats} concatenations share one scale")
+        text += f"; {len(self.per_channel)} per-channel" if self.per_channel else "; per-tensor"
+        return text + (f"; float convs: {', '.join(self.float_convs)}" if self.float_convs else "")
+
+
+def _initializers(proto: "onnx.ModelProto") -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+
+def _constant(name: str, init: dict[str, np.ndarray], constants: dict[str, np.ndarray], node: Any) -> np.ndarray:
+    if name in init:
+        return init[name]
+    if name in constants:
+        return constants[name]
+    raise CheckFailed(f"{node.op_type} node {node.name!r}: {name!r} is not a constant; a DPU needs fixed scales")
+
+
+def check_xint8(proto: "onnx.ModelProto") -> QuantCheck:
+    """Check a QDQ graph for a DPU; CheckFailed names the first node that breaks a rule."""
+    from onnx import numpy_helper
+
+    init = _initializers(proto)
+    constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node
+                 if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    result, exponents = QuantCheck(), []
+    scale_of: dict[str, float] = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        result.quantize_nodes += 1
+        scale = _constant(node.input[1], init, constants, node)
+        if scale.size != 1:
+            result.per_channel.append(node.name)
+        exps = np.log2(scale.astype(np.float64).reshape(-1))
+        if not np.all(exps == np.round(exps)):
+            bad = scale.reshape(-1)[exps != np.round(exps)][0]
+            raise CheckFailed(f"{node.name}: scale {float(bad)!r} is not a power of two")
+        if len(node.input) > 2 and node.input[2]:
+            zero = _constant(node.input[2], init, constants, node)
+            if np.any(zero != 0) or zero.dtype != np.int8:
+                raise CheckFailed(f"{node.name}: zero point {zero.reshape(-1)[:4].tolist()} ({zero.dtype}); "
+                                  "the DPU needs int8 with zero point 0")
+        exponents.extend(int(e) for e in np.round(exps))
+        if node.op_type == "DequantizeLinear":
+            scale_of[node.output[0]] = float(scale.reshape(-1)[0])
+    result.scales = len(exponents)
+    if not exponents:
+        raise CheckFailed("no QuantizeLinear/DequantizeLinear nodes: the graph is not quantized")
+    result.exponents = (min(exponents), max(exponents))
+    for node in proto.graph.node:
+        if node.op_type == "Concat":
+            result.concats += 1
+            scales = {scale_of.get(i) for i in node.input}
+            if len(scales) != 1 or None in scales:
+                raise CheckFailed(f"{node.name}: concatenated inputs have scales {sorted(map(str, scales))}; "
+                                  "the DPU concatenates int8 tensors of one scale")
+        if node.op_type == "Conv" and node.input[1] not in scale_of:
+            result.float_convs.append(node.name)
+    return result
+
+
+def dpu_warnings(model: nn.Module, target: str = "DPUCZDX8G", check: QuantCheck | None = None) -> list[str]:
+    """What ``target`` would run on the CPU (or approximate), from the model's modules and the graph check."""
+    found: dict[str, int] = {}
+    slopes: set[float] = set()
+    pools: set[int] = set()
+    limit = DPU_MAXPOOL_KERNEL.get(target, 8)
+    for m in model.modules():
+        if isinstance(m, CPU_ACTIVATIONS):
+            found[type(m).__name__] = found.get(type(m).__name__, 0) + 1
+        elif isinstance(m, nn.LeakyReLU) and abs(m.negative_slope - DPU_LEAKY_SLOPE) > 1e-9:
+            slopes.add(round(float(m.negative_slope), 6))
+        elif isinstance(m, nn.MaxPool2d):
+            k = m.kernel_size if isinstance(m.kernel_size, int) else max(m.kernel_size)
+            if k > limit:
+                pools.add(int(k))
+    out = []
+    if found:
+        listed = ", ".join(f"{n} x{c}" for n, c in sorted(found.items()))
+        out.append(f"{listed}: the DPU runs ReLU/ReLU6/LeakyReLU only; these run on the CPU and split the DPU "
+                   "graph. Run `yolo-prune convert-activation --to leakyrelu --slope dpu` and fine-tune first.")
+    if slopes:
+        out.append(f"LeakyReLU slope(s) {sorted(slopes)}: the DPU computes slope 26/256 = 0.1015625; expect a small "
+                   "accuracy change (`yolo-prune convert-activation --to leakyrelu --slope dpu` + fine-tune).")
+    if pools:
+        out.append(f"max-pool kernel(s) {sorted(pools)} exceed {target}'s limit of {limit}: those pools run on the "
+                   "CPU (a k x k max-pool equals stacked 5x5 pools, the SPPF form, which the DPU runs).")
+    if check is not None and check.per_channel:
+        out.append(f"{len(check.per_channel)} per-channel quantizer(s): DPUs use one scale per tensor; the compiler "
+                   "will reject or re-quantize them.")
+    if check is not None and check.float_convs:
+        out.append(f"{len(check.float_convs)} conv(s) kept in float ({', '.join(check.float_convs)}): they run on "
+                   "the CPU after the DPU subgraph.")
+    return out
