@@ -192,3 +192,94 @@ def test_missing_quark_says_how_to_install(tmp_path, synth, capsys, monkeypatch)
     assert main(argv) == 2
     assert "pip install 'yolo-prune[vitis]'" in capsys.readouterr().err
     assert not (tmp_path / "q.onnx").exists()
+
+
+# ------------------------------------------------------------------------------------------ deploy/vitis
+VITIS = __import__("pathlib").Path(__file__).resolve().parents[1] / "deploy" / "vitis"
+
+
+def _run_vitis():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_vitis", VITIS / "run_vitis.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_vitis_on_cpu_matches_the_package_pipeline(int8, synth, tmp_path, capsys):
+    from PIL import Image
+
+    from yolo_prune.data.letterbox import preprocess
+    from yolo_prune.engine.postprocess import non_max_suppression
+
+    images = sorted((synth.parent / "images" / "val").glob("*.jpg"))[:3]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in images:
+        (src / f.name).write_bytes(f.read_bytes())
+    assert _run_vitis().main(["--model", str(int8), "--source", str(src), "--cpu", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f.name for f in images]
+    det = OrtDetector(int8)
+    for f in images:
+        img = np.asarray(Image.open(f).convert("RGB"))
+        x, _, _ = preprocess(img, (IMG, IMG), 32)
+        n = len(non_max_suppression(det(x)[0], 0.25, 0.45, max_det=300)[0])
+        assert f"{f.name}: {n} detections" in out
+
+
+def test_run_vitis_without_the_vitis_ep_exits_2(int8, capsys):
+    assert _run_vitis().main(["--model", str(int8), "--compile-only"]) == 2
+    assert "VitisAIExecutionProvider is not available" in capsys.readouterr().err
+
+
+def test_compile_script_parses_and_is_executable():
+    import os
+    import subprocess
+
+    subprocess.run(["bash", "-n", str(VITIS / "compile.sh")], check=True)
+    assert os.access(VITIS / "compile.sh", os.X_OK) and os.access(VITIS / "run_vitis.py", os.X_OK)
+
+
+def test_compile_script_runs_vai_c_xir_with_the_board_arch(tmp_path):
+    import os
+    import subprocess
+
+    stub = tmp_path / "vai_c_xir"
+    stub.write_text('#!/usr/bin/env bash\necho "vai_c_xir $*" > "$STUB_LOG"\n')
+    stub.chmod(0o755)
+    arch = tmp_path / "arch" / "DPUCZDX8G" / "KV260"
+    arch.mkdir(parents=True)
+    (arch / "arch.json").write_text("{}")
+    model = tmp_path / "m.xmodel"
+    model.write_bytes(b"x")
+    env = dict(os.environ, VAI_C_XIR=str(stub), STUB_LOG=str(tmp_path / "log"), VAI_ARCH_ROOT=str(tmp_path / "arch"))
+    r = subprocess.run(["bash", str(VITIS / "compile.sh"), str(model), "kv260", "--out", str(tmp_path / "c")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "log").read_text().strip() == (f"vai_c_xir -x {model} -a {arch / 'arch.json'} "
+                                                      f"-o {tmp_path / 'c'} -n m")
+    assert "DPUCZDX8G (Vitis AI 3.0)" in r.stdout
+
+
+def test_compile_script_rejects_bad_input(tmp_path, int8):
+    import os
+    import subprocess
+
+    def run(*argv, **env):
+        return subprocess.run(["bash", str(VITIS / "compile.sh"), *argv], capture_output=True, text=True,
+                              env=dict(os.environ, **env))
+
+    r = run(str(tmp_path / "missing.onnx"), "kv260")
+    assert r.returncode == 2 and "no such model file" in r.stderr
+    r = run(str(int8), "zcu999")
+    assert r.returncode == 2 and "unknown target 'zcu999'" in r.stderr
+    r = run(str(int8), "vek280", PYTHON=sys.executable)  # the ONNX path needs the Vitis AI EP: clear failure
+    assert r.returncode == 2 and "VitisAIExecutionProvider is not available" in r.stderr
+    assert "DPUCV2DX8G (Vitis AI 3.5)" in r.stdout
+
+
+def test_vitis_readme_states_what_was_not_run():
+    text = (VITIS / "README.md").read_text()
+    assert "could not be run" in text and "yolo-prune export --weights" in text and "vai_c_xir" in text
