@@ -39,10 +39,18 @@ def synth(tmp_path_factory):
 @pytest.fixture(scope="session")
 def int8(tmp_path_factory, synth):
     """The demo model exported with --format vitis-int8 through the CLI (16 calibration images)."""
-    out = tmp_path_factory.mktemp("int8") / "demo.int8.onnx"
+    import os
+
+    out, cwd = tmp_path_factory.mktemp("int8") / "demo.int8.onnx", tmp_path_factory.mktemp("cwd")
     argv = ["export", "--weights", str(DEMO_MODEL), "--format", "vitis-int8", "--data", str(synth),
             "--calib-count", "16", "--img-size", str(IMG), "--output", str(out)]
-    assert main(argv) == 0
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(before)
+    assert list(cwd.iterdir()) == []  # nothing left in the working directory (Quark writes a CSV there)
     return out
 
 

@@ -149,7 +149,8 @@ def quantize(float_path: Path, out_path: Path, arrays: Iterator[np.ndarray], exc
     log, level = io.StringIO(), ScreenLogger._shared_level
     ScreenLogger.set_shared_level(logging.ERROR)  # Quark logs every step at INFO; restored below
     try:
-        with contextlib.redirect_stdout(log):
+        # Quark writes quantized_info.csv into the working directory: keep it in the temporary folder
+        with contextlib.redirect_stdout(log), contextlib.chdir(float_path.parent):
             quark_onnx.ModelQuantizer(config).quantize_model(str(float_path), str(out_path), reader)
     except Exception as exc:  # noqa: BLE001 - Quark raises assorted types; say which step failed
         if type(reader).count == 0:
@@ -192,10 +193,11 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
     stacked = stack_large_pools(model, limit)
     float_proto, meta = build_onnx(model, export)
     with tempfile.TemporaryDirectory(prefix="yolo-prune-vitis-") as tmp:
-        float_path, q_path = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        float_path, q_path = Path(tmp).resolve() / "float.onnx", Path(tmp).resolve() / "int8.onnx"
         onnx.save(float_proto, str(float_path))
         exclude = head_conv_nodes(float_proto) if opts.keep_head_float else []
-        arrays = calibration_arrays(list(calib_files)[: opts.calib_count], export.img_size, max_stride(model))
+        files = [Path(f).resolve() for f in list(calib_files)[: opts.calib_count]]
+        arrays = calibration_arrays(files, export.img_size, max_stride(model))
         used = quantize(float_path, q_path, arrays, exclude)
         proto = onnx.load(str(q_path))
     check = check_xint8(proto)
