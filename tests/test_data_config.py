@@ -90,3 +90,21 @@ def test_unreadable_yaml(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(DataError, match="list.yaml.*mapping"):
         load_data_config(tmp_path / "list.yaml")
+
+
+def test_empty_split_folder_loads_and_fails_where_it_is_used(tree: Path, tmp_path: Path) -> None:
+    """Evaluation-only data (`yolo-prune synth --train 0`): an empty train folder loads; training refuses it."""
+    from yolo_prune.engine.train_state import TrainSettings
+    from yolo_prune.engine.trainer import train
+    from yolo_prune.pipeline.evaluation import DataSettings, split_images
+
+    (tree / "ds" / "images" / "empty").mkdir()
+    data = _yaml(tree / "ds" / "eval.yaml", {"train": "images/empty", "val": "images/val", "nc": 1, "names": ["a"]})
+    cfg = load_data_config(data)
+    assert cfg.train == () and len(cfg.val) == 1
+    with pytest.raises(DataError, match="split 'train' is missing or has no images"):
+        split_images(DataSettings(str(data), "train"))
+    settings = TrainSettings(cfg="yolov7-tiny", data=str(data), epochs=1, batch_size=2, img_size=64, device="cpu",
+                             workers=0, project=str(tmp_path / "runs"), progress=False)
+    with pytest.raises(DataError, match="key 'train': no images found"):
+        train(settings)

@@ -98,7 +98,11 @@ def _classes(raw: dict[str, Any], yaml_path: str) -> tuple[int, tuple[str, ...]]
 
 
 def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str) -> Optional[tuple[str, ...]]:
-    """Resolve one split's source(s) to a tuple of absolute image paths (None for an absent optional split)."""
+    """Resolve one split's source(s) to a tuple of absolute image paths (None for an absent optional split).
+
+    An existing but empty folder gives ``()``: evaluation-only data (``yolo-prune synth --train 0``) loads, and
+    the code that reads the split reports it empty.
+    """
     value = raw.get(key)
     if value in (None, "", []):
         if key in REQUIRED_SPLITS:
@@ -110,8 +114,6 @@ def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str) -> Optional
         if not isinstance(source, str):
             raise DataError(f"{yaml_path}: key '{key}': expected a path string, got {source!r}")
         images += _images_from(_resolve_source(source, key, root, yaml_path), key, yaml_path)
-    if not images:
-        raise DataError(f"{yaml_path}: key '{key}': no images found in {value!r}")
     return tuple(images)
 
 

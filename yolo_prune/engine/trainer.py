@@ -35,7 +35,7 @@ from yolo_prune.engine.optim import Schedule, build_optimizer
 from yolo_prune.engine.train_state import (STATE_KEY, STATE_VERSION, TrainResult, TrainSettings, TrainState,
                                            find_last, fitness, new_run_dir, read_train_state, strip_checkpoint,
                                            train_entry, write_records, write_run_files)
-from yolo_prune.errors import ConfigError, YoloPruneError
+from yolo_prune.errors import ConfigError, DataError, YoloPruneError
 
 __all__ = ["TrainResult", "TrainSettings", "train"]
 
@@ -180,6 +180,8 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
     from yolo_prune.data import create_dataloader
 
     s, data = inputs.settings, inputs.data
+    if not data.train:
+        raise DataError(f"{s.data}: key 'train': no images found (training needs a non-empty train split)")
     workers = min(s.workers, os.cpu_count() or 1)
     if s.batch_size < dist_info.world:
         raise ConfigError(f"--batch-size {s.batch_size} is smaller than the number of processes ({dist_info.world})")
