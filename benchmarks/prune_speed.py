@@ -30,13 +30,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import gc
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,12 +39,12 @@ from pathlib import Path
 
 import torch
 
+from _report import REPO, command_line, machine, write_section
 from yolo_prune.graph.derive import derive_graph
 from yolo_prune.models import ImplicitA, ImplicitM, Model, build_model
 from yolo_prune.models.complexity import count_gflops, count_params
 from yolo_prune.prune import apply_plan, make_plan, prune
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Pruning speed"
 
 
@@ -152,40 +147,6 @@ def shape_differences(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
     return [f"{k}: {sa.get(k)} vs {sb.get(k)}" for k in sorted(sa.keys() | sb.keys()) if sa.get(k) != sb.get(k)]
 
 
-# ------------------------------------------------------------------------------------------------ environment
-def machine() -> dict[str, str]:
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    import torch_pruning as tp
-    return {"nproc": nproc, "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "torch_pruning": getattr(tp, "__version__", "unknown"), "commit": rev,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def command_line(argv: list[str]) -> str:
-    def rel(p: str) -> str:
-        try:
-            return os.path.relpath(Path(p).absolute(), REPO) if Path(p).absolute().is_relative_to(REPO) else p
-        except ValueError:
-            return p
-    return " ".join([rel(sys.executable), rel(sys.argv[0])] + [shlex.quote(a) for a in argv])
-
-
 # ------------------------------------------------------------------------------------------------ report
 def report(args: argparse.Namespace, env: dict[str, str], ours: Timings, tp: Timings, tp_small: Timings,
            small_params: int, base: Check, ours_check: Check, tp_check: Check, diffs: list[str],
@@ -277,40 +238,6 @@ def report(args: argparse.Namespace, env: dict[str, str], ours: Timings, tp: Tim
     return "\n".join(lines)
 
 
-PREAMBLE = """# Benchmarks
-
-Results of the scripts in `benchmarks/` (how to run them: `benchmarks/README.md`). One `##` section per
-benchmark; each script rewrites only its own section when run with `--write`, so sections can be refreshed
-independently. Every section states its exact command, machine, library versions and date.
-
-"""
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's ``##`` section in ``path`` (or insert it before the first other section)."""
-    text = path.read_text() if path.exists() else PREAMBLE
-    lines = text.splitlines()
-    headings, fenced = [], False
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        elif not fenced and line.startswith("## "):
-            headings.append(i)
-    mine = [i for i in headings if lines[i].strip() == SECTION]
-    new = section.rstrip("\n").splitlines() + [""]
-    if mine:
-        start = mine[0]
-        end = next((i for i in headings if i > start), len(lines))
-        lines[start:end] = new
-    elif headings:
-        lines[headings[0]:headings[0]] = new
-    else:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += [""] + new
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
-
-
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -340,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    env = machine()
+    import torch_pruning as tp
+    env = machine(extra={"torch_pruning": getattr(tp, "__version__", "unknown")})
     base_model = build_model(args.cfg, nc=args.nc).eval()
     base = check_model(copy.deepcopy(base_model), args.img_size, None)
     expected_shape = base.shape
@@ -380,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(args, env, ours, tp, tp_small, small_params, base, ours_check, tp_check, diffs, argv)
     print(section)
     if args.write:
-        write_section(args.output, section)
+        write_section(args.output, section, first=True)
         print(f"wrote '{SECTION}' in {args.output}", file=sys.stderr)
     ok = "FAILED" not in ours_check.forward + tp_check.forward
     return 0 if ok and tp.median / ours.median >= args.goal else 1

@@ -46,14 +46,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import math
 import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +59,8 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from _report import REPO, command_line, machine, write_section
+
 SECTION = "## Sensitivity analysis speed"
 DEMO_WEIGHTS = REPO / "yolo_prune" / "assets" / "yolov7-tiny-synth.pt"
 METRICS = ("mp", "mr", "map50", "map")
@@ -361,46 +358,6 @@ class ModelResult:
 
 
 # ------------------------------------------------------------------------------------------------ environment
-def machine() -> dict[str, str]:
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "n/a"
-    return {"nproc": nproc, "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": ver("torchvision"), "numpy": ver("numpy"),
-            "pycocotools": ver("pycocotools"), "commit": rev,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def command_line(argv: list[str]) -> str:
-    def rel(p: str) -> str:
-        try:
-            return os.path.relpath(Path(p).absolute(), REPO) if Path(p).absolute().is_relative_to(REPO) else p
-        except ValueError:
-            return p
-    return " ".join([rel(sys.executable), rel(sys.argv[0])] + [shlex.quote(a) for a in argv])
-
-
 def load() -> str:
     try:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -531,29 +488,6 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's ``##`` section in ``path``, or append it at the end; other sections untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    headings, fenced = [], False
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        elif not fenced and line.startswith("## "):
-            headings.append(i)
-    mine = [i for i in headings if lines[i].strip() == SECTION]
-    new = section.rstrip("\n").splitlines() + [""]
-    if mine:
-        start = mine[0]
-        end = next((i for i in headings if i > start), len(lines))
-        lines[start:end] = new
-    else:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += [""] + new
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
-
-
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -605,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     from yolo_prune.pipeline.evaluation import DataSettings
 
     torch.set_num_threads(args.threads)
-    env = machine()
+    env = machine(("torchvision", "numpy", "pycocotools"))
     results: list[ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="sens-speed-") as tmp:
         tmp = Path(tmp)
