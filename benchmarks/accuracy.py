@@ -128,9 +128,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                    "gflops", lambda pairs: model_cost(model, pairs, "gflops", IMG))
         selected = prune(model, choice.pairs, "l2", inplace=True, summarize=False).model
         rows.append(b.row(f"knapsack {budget:g}", lambda: b.finetune(f"knapsack-{budget:g}", selected)))
-        rate = uniform_rate(demo_model(), rows[-1]["gflops"])
-        rows.append(b.row(f"uniform {budget:g} (rate {rate:.3f})", lambda: b.finetune(
-            f"uniform-{budget:g}", prune(demo_model(), rate, "l2", inplace=True, summarize=False).model)))
+        if not args.no_uniform:
+            rate = uniform_rate(demo_model(), rows[-1]["gflops"])
+            rows.append(b.row(f"uniform {budget:g} (rate {rate:.3f})", lambda: b.finetune(
+                f"uniform-{budget:g}", prune(demo_model(), rate, "l2", inplace=True, summarize=False).model)))
         if args.distill and budget == budgets[0]:
             rows.append(b.row(f"knapsack {budget:g} + distill", lambda: b.finetune(
                 f"knapsack-{budget:g}-distill", distill_pairs=choice.pairs)))
@@ -188,7 +189,8 @@ def main() -> None:
     p.add_argument("--budgets", default="0.5,0.35,0.7", help="comma-separated fractions of the unpruned GFLOPs")
     p.add_argument("--analysis-images", type=int, default=64)
     p.add_argument("--val-each-epoch", type=int, default=64, help="validation images for best.pt selection")
-    p.add_argument("--distill", action="store_true")
+    p.add_argument("--distill", action="store_true", help="also the first budget's knapsack model with distillation")
+    p.add_argument("--no-uniform", action="store_true", help="skip the uniform-pruning rows")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", default="runs/bench_accuracy")
     args = p.parse_args()

@@ -21,8 +21,8 @@ Each model is exported with ``export_onnx(model, path, ExportOptions(img_size=--
 outputs, batch 1, fused; verified against PyTorch in ONNX Runtime), its params/GFLOPs counted from the ONNX graph
 (``yolo_prune.bench.onnx_cost``, checked equal to ``count_params``/``count_gflops`` of the fused PyTorch model),
 and timed with ``yolo_prune.bench``: one ``onnxruntime.InferenceSession`` per model (CPUExecutionProvider,
-``intra_op_num_threads=--threads`` for all), a fixed random batch of 1, ``--rounds`` rounds that visit every
-model in turn (``--warmup`` untimed + ``--iters`` timed runs each), so slow drift of a shared machine hits every
+``intra_op_num_threads=--threads`` for all; created for each timing block and dropped after it, so one session
+exists at a time, as in deployment), a fixed random batch of 1, ``--rounds`` rounds that visit every model in turn (``--warmup`` untimed + ``--iters`` timed runs each), so slow drift of a shared machine hits every
 model alike; median and p10-p90 over all timed runs. Speed-up = the family's unpruned median / the model's median.
 
 ``--cuda``: also PyTorch fp16 on the first CUDA device, eager and ``torch.compile`` (mode ``reduce-overhead``:
@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import gc
 import json
 import sys
 import tempfile
@@ -154,10 +156,18 @@ def export_all(entries: list[Entry], folder: Path, img_size: int, log) -> None:
 
 # ------------------------------------------------------------------------------------------------ timing
 def time_rounds(runners: list[tuple[Entry, Any]], args: argparse.Namespace, key: str | None, log) -> None:
-    """``--rounds`` rounds over every runner; timings merged into ``entry.stats`` (key None) or ``entry.cuda``."""
+    """``--rounds`` rounds over every runner; timings merged into ``entry.stats`` (key None) or ``entry.cuda``.
+
+    A runner may be a factory (no ``run`` attribute): it is then called for each timing block and dropped after
+    it, so only one ONNX Runtime session exists at a time -- idle sessions' spinning worker threads otherwise
+    compete with the timed one (measured here: up to 2x slower small models on 2 cores).
+    """
     for r in range(args.rounds):
-        for e, runner in runners:
+        for e, made in runners:
+            runner = made if hasattr(made, "run") else made()
             stats = time_callable(runner.run, args.warmup, args.iters, 1, runner.sync)
+            del runner
+            gc.collect()
             old = e.stats if key is None else e.cuda.get(key)
             merged = stats if old is None else old.merged(stats)
             if key is None:
@@ -170,9 +180,10 @@ def time_rounds(runners: list[tuple[Entry, Any]], args: argparse.Namespace, key:
 def time_ort(entries: list[Entry], args: argparse.Namespace, log) -> str:
     """ONNX Runtime CPU, batch 1, same thread count for every model; returns the runtime's description."""
     cpu = torch.device("cpu")
-    runners = [(e, ort_runner(e.onnx, 1, (args.img_size, args.img_size), cpu, args.threads)) for e in entries]
-    time_rounds(runners, args, None, log)
-    return runners[0][1].description
+    size = (args.img_size, args.img_size)
+    factories = [(e, functools.partial(ort_runner, e.onnx, 1, size, cpu, args.threads)) for e in entries]
+    time_rounds(factories, args, None, log)
+    return ort_runner(entries[0].onnx, 1, size, cpu, args.threads).description
 
 
 def time_cuda(entries: list[Entry], args: argparse.Namespace, log) -> str | None:
@@ -244,7 +255,8 @@ def report(args: argparse.Namespace, env: dict[str, str], entries: list[Entry], 
     lines = [
         SECTION, "",
         f"Pruned YOLOv7 models in {ort_desc} (same for every model), batch 1, {args.img_size}x{args.img_size}, fp32; "
-        f"{args.rounds} round(s) visiting every model in turn, each {args.warmup} warm-up + {args.iters} timed "
+        f"{args.rounds} round(s) visiting every model in turn, each a fresh session (one alive at a time: idle "
+        f"sessions' spinning threads would compete), {args.warmup} warm-up + {args.iters} timed "
         f"`session.run` calls ({n} timed runs per model). Models: training cfgs, nc=80, seeded random weights, "
         f"exported with `export_onnx(..., ExportOptions(img_size={args.img_size}, opset=12))` (raw outputs, fused, "
         "verified in ONNX Runtime); params and GFLOPs counted from the ONNX graphs (equal to the fused PyTorch "

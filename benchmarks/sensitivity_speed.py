@@ -19,7 +19,7 @@ on ``yolov7-tiny`` over a synthetic validation set (goal: ratio <= 0.6), where
 
 It also checks that the analysis' stored baseline (mp, mr, mAP@.5, mAP@.5:.95) equals the plain evaluation's,
 and breaks both runs down: forward and NMS from the timings the two tools record themselves; metrics/COCOeval
-(``_summarize``), the cached full forward (``run_all``), the pruned models' params/GFLOPs (``pruned_cost``) and
+(``summarize``), the cached full forward (``run_all``), the pruned models' params/GFLOPs (``pruned_cost``) and
 the image cache (``cached_batches``) by wrapping those library functions with timers (see ``Timers``); next to
 the share of the network's multiply-adds that the fast path re-runs per configuration.
 
@@ -125,7 +125,7 @@ class Timers:
     """
 
     TARGETS = (  # (module, attribute, bucket)
-        ("yolo_prune.engine.evaluator", "_summarize", "metrics"),  # test.py metrics + COCOeval, both tools
+        ("yolo_prune.engine.evaluator", "summarize", "metrics"),  # test.py metrics + COCOeval, both tools
         ("yolo_prune.analysis.sensitivity", "run_all", "cache_forward"),
         ("yolo_prune.analysis.sensitivity", "pruned_cost", "pruned_cost"),
         ("yolo_prune.pipeline.evaluation", "cached_batches", "image_cache"),
@@ -378,7 +378,7 @@ def breakdown(args: argparse.Namespace, r: ModelResult) -> list[str]:
     a_known = an.t_forward + an.t_nms + an.t_cache + an.t_metrics + an.t_pruned_cost + an.t_image_cache
     rows = [("forward (plain: full model; analysis: downstream re-runs, removed filters zeroed)", p_inf, an.t_forward),
             ("NMS + per-image matching", p_nms, an.t_nms),
-            ("test.py metrics + COCOeval (`_summarize`; analysis: once per configuration + baseline)", p_met,
+            ("test.py metrics + COCOeval (`summarize`; analysis: once per configuration + baseline)", p_met,
              an.t_metrics),
             (f"cached full forward (`run_all`, once per batch per chunk of {args.chunk_layers} layers, "
              f"{an.n_chunks} chunks)", None, an.t_cache),

@@ -76,7 +76,7 @@ class EvalResult:
 
 
 @dataclass
-class _Run:
+class EvalRun:
     """Per-image records of one evaluation, all in original pixels, plus timing."""
 
     stats: StatsAccumulator
@@ -157,7 +157,7 @@ def _batches(loader: Iterable, max_images: int | None, progress: bool) -> Iterab
                 break
 
 
-def _to_original(
+def to_original(
     img_hw: tuple[int, int], targets: Tensor, det: Tensor, shape: Any,
 ) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """One image's targets [m, 6] (normalised xywh) and detections [n, 6] (input-pixel xyxy) -> original
@@ -174,7 +174,7 @@ def _to_original(
 
 
 def _eval_batch(
-    model: Callable, batch: tuple, run: _Run, nc: int, conf_thres: float, iou_thres: float,
+    model: Callable, batch: tuple, run: EvalRun, nc: int, conf_thres: float, iou_thres: float,
     device: torch.device, half: bool,
 ) -> None:
     """Forward + NMS (multi-label, as YOLOv7 test.py) one batch and record every image in ``run``."""
@@ -191,12 +191,12 @@ def _eval_batch(
     run.hw, run.batch = (int(img.shape[2]), int(img.shape[3])), max(run.batch, int(img.shape[0]))
     targets = targets.cpu()
     for si, det in enumerate(out):
-        labels, dets, hw0 = _to_original(run.hw, targets[targets[:, 0] == si], det, shapes[si])
+        labels, dets, hw0 = to_original(run.hw, targets[targets[:, 0] == si], det, shapes[si])
         run.add(paths[si], hw0, labels, dets)
 
 
 def _coco_metrics(
-    run: _Run, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
+    run: EvalRun, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
     verbose: bool,
 ) -> tuple[CocoResult, list[int], Path | None]:
     """COCOeval of the recorded detections against ``coco_gt`` (or GT built from the labels).
@@ -263,7 +263,7 @@ def evaluate(
     device = torch.device(device)
     half = bool(half) and device.type == "cuda"
     net, restore = _prepare_model(model, device, half)
-    run, names_l = _Run(StatsAccumulator()), _name_list(names, nc)
+    run, names_l = EvalRun(StatsAccumulator()), _name_list(names, nc)
     try:
         with torch.inference_mode():
             for batch in _batches(dataloader, max_images, progress):
@@ -272,14 +272,14 @@ def evaluate(
         restore()
     if not run.paths:
         raise DataError("the data loader yielded no images to evaluate")
-    result = _summarize(run, nc, names_l, coco_gt, save_json, verbose)
+    result = summarize(run, nc, names_l, coco_gt, save_json, verbose)
     if verbose:
         format_results(result, names_l, verbose=True)
     return result
 
 
-def _summarize(
-    run: _Run, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
+def summarize(
+    run: EvalRun, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
     verbose: bool,
 ) -> EvalResult:
     """Reduce the recorded images to an :class:`EvalResult`."""

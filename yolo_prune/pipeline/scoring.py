@@ -30,17 +30,17 @@ class DetectionScorer:
         self.conf_thres, self.iou_thres, self.coco_gt = conf_thres, iou_thres, coco_gt
 
     def start(self) -> Any:
-        return ev._Run(StatsAccumulator())
+        return ev.EvalRun(StatsAccumulator())
 
     def update(self, state: Any, pred: torch.Tensor, meta: BatchMeta) -> None:
         out = non_max_suppression(pred.float(), self.conf_thres, self.iou_thres, multi_label=True)
         state.hw, state.batch = meta.hw, max(state.batch, len(meta.paths))
         for si, det in enumerate(out):
-            labels, dets, hw0 = ev._to_original(state.hw, meta.targets[meta.targets[:, 0] == si], det, meta.shapes[si])
+            labels, dets, hw0 = ev.to_original(state.hw, meta.targets[meta.targets[:, 0] == si], det, meta.shapes[si])
             state.add(meta.paths[si], hw0, labels, dets)
 
     def finish(self, state: Any) -> dict[str, Any]:
-        result = ev._summarize(state, self.nc, self.names, self.coco_gt, None, False)
+        result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False)
         return {"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
                 # classes without labels report the overall mAP, as the published analysis does
                 "per_class": [result.map if v != v else v for v in result.class_ap]}
