@@ -178,6 +178,12 @@ def test_format_results_table() -> None:
     assert lines[1].split()[:3] == ["all", str(len(ORIG)), str(r.n_labels)]
     assert len(lines) == 3 + len(r.rows) and lines[-1].startswith("Speed: ")
     assert "Speed" in format_results(r, file=io.StringIO()) and len(format_results(r, file=None).splitlines()) == 3
+    import contextlib
+
+    redirected = io.StringIO()
+    with contextlib.redirect_stdout(redirected):  # the default stream is looked up when printing, not at import
+        format_results(r)
+    assert redirected.getvalue().splitlines()[1].split()[0] == "all"
 
 
 def test_errors() -> None:

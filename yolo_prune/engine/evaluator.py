@@ -298,12 +298,13 @@ def summarize(
 
 
 def format_results(
-    result: EvalResult, names: Names = None, verbose: bool = False, file: TextIO | None = sys.stdout,
+    result: EvalResult, names: Names = None, verbose: bool = False, file: TextIO | None | str = "stdout",
 ) -> str:
     """The YOLOv7 ``test.py`` printout: header, 'all' row, per-class rows when ``verbose``, speed line.
 
     mAP@.5 and mAP@.5:.95 are the pycocotools numbers; P and R are YOLOv7's. ``names`` overrides the row
-    names. Printed to ``file`` (None: not printed); the text is returned.
+    names. Printed to ``file`` (default: ``sys.stdout`` at call time, so redirections apply; None: not
+    printed); the text is returned.
     """
     pf = "%20s" + "%12i" * 2 + "%12.3g" * 4
     lines = [("%20s" + "%12s" * 6) % HEADER,
@@ -314,5 +315,5 @@ def format_results(
     lines.append("Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g" % result.speed)
     text = "\n".join(lines)
     if file is not None:
-        print(text, file=file)
+        print(text, file=sys.stdout if file == "stdout" else file)
     return text
