@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from yolo_prune.media import Writer, draw, frames, to_original  # noqa: F401 - shared with deploy/vitis
+from yolo_prune.media import draw, frames, run_on_frames, to_original  # noqa: F401 - shared with deploy/vitis
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -141,18 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return exc.exit_code
     names = det.meta["export"].get("names", [])
-    writer = None if args.no_save else Writer(Path(args.out))
-    t0, n = time.perf_counter(), 0
-    for n, (name, img, stream) in enumerate(frames(args.source), start=1):
-        dets = detect(det, img, args)
-        print(f"{name}: {len(dets)} detections, {n / (time.perf_counter() - t0):.1f} FPS (incl. pre/post-processing)")
-        if writer is not None:
-            writer.save(name, draw(img, dets, names), stream)
-        if stream and args.max_frames and n >= args.max_frames:
-            break
-    if writer is not None:
-        writer.close()
-        print(f"saved to {args.out}")
+    run_on_frames(lambda img: detect(det, img, args), args.source, names, None if args.no_save else args.out,
+                  args.max_frames)
     return 0
 
 

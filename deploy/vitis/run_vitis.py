@@ -96,7 +96,7 @@ def load(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_prune.media import Writer, draw, frames
+    from yolo_prune.media import run_on_frames
 
     args = parse_args(argv)
     started = time.perf_counter()
@@ -107,18 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"session ready in {time.perf_counter() - started:.1f} s on {detector.session.get_providers()[0]}")
     if args.compile_only:
         return 0
-    writer = None if args.no_save else Writer(Path(args.out))
-    t0, n = time.perf_counter(), 0
-    for n, (name, img, stream) in enumerate(frames(args.source), start=1):
-        dets = detect(detector, img, args)
-        print(f"{name}: {len(dets)} detections, {n / (time.perf_counter() - t0):.1f} FPS (incl. pre/post-processing)")
-        if writer is not None:
-            writer.save(name, draw(img, dets, detector.names), stream)
-        if stream and args.max_frames and n >= args.max_frames:
-            break
-    if writer is not None:
-        writer.close()
-        print(f"saved to {args.out}")
+    run_on_frames(lambda img: detect(detector, img, args), args.source, detector.names,
+                  None if args.no_save else args.out, args.max_frames)
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_prune.bench.runners import RUNTIMES
-from yolo_prune.cli.common import positive_int
+from yolo_prune.cli.common import non_negative_int, positive_int
 from yolo_prune.errors import YoloPruneError
 
 EPILOG = """examples:
@@ -29,17 +29,6 @@ or the CUDA provider with --device 0). Timed: the forward pass on one synthetic 
 speed-up = the first model's median / this model's (same batch); GFLOPs ratio = the first model's GFLOPs / this
 model's; speed-up / GFLOPs ratio = the share of the theoretical saving the runtime delivers (1.0: all of it).
 exit codes: 0 ok, 2 bad input (nothing is timed and no JSON is written)."""
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:

@@ -27,15 +27,34 @@ def load_model_from_args(args: argparse.Namespace) -> Model:
     return build_model(args.cfg, nc=args.nc).eval()
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def int_at_least(minimum: int):
+    """argparse type factory: an integer >= ``minimum``."""
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def load_model_and_history(args: argparse.Namespace) -> tuple[Model, list[dict]]:
+    """The model named by ``--cfg``/``--weights`` and, for a checkpoint, its history (to extend, not replace)."""
+    if getattr(args, "weights", None):
+        from yolo_prune.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(args.weights)
+        return loaded.model, list(loaded.history)
+    return load_model_from_args(args), []
 
 
 def print_json(obj: Any) -> None:

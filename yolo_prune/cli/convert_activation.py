@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from yolo_prune.cli.common import add_model_source, load_model_from_args, print_json
+from yolo_prune.cli.common import add_model_source, load_model_and_history, print_json
 
 EPILOG = """examples:
   yolo-prune convert-activation --weights yolov7.pt --to leakyrelu --output yolov7-leaky.pt
@@ -50,19 +50,14 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
+    from yolo_prune.checkpoint import save_checkpoint
     from yolo_prune.models.activation import convert_activations, resolve_sources, resolve_target
 
     target = resolve_target(args.to, args.slope)  # bad --slope / --from fail before anything is loaded
     sources = None if args.sources is None else [s for s in args.sources.split(",") if s.strip()]
     resolve_sources(target, sources)
     _check_paths(args)
-    history: list[dict] = []
-    if args.weights:
-        loaded = load_checkpoint(args.weights)
-        model, history = loaded.model, loaded.history
-    else:
-        model = load_model_from_args(args)
+    model, history = load_model_and_history(args)
     report = convert_activations(model, args.to, args.slope, sources)
     save_checkpoint(model, args.output, history=history + [report.history_entry()])
     if args.json:

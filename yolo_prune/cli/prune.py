@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, load_model_from_args, positive_int, print_json
+from yolo_prune.cli.common import add_model_source, load_model_and_history, positive_int, print_json
 
 
 def add_pruning_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -32,16 +32,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
+    from yolo_prune.checkpoint import save_checkpoint
     from yolo_prune.graph import read_published
     from yolo_prune.prune import format_result, prune
 
-    history: list[dict] = []
-    if args.weights:
-        loaded = load_checkpoint(args.weights)
-        model, history = loaded.model, loaded.history
-    else:
-        model = load_model_from_args(args)
+    model, history = load_model_and_history(args)
     given = read_published(args.pruning_config) if args.pruning_config else None
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                    graph=given, inplace=True, img_size=args.img)
