@@ -28,24 +28,19 @@ def banner(text: str) -> float:
 
 
 def cpu_latency_ms(model: torch.nn.Module, img: int, runs: int = 20) -> float:
-    """Median PyTorch eager latency, batch 1, CPU."""
-    model = model.float().eval().cpu()
-    x = torch.rand(1, 3, img, img)
-    times = []
-    with torch.inference_mode():
-        for i in range(runs + 3):
-            t0 = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times)[len(times) // 2]
+    """Median PyTorch eager latency of the fused model, batch 1, CPU (``yolo-prune benchmark``'s runner)."""
+    from yolo_prune.bench import time_callable, torch_runner
+
+    runner = torch_runner(model, 1, (img, img), torch.device("cpu"), fp16=False, compiled=False)
+    return time_callable(runner.run, 3, runs).median_ms
 
 
 def onnx_latency_ms(model: torch.nn.Module, img: int, path: Path) -> float | None:
     """Export with `yolo-prune export` machinery when available and time ONNX Runtime; None if unavailable."""
     try:
+        import onnxruntime  # noqa: F401 - the export extra
+
         from yolo_prune.cli import main as cli
-        import onnxruntime as ort
     except ImportError:
         return None
     ckpt = path.with_suffix(".pt")
@@ -53,16 +48,10 @@ def onnx_latency_ms(model: torch.nn.Module, img: int, path: Path) -> float | Non
     if cli(["export", "--weights", str(ckpt), "--format", "onnx", "--img-size", str(img), "--grid",
             "--output", str(path)]) != 0:
         return None
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.rand(1, 3, img, img).numpy()
-    name = sess.get_inputs()[0].name
-    times = []
-    for i in range(23):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times)[len(times) // 2]
+    from yolo_prune.bench import ort_runner, time_callable
+
+    runner = ort_runner(path, 1, (img, img), torch.device("cpu"))  # one session alive at a time
+    return time_callable(runner.run, 3, 20).median_ms
 
 
 def fine_tune(weights: Path, data: Path, out: Path, epochs: int) -> Path:
