@@ -220,6 +220,9 @@ def _vitis(args: argparse.Namespace, model, opts: "ExportOptions", path: Path) -
     print(result)
     for warning in result.warnings:
         print(f"warning: {warning}")
+    if not vopts.keep_head_float:
+        print("note: the head's output convs share one power-of-two scale per level for box, objectness and class "
+              "logits; if the INT8 mAP drops, --keep-head-float keeps those 3 small convs in float (see BENCHMARKS.md)")
     print(f"next: yolo-prune test --weights {path} --data DATA.yaml --img {opts.img_size[0]}   (mAP of the INT8 "
           "model); deploy/vitis/compile.sh for the board")
     return 0
