@@ -73,6 +73,14 @@ def command_line(argv: list[str]) -> str:
     return " ".join([rel(sys.executable), rel(sys.argv[0])] + [shlex.quote(a) for a in argv])
 
 
+def provenance(argv: list[str], env: dict[str, str], libs: Sequence[str] = ()) -> list[str]:
+    """The closing lines of a section: the command, then machine, versions (``libs`` named as installed), commit, date."""
+    versions = "".join(f", {name} {env[name.replace('-', '_')]}" for name in libs)
+    return [f"Command: `{command_line(argv)}`", "",
+            f"Machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}; Python {env['python']}, torch {env['torch']}"
+            f"{versions}; commit {env['commit']}; {env['date']}.", ""]
+
+
 def write_section(path: Path, section: str, first: bool = False) -> None:
     """Replace the ``##`` section whose heading is ``section``'s first line in ``path``; a new section goes at the
     end (``first``: before the first other section). Headings inside fenced code blocks are ignored."""
@@ -97,4 +105,6 @@ def write_section(path: Path, section: str, first: bool = False) -> None:
         while lines and not lines[-1].strip():
             lines.pop()
         lines += [""] + new
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+    from yolo_prune.fileio import write_text_atomic
+
+    write_text_atomic(path, "\n".join(lines).rstrip("\n") + "\n")  # never a half-written BENCHMARKS.md

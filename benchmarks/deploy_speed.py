@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from _report import REPO, command_line, machine, write_section
+from _report import REPO, machine, provenance, write_section
 from yolo_prune.bench import LatencyStats, ort_runner, time_callable, torch_runner, torch_threads
 from yolo_prune.bench.onnx_cost import load_onnx, onnx_cost
 from yolo_prune.bench.targets import checkpoint_cost
@@ -57,6 +57,7 @@ from yolo_prune.models import Model, build_model
 from yolo_prune.prune import prune
 
 SECTION = "## Deployment speed"
+LIBS = ("onnxruntime", "onnx", "torch-pruning")
 PUBLISHED_EXAMPLE = [(8, 0.5), (18, 0.5), (28, 0.75), (29, 0.75), (32, 0.75), (33, 0.75), (41, 0.5), (43, 0.5),
                      (45, 0.5), (46, 0.5)]
 
@@ -274,10 +275,7 @@ def report(args: argparse.Namespace, env: dict[str, str], entries: list[Entry], 
         else:
             lines += [f"CUDA ({gpu}), PyTorch fp16, batch {args.cuda_batch}, fused models; `torch-compile` is "
                       "`torch.compile(mode=\"reduce-overhead\")` (CUDA graphs):", "", *cuda_table(entries, args), ""]
-    lines += [f"Command: `{command_line(argv)}`", "",
-              f"Machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}; Python {env['python']}, torch {env['torch']}, "
-              f"onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, torch-pruning {env['torch_pruning']}; "
-              f"commit {env['commit']}; {env['date']}.", ""]
+    lines += provenance(argv, env, LIBS)
     return "\n".join(lines), ok
 
 
@@ -334,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    env = machine(("onnxruntime", "onnx", "torch-pruning"))
+    env = machine(LIBS)
     with torch_threads(args.threads), tempfile.TemporaryDirectory(prefix="deploy-speed-") as tmp:
         folder = args.onnx_dir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from _report import REPO, command_line, machine, write_section
+from _report import REPO, machine, provenance, write_section
 from yolo_prune.graph.derive import derive_graph
 from yolo_prune.models import ImplicitA, ImplicitM, Model, build_model
 from yolo_prune.models.complexity import count_gflops, count_params
@@ -229,11 +229,7 @@ def report(args: argparse.Namespace, env: dict[str, str], ours: Timings, tp: Tim
         "(see `benchmarks/README.md`). Measure on a quiet machine; the per-run times above show whether a run "
         "was disturbed.",
         "",
-        f"Command: `{command_line(argv)}`",
-        "",
-        f"Machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}; Python {env['python']}, torch {env['torch']}, "
-        f"torch-pruning {env['torch_pruning']}; commit {env['commit']}; {env['date']}.",
-        "",
+        *provenance(argv, env, ("torch-pruning",)),
     ]
     return "\n".join(lines)
 

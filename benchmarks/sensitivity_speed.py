@@ -59,9 +59,10 @@ from typing import Any
 
 import torch
 
-from _report import REPO, command_line, machine, write_section
+from _report import REPO, machine, provenance, write_section
 
 SECTION = "## Sensitivity analysis speed"
+LIBS = ("torchvision", "numpy", "pycocotools")
 DEMO_WEIGHTS = REPO / "yolo_prune" / "assets" / "yolov7-tiny-synth.pt"
 METRICS = ("mp", "mr", "map50", "map")
 
@@ -478,12 +479,7 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
         "slightly overstates the forward cost); the forward part of the ratio cannot drop much below that share "
         "of the plain evaluation's forward without a cheaper re-run.",
         "",
-        f"Command: `{command_line(argv)}`",
-        "",
-        f"Machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}; Python {env['python']}, torch {env['torch']}, "
-        f"torchvision {env['torchvision']}, numpy {env['numpy']}, pycocotools {env['pycocotools']}; "
-        f"commit {env['commit']}; {env['date']}.",
-        "",
+        *provenance(argv, env, LIBS),
     ]
     return "\n".join(lines)
 
@@ -539,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     from yolo_prune.pipeline.evaluation import DataSettings
 
     torch.set_num_threads(args.threads)
-    env = machine(("torchvision", "numpy", "pycocotools"))
+    env = machine(LIBS)
     results: list[ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="sens-speed-") as tmp:
         tmp = Path(tmp)
