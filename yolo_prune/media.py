@@ -5,12 +5,27 @@ for video); detections are mapped back from the letterboxed network input with t
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def add_frame_arguments(p: argparse.ArgumentParser, out: str, source_required: bool = True,
+                        nms_scope: str = "") -> None:
+    """The runners' shared flags: --source, --out, NMS thresholds (``nms_scope`` says when they apply), --max-frames,
+    --no-save; one definition so deploy/jetson and deploy/vitis take the same flags with the same defaults."""
+    p.add_argument("--source", required=source_required, default=None,
+                   help="image, folder, video file, camera index or GStreamer pipeline")
+    p.add_argument("--out", default=out, help=f"folder for annotated images/videos (default {out})")
+    p.add_argument("--conf-thres", type=float, default=0.25, help=f"score threshold (default 0.25){nms_scope}")
+    p.add_argument("--iou-thres", type=float, default=0.45, help=f"NMS IoU threshold (default 0.45){nms_scope}")
+    p.add_argument("--max-det", type=int, default=300, help=f"detections per image (default 300){nms_scope}")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames of a video/camera (0: all)")
+    p.add_argument("--no-save", action="store_true", help="only print detections and FPS")
 
 
 def to_original(dets: np.ndarray, net_hw: tuple[int, int], img_hw: tuple[int, int], ratio_pad: tuple) -> np.ndarray:

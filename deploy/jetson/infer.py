@@ -18,19 +18,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from yolo_prune.media import draw, frames, run_on_frames, to_original  # noqa: F401 - shared with deploy/vitis
+from yolo_prune.media import add_frame_arguments, draw, frames, run_on_frames, to_original  # noqa: F401 - shared with deploy/vitis
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--engine", required=True, help="TensorRT engine (its .json must sit next to it)")
-    p.add_argument("--source", required=True, help="image, folder, video file, camera index or GStreamer pipeline")
-    p.add_argument("--out", default="runs/jetson", help="folder for annotated images/videos (default runs/jetson)")
-    p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold for --grid engines")
-    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold for --grid engines")
-    p.add_argument("--max-det", type=int, default=300, help="detections per image for --grid engines")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames of a video/camera (0: all)")
-    p.add_argument("--no-save", action="store_true", help="only print detections and FPS")
+    add_frame_arguments(p, "runs/jetson", nms_scope=", --grid engines")
     return p.parse_args(argv)
 
 

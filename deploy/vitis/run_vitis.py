@@ -24,20 +24,16 @@ VITIS_EP = "VitisAIExecutionProvider"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from yolo_prune.media import add_frame_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="MODEL.int8.onnx from yolo-prune export --format vitis-int8")
-    p.add_argument("--source", default=None, help="image, folder, video file, camera index or GStreamer pipeline")
-    p.add_argument("--out", default="runs/vitis", help="folder for annotated images/videos (default runs/vitis)")
     p.add_argument("--config-file", default="/etc/vaip_config.json", help="Vitis AI EP vaip_config.json")
     p.add_argument("--cache-dir", default=None, help="Vitis AI EP cache folder for the compiled model")
     p.add_argument("--cache-key", default=None, help="cache key (default: the model's md5)")
     p.add_argument("--cpu", action="store_true", help="ONNX Runtime CPU provider instead of the DPU (for checks)")
     p.add_argument("--compile-only", action="store_true", help="create the session (compiles and caches), exit")
-    p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-det", type=int, default=300, help="detections per image (default 300)")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames of a video/camera (0: all)")
-    p.add_argument("--no-save", action="store_true", help="only print detections and FPS")
+    add_frame_arguments(p, "runs/vitis", source_required=False)
     args = p.parse_args(argv)
     if args.source is None and not args.compile_only:
         p.error("--source is required unless --compile-only")
