@@ -6,8 +6,9 @@ the same name (import helpers from there with ``from yolo_prune.data.letterbox i
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from yolo_prune.lazy import lazy_getattr
 
 from .letterbox import letterbox, preprocess, scale_boxes
 
@@ -26,10 +27,4 @@ if TYPE_CHECKING:
     from .dataset import YoloDataset, collate_fn
     from .loader import create_dataloader
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name from its submodule on first access (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -4,8 +4,9 @@ Evaluation names are imported lazily so importing another engine module (e.g. th
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from yolo_prune.lazy import lazy_getattr
 
 _EXPORTS = {
     "ClassRow": "evaluator",
@@ -25,10 +26,4 @@ if TYPE_CHECKING:
     from .metrics import ap_per_class
     from .postprocess import non_max_suppression
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name from its submodule on first access (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
