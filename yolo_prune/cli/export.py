@@ -195,7 +195,7 @@ def _engine(onnx_path: Path, engine_path: Path, eopts: "EngineOptions", opts: "E
 def calibration_source(args: argparse.Namespace, limit: int) -> list[Path]:
     """Calibration image files from --data (its --calib-split) or --calib-images; errors name the flag."""
     if args.calib_images is not None:
-        from yolo_prune.export.tensorrt import calibration_files
+        from yolo_prune.export.calibration import calibration_files
 
         return calibration_files(args.calib_images, limit)
     from yolo_prune.pipeline.evaluation import DataSettings, split_images

@@ -1,7 +1,7 @@
 """TensorRT engines from exported ONNX files: trtexec commands, Python-API builds, metadata, loading.
 
 Everything that touches ``tensorrt`` is imported inside the function that needs it and kept small; the
-rest (command lines, metadata, version checks, calibration batches) is plain Python and unit-tested.
+rest (command lines, metadata, version checks) is plain Python and unit-tested.
 An engine ``model.engine`` is always written with ``model.json``: TensorRT version, bindings, export options.
 Engines are not portable across TensorRT versions: :func:`load_engine` refuses a mismatch.
 """
@@ -15,9 +15,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from yolo_prune.errors import YoloPruneError
+from yolo_prune.export.calibration import calibration_batches, calibration_files  # noqa: F401 - engine calibrator
 from yolo_prune.export.files import atomic_path, write_json
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 INT8_DUMMY_WARNING = ("trtexec --int8 without --calib=<cache> builds with dummy (random) dynamic ranges: the engine "
                       "runs at INT8 speed but its accuracy is meaningless; calibrate first (yolo-prune export "
                       "--format engine --int8 --calib-images DIR writes a cache) or use --fp16")
@@ -179,30 +179,6 @@ def engine_bindings(engine: Any) -> list[dict[str, Any]]:
                     "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower(),
                     "input": engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT})
     return out
-
-
-# ------------------------------------------------------------------------------------------ calibration
-def calibration_files(folder: str | Path, limit: int) -> list[Path]:
-    """Up to ``limit`` image files of ``folder`` (sorted, recursive); YoloPruneError when there are none."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not files:
-        raise YoloPruneError(f"--calib-images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return files[:limit]
-
-
-def calibration_batches(files: Sequence[Path], batch: int, img_size: tuple[int, int], stride: int = 32,
-                        fp16_input: bool = False) -> Iterator[np.ndarray]:
-    """Letterboxed batches [batch, 3, H, W] RGB 0..1 (float32, float16 with ``fp16_input``), exactly as
-    evaluation pre-processes images; a short last batch is dropped (TensorRT needs full batches)."""
-    from PIL import Image
-
-    from yolo_prune.data.letterbox import preprocess
-
-    for start in range(0, len(files) - batch + 1, batch):
-        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in files[start: start + batch]]
-        arr = np.concatenate([preprocess(im, img_size, stride)[0].numpy() for im in imgs])
-        yield arr.astype(np.float16 if fp16_input else np.float32)
 
 
 def make_calibrator(trt: Any, batches: Iterator[np.ndarray], cache: Path | None, nbytes: int) -> Any:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from yolo_prune.errors import CheckFailed, YoloPruneError
+from yolo_prune.export.calibration import calibration_batches
 from yolo_prune.export.files import atomic_path
 from yolo_prune.export.onnx_export import annotate, build_onnx, max_stride
 from yolo_prune.export.options import ExportOptions, as_hw, check_img_size
@@ -85,24 +86,19 @@ def import_quark() -> Any:
     return quark_onnx
 
 
-def calibration_arrays(files: Sequence[Path], img_size: tuple[int, int], stride: int) -> Iterator[np.ndarray]:
-    """Batches of one letterboxed image [1, 3, H, W] float32 RGB 0..1 (the inference pre-processing)."""
-    from yolo_prune.export.tensorrt import calibration_batches
-
-    yield from calibration_batches(files, 1, img_size, stride)
-
-
 def _reader(quark_onnx: Any, input_name: str, arrays: Iterator[np.ndarray]) -> Any:
-    """A Quark CalibrationDataReader over ``arrays`` (counted, so an empty set is reported)."""
+    """A Quark CalibrationDataReader over ``arrays``; ``count`` says how many it handed out (0: empty set)."""
 
     class Reader(quark_onnx.CalibrationDataReader):
-        count = 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             arr = next(arrays, None)
             if arr is None:
                 return None
-            Reader.count += 1
+            self.count += 1
             return {input_name: arr}
 
     return Reader()
@@ -153,15 +149,15 @@ def quantize(float_path: Path, out_path: Path, arrays: Iterator[np.ndarray], exc
         with contextlib.redirect_stdout(log), contextlib.chdir(float_path.parent):
             quark_onnx.ModelQuantizer(config).quantize_model(str(float_path), str(out_path), reader)
     except Exception as exc:  # noqa: BLE001 - Quark raises assorted types; say which step failed
-        if type(reader).count == 0:
+        if reader.count == 0:
             raise YoloPruneError("calibration set is empty: no images were read") from None
         raise CheckFailed(f"AMD Quark quantization failed ({type(exc).__name__}: {exc})\n"
                           f"{log.getvalue()[-2000:]}") from exc
     finally:
         ScreenLogger.set_shared_level(level)
-    if type(reader).count == 0:
+    if reader.count == 0:
         raise YoloPruneError("calibration set is empty: no images were read")
-    return type(reader).count
+    return reader.count
 
 
 def agreement(model: nn.Module, proto: "onnx.ModelProto", images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -184,7 +180,8 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
     import onnx
 
     export = ExportOptions(img_size=as_hw(img_size), conv_maps=True, opset=13)
-    check_img_size(export.img_size, max_stride(model), "--img-size")
+    stride = max_stride(model)
+    check_img_size(export.img_size, stride, "--img-size")  # before the slow steps (build_onnx checks it too)
     if not calib_files:
         raise YoloPruneError("calibration set is empty: no images")
     import_quark()
@@ -197,7 +194,7 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
         onnx.save(float_proto, str(float_path))
         exclude = head_conv_nodes(float_proto) if opts.keep_head_float else []
         files = [Path(f).resolve() for f in list(calib_files)[: opts.calib_count]]
-        arrays = calibration_arrays(files, export.img_size, max_stride(model))
+        arrays = calibration_batches(files, 1, export.img_size, stride)  # the inference pre-processing
         used = quantize(float_path, q_path, arrays, exclude)
         proto = onnx.load(str(q_path))
     check = check_xint8(proto)

@@ -1,0 +1,35 @@
+"""Calibration images for INT8 exports (TensorRT engines, Vitis AI QDQ): found on disk and pre-processed exactly
+as evaluation and inference pre-process them (letterbox, RGB, /255)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from yolo_prune.errors import YoloPruneError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def calibration_files(folder: str | Path, limit: int) -> list[Path]:
+    """Up to ``limit`` image files of ``folder`` (sorted, recursive); YoloPruneError when there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise YoloPruneError(f"--calib-images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return files[:limit]
+
+
+def calibration_batches(files: Sequence[Path], batch: int, img_size: tuple[int, int], stride: int = 32,
+                        fp16_input: bool = False) -> Iterator[np.ndarray]:
+    """Letterboxed batches [batch, 3, H, W] RGB 0..1 (float32, float16 with ``fp16_input``), exactly as
+    evaluation pre-processes images; a short last batch is dropped (TensorRT needs full batches)."""
+    from PIL import Image
+
+    from yolo_prune.data.letterbox import preprocess
+
+    for start in range(0, len(files) - batch + 1, batch):
+        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in files[start: start + batch]]
+        arr = np.concatenate([preprocess(im, img_size, stride)[0].numpy() for im in imgs])
+        yield arr.astype(np.float16 if fp16_input else np.float32)
