@@ -54,9 +54,7 @@ class OrtDetector:
         if self._head is None:
             return outs[0].to(images.device), []
         if self.mode == "conv":
-            from yolo_prune.export.verify import conv_to_raw
-
-            outs = [conv_to_raw(o, self._head.na) for o in outs]
+            outs = [self._head.reshape(o) for o in outs]
         with torch.no_grad():
             pred = torch.cat([self._head.decode(i, r) for i, r in enumerate(outs)], 1)
         return pred.to(images.device), [r.to(images.device) for r in outs]

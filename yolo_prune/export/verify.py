@@ -93,30 +93,18 @@ def compare(name: str, got: Tensor, ref: Tensor, tol: float, report: VerifyRepor
                           f"(scaled {scaled:.4g} > tolerance {tol:g})")
 
 
-def _verify_raw(session: Any, images: Tensor, ref: tuple[Tensor, list[Tensor]], tol: float,
-                report: VerifyReport) -> None:
-    """Raw maps [B, na, ny, nx, no] per level."""
+def _verify_maps(session: Any, images: Tensor, ref: tuple[Tensor, list[Tensor]], tol: float,
+                 report: VerifyReport, head: nn.Module | None = None) -> None:
+    """Per-level maps: raw [B, na, ny, nx, no], or, with ``head``, head conv outputs [B, na * no, ny, nx]
+    reshaped by the head's own ``reshape`` before comparing."""
     outs = run_ort(session, images)
     if len(outs) != len(ref[1]):
         raise CheckFailed(f"graph has {len(outs)} outputs, the model {len(ref[1])} detection levels")
     for i, (got, want) in enumerate(zip(outs, ref[1])):
-        compare(f"raw{i} {tuple(want.shape)}", got, want, tol, report)
-
-
-def _verify_conv(session: Any, images: Tensor, ref: tuple[Tensor, list[Tensor]], tol: float,
-                 report: VerifyReport) -> None:
-    """Head conv outputs [B, na * no, ny, nx], reshaped to the raw maps [B, na, ny, nx, no] to compare."""
-    outs = run_ort(session, images)
-    if len(outs) != len(ref[1]):
-        raise CheckFailed(f"graph has {len(outs)} outputs, the model {len(ref[1])} detection levels")
-    for i, (got, want) in enumerate(zip(outs, ref[1])):
-        compare(f"conv{i} {tuple(got.shape)}", conv_to_raw(got, want.shape[1]), want, tol, report)
-
-
-def conv_to_raw(conv: Tensor, na: int) -> Tensor:
-    """[B, na * no, ny, nx] -> [B, na, ny, nx, no] (what ``Detect.reshape`` does)."""
-    b, c, ny, nx = conv.shape
-    return conv.view(b, na, c // na, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+        if head is None:
+            compare(f"raw{i} {tuple(want.shape)}", got, want, tol, report)
+        else:
+            compare(f"conv{i} {tuple(got.shape)}", head.reshape(got), want, tol, report)
 
 
 def _verify_grid(session: Any, images: Tensor, ref: tuple[Tensor, list[Tensor]], tol: float,
@@ -184,8 +172,6 @@ def verify_onnx(path: str | Path, model: nn.Module, opts: ExportOptions, images:
         _verify_ort_nms(ort_session(path), images, ref, opts, tol, report)
     elif opts.mode == "grid":
         _verify_grid(ort_session(path), images, ref, tol, report)
-    elif opts.mode == "conv":
-        _verify_conv(ort_session(path), images, ref, tol, report)
     else:
-        _verify_raw(ort_session(path), images, ref, tol, report)
+        _verify_maps(ort_session(path), images, ref, tol, report, model.detect if opts.mode == "conv" else None)
     return report

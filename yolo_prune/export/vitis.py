@@ -26,7 +26,7 @@ from yolo_prune.export.calibration import calibration_batches
 from yolo_prune.export.files import atomic_path
 from yolo_prune.export.onnx_export import annotate, build_onnx, max_stride
 from yolo_prune.export.options import ExportOptions, as_hw, check_img_size
-from yolo_prune.export.verify import conv_to_raw, run_ort, ort_session, sample_images, torch_reference
+from yolo_prune.export.verify import ort_session, run_ort, sample_images, torch_reference
 from yolo_prune.export.vitis_checks import DPU_MAXPOOL_KERNEL, QuantCheck, check_xint8, dpu_warnings
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def agreement(model: nn.Module, proto: "onnx.ModelProto", images: torch.Tensor) 
     _, raw = torch_reference(model, images)
     cos, diff = [], []
     for got, want in zip(outs, raw):
-        got = conv_to_raw(got.float(), want.shape[1])
+        got = model.detect.reshape(got.float())
         cos.append(float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)))
         diff.append(float((got - want).abs().max()))
     return cos, diff
