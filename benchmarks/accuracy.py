@@ -16,6 +16,7 @@ Writes ``<work>/accuracy.md`` (table) and ``<work>/accuracy.png`` (mAP@.5:.95 ag
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -42,8 +43,8 @@ IMG = DEMO_SYNTH["img_size"]
 
 
 def fused_gflops(model: torch.nn.Module) -> float:
-    """GFLOPs of the re-parameterised model at the benchmark's image size."""
-    return count_gflops(fuse(model.float().cpu()), IMG)
+    """GFLOPs of the re-parameterised model at the benchmark's image size (``model`` is not modified)."""
+    return count_gflops(fuse(copy.deepcopy(model).float().cpu()), IMG)
 
 
 def uniform_rate(model: torch.nn.Module, target: float) -> float:
@@ -82,7 +83,7 @@ class Bench:
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
         result = evaluate_on_data(model, self.val, device=self.device, progress=False)
-        return {"gflops": fused_gflops(load_copy(model)), "map50": result.map50, "map": result.map}
+        return {"gflops": fused_gflops(model), "map50": result.map50, "map": result.map}
 
     def finetune(self, name: str, model: torch.nn.Module | None = None,
                  distill_pairs: list[tuple[int, float]] | None = None) -> dict[str, Any]:
@@ -99,13 +100,6 @@ class Bench:
                                  exist_ok=True, seed=0, max_val_images=self.args.val_each_epoch, progress=False)
         tuned = load_checkpoint(train(settings).best).model
         return self.evaluate(tuned) | {"epochs": self.args.epochs}
-
-
-def load_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy (fusing modifies in place)."""
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def demo_model() -> torch.nn.Module:
