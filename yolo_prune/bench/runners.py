@@ -7,7 +7,6 @@ and returns host arrays, so on CUDA its time includes those copies, as a deploye
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from yolo_prune.errors import YoloPruneError
+from yolo_prune.models.fuse import deployable_copy
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -45,16 +45,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def prepared_copy(model: nn.Module, device: torch.device, fp16: bool) -> nn.Module:
-    """A fused (BN, RepConv, implicit) eval-mode copy on ``device``, half precision if asked; ``model`` untouched."""
-    from yolo_prune.models.fuse import fuse
-
-    prepared = fuse(copy.deepcopy(model).float().eval(), conv_bn=True, repconv=True, implicit=True)
-    prepared.requires_grad_(False)
-    prepared.to(device)
-    return prepared.half() if fp16 else prepared
-
-
 def torch_runner(model: nn.Module, batch: int, img_size: tuple[int, int], device: torch.device,
                  fp16: bool = False, compiled: bool = False) -> Runner:
     """Eager (or compiled) forward of a fused copy of ``model`` on a fixed random batch [batch, 3, H, W].
@@ -62,7 +52,7 @@ def torch_runner(model: nn.Module, batch: int, img_size: tuple[int, int], device
     ``compiled``: ``torch.compile`` (mode ``reduce-overhead``, i.e. CUDA graphs, on CUDA; the default mode on CPU);
     the first call, which compiles, is made here, outside any timing.
     """
-    net = prepared_copy(model, device, fp16)
+    net = deployable_copy(model, device, fp16)
     dtype = torch.float16 if fp16 else torch.float32
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *img_size, generator=gen).to(device=device, dtype=dtype)

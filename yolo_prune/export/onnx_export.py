@@ -5,7 +5,6 @@ The file appears only after every check passed (temporary sibling, then rename).
 """
 from __future__ import annotations
 
-import copy
 import io
 import json
 import warnings
@@ -23,7 +22,7 @@ from yolo_prune.export.nms_onnx import TRT_DOMAIN
 from yolo_prune.export.options import ExportOptions, check_img_size
 from yolo_prune.export.verify import VerifyReport, verify_onnx
 from yolo_prune.export.wrappers import export_module, output_names
-from yolo_prune.models.fuse import fuse
+from yolo_prune.models.fuse import deployable_copy
 
 if TYPE_CHECKING:
     import onnx
@@ -63,11 +62,7 @@ def prepare_model(model: nn.Module, opts: ExportOptions) -> nn.Module:
 
     ``model`` itself is never modified.
     """
-    prepared = copy.deepcopy(model).float().eval()
-    fuse(prepared, conv_bn=True, repconv=True, implicit=True)
-    prepared.requires_grad_(False)
-    prepared.to(resolve_device(opts.device))
-    return prepared.half() if opts.fp16 else prepared
+    return deployable_copy(model, resolve_device(opts.device), opts.fp16)
 
 
 def export_metadata(model: nn.Module, opts: ExportOptions) -> dict[str, Any]:
