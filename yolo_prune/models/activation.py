@@ -24,7 +24,7 @@ import torch.nn as nn
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, RepConv
 from yolo_prune.models.builder import BuildContext, build_layers
-from yolo_prune.models.model import Model, _saved_layers
+from yolo_prune.models.model import Model
 from yolo_prune.models.spec import ACTIVATIONS, ActivationSpec, parse_layers
 
 DPU_LEAKY_SLOPE = 26 / 256  # the slope a Vitis AI DPU computes for LeakyReLU
@@ -203,7 +203,7 @@ def convert_activations(model: Model, to: str = "leakyrelu", slope: str | float 
         h.act = target.build()
     if report.expanded:
         model.model = nn.Sequential(*modules).train(model.training)
-    model.yaml, model.specs, model.save = cfg, specs, sorted(_saved_layers(specs))
+    model.replace_specs(cfg, specs)
     return report
 
 

@@ -47,6 +47,11 @@ class Model(nn.Module):
         self.ch_in = ch
         self._init_head()
 
+    def replace_specs(self, cfg: dict[str, Any], specs: Sequence[LayerSpec]) -> None:
+        """Adopt a rewritten cfg whose rows describe the current modules (e.g. after an activation swap); the
+        layers whose outputs are kept for later rows follow from the new rows."""
+        self.yaml, self.specs, self.save = cfg, tuple(specs), sorted(_saved_layers(specs))
+
     # ----------------------------------------------------------------------------------- construction
     def _layer_strides(self) -> list[float]:
         """Downsampling factor of every layer's output, derived from the modules (no forward pass)."""
