@@ -111,7 +111,8 @@ SMALL: dict[str, dict[str, str]] = {
     "convert-activation": {},
 }
 SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2"}
-SMALL_ANALYSIS = {"--pruning-rate": "[0.5]"}  # every layer at one rate, not three
+# an analysis of 6 layers at one rate, not of every layer at three (like --max-images: less work, same command)
+SMALL_ANALYSIS = {"--pruning-rate": "[0.5]", "--layers": "[0, 8, 23, 25, 28, 45]"}
 
 
 def _gflops_of(weights: str, cwd: Path) -> float:
@@ -208,7 +209,13 @@ def _interrupted_run(cwd: Path) -> None:
         train(settings, on_epoch_end=stop)
 
 
-PREPARE: dict[str, Callable[[Path], None]] = {r"train --resume": _interrupted_run}
+def _analysis(cwd: Path) -> None:
+    """output/sens, as the README's `test --task pruning_sensitivity_analysis ... --name sens` leaves it."""
+    if not (cwd / "output" / "sens").exists():
+        shutil.copytree(cwd / "prepared" / "sens", cwd / "output" / "sens")
+
+
+PREPARE: dict[str, Callable[[Path], None]] = {r"train --resume": _interrupted_run, r"--output output/sens\b": _analysis}
 
 
 def _write_files(root: Path) -> None:
@@ -219,14 +226,20 @@ def _write_files(root: Path) -> None:
     from yolo_prune.export.options import ExportOptions
     from yolo_prune.pipeline.devices import select_device
     from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings, sensitivity_on_data
+    from yolo_prune.prune import prune
 
     synth = generate_synthetic(root / "data", n_train=8, n_val=8, img_size=64, n_classes=6, seed=5)
     (root / "data.yaml").write_text(f"path: data\ntrain: images/train\nval: images/val\nnc: 6\n"
                                     f"names: {list(synth.class_names)}\n")
+    (root / "data" / "coco.yaml").write_text((root / "data.yaml").read_text().replace("path: data\n", ""))
+    for hyp in ("custom", "p5"):  # YOLOv7 repo layout of the published commands
+        shutil.copy(REPO / "yolo_prune" / "engine" / "hyp" / f"hyp.scratch.{hyp}.yaml", root / "data")
+    (root / "cfg" / "training").mkdir(parents=True)
+    shutil.copy(REPO / "yolo_prune" / "models" / "cfg" / "training" / "yolov7.yaml", root / "cfg" / "training")
     model = narrow_tiny(6)
-    for name in ("yolov7.pt", "yolov7-tiny.pt", "best.pt", "model.pt"):
+    for name in ("yolov7.pt", "yolov7-tiny.pt", "best.pt", "model.pt", "yolov7_training.pt"):
         yp.save_checkpoint(model, root / name)
-    pruned = yp.prune(narrow_tiny(6), 0.3, "l2").model
+    pruned = prune(narrow_tiny(6), 0.3, "l2").model
     yp.save_checkpoint(pruned, root / "pruned.pt")
     for name, m in (("yolov7-tiny.onnx", model), ("pruned.onnx", pruned)):
         export_onnx(m, root / name, ExportOptions(img_size=(64, 64)))
@@ -237,11 +250,12 @@ def _write_files(root: Path) -> None:
     for img in sorted((root / "data" / "images" / "val").iterdir())[:3]:
         shutil.copy(img, root / "calib")
     sensitivity_on_data(model, DataSettings(str(root / "data.yaml"), img_size=64, batch_size=4, workers=0, max_images=4),
-                        AnalysisSettings([0.25, 0.5, 0.75], layers=[0, 8, 23, 28, 45]), root / "output" / "sens",
+                        AnalysisSettings([0.25, 0.5, 0.75], layers=[0, 8, 23, 28, 45]), root / "prepared" / "sens",
                         device=select_device("cpu"), source="best.pt", progress=False)
-    (root / "published_dir").mkdir()
-    for f in (root / "output" / "sens").glob("output_*.txt"):
-        shutil.copy(f, root / "published_dir")
+    for published in (root / "published_dir", root / "output" / "yolov7_training"):  # text files only, no baseline
+        published.mkdir(parents=True)
+        for f in (root / "prepared" / "sens").glob("output_*.txt"):
+            shutil.copy(f, published)
     asset = Path("yolo_prune") / "assets" / "yolov7-tiny-synth.pt"
     (root / asset.parent).mkdir(parents=True)
     os.link(REPO / asset, root / asset)

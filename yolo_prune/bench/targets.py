@@ -71,8 +71,8 @@ def load_checkpoint_target(name: str, path: Path, img_size: tuple[int, int] | No
     stride = max_stride(model)
     img = (round_up_to_stride(asked[0], stride), round_up_to_stride(asked[1], stride))
     if img != tuple(asked):
-        warnings.warn(f"--img-size {asked[0]} {asked[1]} is not a multiple of the max stride {stride} of {name}; "
-                      f"using {img[0]} {img[1]}", stacklevel=2)
+        warnings.warn(f"--img-size {asked[0]} {asked[1]} is not a multiple of the model's max stride {stride} "
+                      f"({name}); using {img[0]} {img[1]}", stacklevel=2)
     params, gflops = checkpoint_cost(model, img)
     return Target(name, path, "checkpoint", img, params, gflops, model=model)
 

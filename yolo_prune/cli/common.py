@@ -194,13 +194,14 @@ def output_dir(path: str | os.PathLike, flag: str) -> Path:
 # ------------------------------------------------------------------------------------------- values
 def fit_img(img: int, stride: int, flag: str = "--img") -> int:
     """YOLOv7's rule (``check_img_size``): a size that is not a multiple of the model's max stride is rounded up
-    to one, with a notice on stderr."""
+    to one, with a warning (the trainer and the benchmark warn the same way)."""
+    import warnings
+
     from yolo_prune.data.letterbox import round_up_to_stride
 
     size = round_up_to_stride(img, stride)
     if size != img:
-        print(f"note: {flag} {img} is not a multiple of the model's max stride {stride}; using {size}",
-              file=sys.stderr)
+        warnings.warn(f"{flag} {img} is not a multiple of the model's max stride {stride}; using {size}", stacklevel=2)
     return size
 
 

@@ -40,14 +40,14 @@ def calibration_batches(files: Sequence[Path], batch: int, img_size: tuple[int, 
 
 
 def _read_rgb(path: Path) -> np.ndarray | None:
-    """The image as HWC RGB uint8, or None (with a warning naming it) when it cannot be decoded."""
+    """The image as HWC RGB uint8 (decoded as evaluation decodes it), or None with a warning naming it."""
     import warnings
 
-    from PIL import Image
+    from yolo_prune.data.dataset import load_image_rgb
+    from yolo_prune.errors import DataError
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        warnings.warn(f"{path}: skipping unreadable or corrupt image ({exc})", stacklevel=3)
+        return load_image_rgb(str(path))
+    except DataError as exc:
+        warnings.warn(f"{path}: skipping unreadable or corrupt image ({exc.__cause__ or exc})", stacklevel=3)
         return None
