@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from yolo_prune.cli.common import add_model_source, check_model_source, load_model_and_history, output_file, print_json
 
