@@ -112,7 +112,7 @@ SMALL: dict[str, dict[str, str]] = {
 }
 SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2"}
 # an analysis of 6 layers at one rate, not of every layer at three (like --max-images: less work, same command)
-SMALL_ANALYSIS = {"--pruning-rate": "[0.5]", "--layers": "[0, 8, 23, 25, 28, 45]"}
+SMALL_ANALYSIS = {"--pruning-rate": "[0.5]", "--layers": "[0,8,23,25,28,45]"}
 
 
 def _gflops_of(weights: str, cwd: Path) -> float:
@@ -144,7 +144,7 @@ def _reference_gflops(argv: list[str], cwd: Path) -> float:
 
 
 def _set_flag(argv: list[str], flag: str, value: str, append: bool) -> list[str]:
-    """``flag value`` replaced (all its values, for nargs flags) or appended."""
+    """``flag value`` replaced (all its values, for nargs flags) or appended; a value with spaces is several words."""
     names = ALIASES.get(flag, (flag,))
     for i, word in enumerate(argv):
         if word in names:
