@@ -77,6 +77,10 @@ def test_outputs_and_baseline_match_plain_evaluation(small_set, tmp_path, capsys
     capsys.readouterr()
     saved = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
     assert set(saved["results"]) == {"0:0.25", "0:0.5", "23:0.25", "23:0.5"}
+    from yolo_prune.graph import derive_graph
+
+    fingerprint = derive_graph(yp.load_model(weights)).fingerprint()
+    assert saved["model"] == {"source": str(weights), "graph_fingerprint": fingerprint}
     assert main(["test", "--data", str(data), "--weights", str(weights), "--img", "96", "--batch", "4",
                  "--device", "cpu", "--workers", "0", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
