@@ -157,3 +157,19 @@ def test_analysis_without_recorded_model_is_checked_by_its_baseline(tmp_path, ca
     assert main(["layer-selection", "--output", str(d), "--target-gflops", "1.5", "--cfg", "yolov7-tiny", "--nc", "3",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["exact"] <= 1.5
+
+
+def test_iterate_budget_step_lands_under_its_exact_target(tmp_path):
+    """`iterate --target-gflops` selects each step with the same exact-cost search (geometric steps)."""
+    from yolo_prune.models import build_model
+    from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings
+    from yolo_prune.pipeline.iterate import IterateSettings, SelectionSettings, _select
+    from yolo_prune.prune.cost import fused_cost_model
+
+    d = write_analysis(tmp_path / "sens")
+    model = build_model("yolov7-tiny", nc=3)
+    settings = IterateSettings("start.pt", str(tmp_path / "run"), 2, DataSettings("data.yaml", img_size=256),
+                               AnalysisSettings([0.25, 0.5, 0.75]), SelectionSettings(target_gflops=1.043))
+    pairs = _select(d, settings, 0, model)
+    step = (2.08633856 * 1.043) ** 0.5  # first of two geometric steps to 1.043
+    assert 0.99 * step <= fused_cost_model(model, 256).cost(pairs).gflops <= step
