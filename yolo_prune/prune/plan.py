@@ -80,9 +80,15 @@ def layer_filters(module: nn.Module, generator: torch.Generator, name: str,
     else:
         branches = (module.rbr_dense, module.rbr_1x1)
         convs, bns = tuple(b[0] for b in branches), tuple(b[1].weight for b in branches)
-    weights = tuple(c.weight if inputs is None else c.weight.index_select(1, inputs.to(c.weight.device))
-                    for c in convs)
+    weights = tuple(c.weight if inputs is None else _input_slice(c.weight, inputs) for c in convs)
     return LayerFilters(weights, bns, generator, name, inputs, score_dtype(convs[0].weight))
+
+
+def _input_slice(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``weight[:, inputs]`` as a contiguous tensor (through a 3-D view: several times faster for 3x3 kernels)."""
+    out, _, kh, kw = weight.shape
+    flat = weight.detach().reshape(out, weight.shape[1], kh * kw)
+    return flat.index_select(1, inputs.to(weight.device)).view(out, len(inputs), kh, kw)
 
 
 def visible_inputs(graph: PruningGraph, layer: int, decided: dict[int, torch.Tensor]) -> torch.Tensor | None:
