@@ -61,7 +61,7 @@ class CostModel:
 
     @classmethod
     def of(cls, model: nn.Module, img_size: int | tuple[int, int] = 640) -> "CostModel":
-        """The cost model of ``model`` as it is (prune it first? no: price widths instead); model untouched."""
+        """The cost model of ``model`` as it is (fused or not), at ``img_size``; ``model`` is not changed."""
         graph, layer_inputs = trace_layouts(model)
         builder = _Builder(graph)
         hw = {c.name: c.out_hw for c in op_costs(model, img_size, model.ch_in)}
