@@ -2,7 +2,6 @@
 landed within 1 % under it on exact costs, a clear error for unreachable ones, predicted mAP <= baseline."""
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 

@@ -8,7 +8,6 @@ each finished chunk is stored atomically, so a killed run resumes where it stopp
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -18,8 +17,6 @@ import torch
 from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked, run_all, run_from
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.models.complexity import count_gflops, count_params
-from yolo_prune.models.fuse import fuse
 from yolo_prune.models.model import Model
 from yolo_prune.prune.cost import CostModel, fused_cost_model
 from yolo_prune.prune.plan import make_plan
@@ -69,14 +66,9 @@ class _Config:
     nms_seconds: float = 0.0
 
 
-def fused_cost(model: Model, img_size: int) -> tuple[int, float]:
-    """Params and GFLOPs as the published analysis reports them: of the BN+RepConv-fused model."""
-    fused = fuse(copy.deepcopy(model).to("meta"), conv_bn=True, repconv=True, implicit=False)
-    return count_params(fused), count_gflops(fused, img_size)
-
-
 def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None) -> tuple[int, float]:
-    """``fused_cost`` of the model with ``layer`` pruned at ``rate``, from the closed-form cost model."""
+    """Params and GFLOPs of the BN+RepConv-fused model (as the published analysis reports them) with ``layer``
+    pruned at ``rate``, from the closed-form cost model (no model copy)."""
     cost = costs.cost([(layer, rate)], round_to)
     return cost.params, cost.gflops
 
