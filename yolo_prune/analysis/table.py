@@ -34,6 +34,8 @@ class SensitivityTable:
     rates: tuple[float, ...]
     baseline: Entry | None
     source: str
+    model: dict | None = None  # sensitivity.json: the analysed model's source and graph fingerprint (if recorded)
+    img: int | None = None  # sensitivity.json: the image size the GFLOPs were counted at
 
     @property
     def layers(self) -> list[int]:
@@ -76,10 +78,11 @@ def _read_json(js: Path) -> SensitivityTable:
         b = data.get("baseline")
         baseline = Entry(-1, 0.0, float(b["map"]), float(b["map50"]), int(b["params"]), float(b["gflops"])) if b else None
         rates = tuple(sorted(float(r) for r in data["settings"].get("rates", sorted({k[1] for k in entries}))))
+        model, img = data.get("model"), data["settings"].get("img")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise YoloPruneError(f"{js}: not a readable sensitivity.json ({type(exc).__name__}: {str(exc)[:80]}); "
                              "re-run the analysis (with --exist-ok) to rewrite it") from None
-    return SensitivityTable(entries, rates, baseline, str(js))
+    return SensitivityTable(entries, rates, baseline, str(js), model, img)
 
 
 def read_table(directory: str | Path) -> SensitivityTable:
@@ -98,3 +101,18 @@ def read_table(directory: str | Path) -> SensitivityTable:
         for e in _parse_output_file(path, pct / 100):
             entries[(e.layer, e.rate)] = e
     return SensitivityTable(entries, tuple(pct / 100 for pct, _ in files), None, str(directory))
+
+
+def check_model_matches(table: SensitivityTable, costs, label: str) -> None:
+    """Refuse a model (its ``CostModel``) that is not the analysed one: the recorded graph fingerprint (structure
+    and widths) must agree; analyses written before it was recorded are checked by their baseline params."""
+    recorded = (table.model or {}).get("graph_fingerprint")
+    source = (table.model or {}).get("source") or "an unnamed model"
+    mine = costs.graph.fingerprint()
+    if recorded and recorded != mine:
+        raise YoloPruneError(f"{label} does not match the analysis in {table.source}: it analysed {source} (graph "
+                             f"fingerprint {recorded}), {label} has graph fingerprint {mine}; pass the analysed model")
+    if not recorded and table.baseline is not None and costs.cost().params != table.baseline.params:
+        raise YoloPruneError(f"{label} does not match the analysis in {table.source}: the analysed model has "
+                             f"{table.baseline.params:,} params (fused), {label} has {costs.cost().params:,}; pass "
+                             f"the analysed model")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from yolo_prune.cli.common import (fit_img, img_int, input_file, literal_numbers, non_negative_float,
                                    non_negative_int, output_dir, positive_float, positive_int, seed_int)
+from yolo_prune.cli.prune import add_scoring_flag
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--criterion", default="0", help="importance criterion (number or name)")
     p.add_argument("--round-to", type=positive_int, default=None)
     p.add_argument("--seed", type=seed_int, default=0)
+    add_scoring_flag(p)
     p.add_argument("--max-images", type=positive_int, default=None, help="analysis: validation subset size")
     p.add_argument("--eval-images", type=positive_int, default=None, help="evaluation after fine-tuning: subset size")
     p.add_argument("--params-layers", type=non_negative_int, default=5)
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.pipeline.devices import select_device
     from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings
     from yolo_prune.pipeline.iterate import IterateSettings, SelectionSettings, run_iterations
+    from yolo_prune.prune.plan import scoring_name
 
     rates = check_args(args)
     device = select_device(args.device)
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         analysis=AnalysisSettings(rates, args.criterion, args.round_to, args.seed),
         selection=SelectionSettings(args.params_layers, args.flops_layers, args.params_map, args.flops_map,
                                     args.target_gflops),
-        epochs=args.epochs, hyp=args.hyp, eval_images=args.eval_images)
+        epochs=args.epochs, hyp=args.hyp, eval_images=args.eval_images, scoring=scoring_name(args.scoring))
     rows = run_iterations(settings, trainer_fn(args), device)
     print((Path(args.out) / "summary.md").read_text())
     print(f"summary: {Path(args.out) / 'summary.md'}, .csv, .png; last model: {rows[-1].weights}")

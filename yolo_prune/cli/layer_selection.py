@@ -14,14 +14,18 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         "  yolo-prune layer-selection --output output/sens --target-gflops 6.5 --cfg yolov7-tiny --nc 6"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="analysis directory (sensitivity.json or output_<rate>.txt files)")
-    p.add_argument("--params", type=positive_float, default=None, help="parameters of the unpruned, fused model (read from "
-                   "sensitivity.json when present; published default for output files: 36907898, yolov7)")
-    p.add_argument("--flops", type=positive_float, default=None, help="GFLOPs of the unpruned, fused model (as --params; "
-                   "published default 104.514)")
-    p.add_argument("--params-layers", type=non_negative_int, default=6, help="layers chosen by the params objective (default 6)")
-    p.add_argument("--flops-layers", type=non_negative_int, default=5, help="layers chosen by the FLOPs objective (default 5)")
-    p.add_argument("--params-map", type=non_negative_float, default=20.0, help="mAP exponent E of the params score (default 20)")
-    p.add_argument("--flops-map", type=non_negative_float, default=20.0, help="mAP exponent E of the FLOPs score (default 20)")
+    p.add_argument("--params", type=positive_float, default=None, help="parameters of the unpruned, fused model (read "
+                   "from sensitivity.json when present; published default for output files: 36907898, yolov7)")
+    p.add_argument("--flops", type=positive_float, default=None, help="GFLOPs of the unpruned, fused model (as "
+                   "--params; published default 104.514)")
+    p.add_argument("--params-layers", type=non_negative_int, default=6,
+                   help="layers chosen by the params objective (default 6)")
+    p.add_argument("--flops-layers", type=non_negative_int, default=5,
+                   help="layers chosen by the FLOPs objective (default 5)")
+    p.add_argument("--params-map", type=non_negative_float, default=20.0,
+                   help="mAP exponent E of the params score (default 20)")
+    p.add_argument("--flops-map", type=non_negative_float, default=20.0,
+                   help="mAP exponent E of the FLOPs score (default 20)")
     p.add_argument("--save", action="store_true", help="write the selection diagrams (PNG and PDF)")
     p.add_argument("--save-dir", default=None, help="where --save writes sa_parameters, sa_flops and sa_map (.png "
                    "and .pdf; default graphs/SA_<output folder name>, as published)")
@@ -113,9 +117,8 @@ def _run_published(args, table, base_params, base_gflops) -> int:
 
 
 def _run_budget(args, table, base_params, base_gflops, base_map) -> int:
-    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.budget import select_for_budget
     from yolo_prune.analysis.selection import format_rates
-    from yolo_prune.cli.common import load_model_from_args
 
     metric = "gflops" if args.target_gflops is not None else "params"
     target = args.target_gflops if metric == "gflops" else args.target_params
@@ -123,14 +126,10 @@ def _run_budget(args, table, base_params, base_gflops, base_map) -> int:
     if target >= base_cost:
         flag = "--target-gflops" if metric == "gflops" else "--target-params"
         raise YoloPruneError(f"{flag} {target:g}: the unpruned model already has {base_cost:g}; give a smaller target")
-    exact = None
-    if args.weights or args.cfg:
-        model = load_model_from_args(args)
-        img = args.img or _analysis_img(args.output) or 640
-        exact = lambda pairs: model_cost(model, pairs, metric, img)  # noqa: E731
+    costs = _cost_model(args, table) if args.weights or args.cfg else None
     # without a baseline, the best analysed mAP stands in for it (the argmin does not depend on it)
     reference = base_map if base_map is not None else max(e.map for e in table.entries.values())
-    choice = select_for_budget(table, base_cost, reference, target, metric, exact)
+    choice = select_for_budget(table, base_cost, reference, target, metric, costs)
     result = {"pruning_params": [list(p) for p in choice.pairs], "metric": metric, "target": target,
               "predicted": choice.predicted_cost, "exact": choice.exact_cost,
               "predicted_map": choice.predicted_map if base_map is not None else None}
@@ -138,15 +137,21 @@ def _run_budget(args, table, base_params, base_gflops, base_map) -> int:
         print_json(result)
         return 0
     print(f"budget {metric} <= {target:g}: {len(choice.pairs)} layers; predicted {metric} {choice.predicted_cost:g}"
-          + (f", exact {choice.exact_cost:g}" if choice.exact_cost is not None else " (give --weights/--cfg for the exact cost)")
+          + (f", exact {choice.exact_cost:g} ({100 * choice.exact_cost / target:.1f}% of the budget)"
+             if choice.exact_cost is not None else " (give --weights/--cfg for the exact cost)")
           + (f", predicted mAP@.5:.95 {choice.predicted_map:.4f} (baseline {base_map:.4f})" if base_map is not None else ""))
     print(format_rates(choice.pairs))
     return 0
 
 
-def _analysis_img(directory: str) -> int | None:
-    import json
-    from pathlib import Path
+def _cost_model(args, table):
+    """The fused cost model of --weights/--cfg at the analysis' image size, checked against the analysis."""
+    from yolo_prune.analysis.table import check_model_matches
+    from yolo_prune.cli.common import fit_img, load_model_from_args
+    from yolo_prune.prune.cost import fused_cost_model
 
-    path = Path(directory) / "sensitivity.json"
-    return json.loads(path.read_text())["settings"].get("img") if path.exists() else None
+    model = load_model_from_args(args)
+    img = fit_img(args.img, int(model.stride.max())) if args.img else table.img or 640
+    costs = fused_cost_model(model, img)
+    check_model_matches(table, costs, f"--weights {args.weights}" if args.weights else f"--cfg {args.cfg}")
+    return costs

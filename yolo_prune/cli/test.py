@@ -174,7 +174,7 @@ def _load(args: argparse.Namespace, data):
 
         given = read_published(args.pruning_config) if args.pruning_config else None
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                      graph=given, inplace=True, summarize=False).model
+                      graph=given, inplace=True, summarize=False, scoring=args.scoring).model
     return model
 
 
