@@ -227,3 +227,48 @@ def test_label_smoothing_raises_perfect_class_loss(head: TinyHead) -> None:
     maps = perfect_maps(plain, targets, 2, 128, 128)
     smooth = YoloLoss(head, {**make_hyp(0), "label_smoothing": 0.1})
     assert smooth(maps, targets)[1][2] > 10 * plain(maps, targets)[1][2]
+
+
+def _random_case(seed: int, batch: int = 6, n: int = 40, hw: int = 128):
+    g = torch.Generator().manual_seed(seed)
+    head = TinyHead()
+    maps = [torch.randn(batch, 3, hw // s, hw // s, NC + 5, generator=g) for s in STRIDES]
+    t = torch.zeros(n, 6)
+    t[:, 0] = torch.randint(0, batch - 1, (n,), generator=g).sort().values  # the last image has no target
+    t[:, 1] = torch.randint(0, NC, (n,), generator=g).float()
+    t[:, 2:4] = torch.rand(n, 2, generator=g)
+    t[:, 4:6] = torch.rand(n, 2, generator=g) * 0.4 + 0.02
+    return head, maps, t
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ota_batched_over_images_equals_one_image_at_a_time(seed: int) -> None:
+    """The vectorised assignment (all images padded into one tensor) picks exactly what matching each image
+    alone picks: same cells, same targets, same order."""
+    head, maps, t = _random_case(seed)
+    ota = SimOTAAssigner(head.anchors, head.stride, 4.0)
+    together = ota(maps, t, (128, 128))
+    parts: list[list[tuple]] = [[] for _ in STRIDES]
+    for b in range(maps[0].shape[0]):
+        rows = (t[:, 0] == b).nonzero(as_tuple=True)[0]
+        if not len(rows):
+            continue
+        alone_t = t[rows].clone()
+        alone_t[:, 0] = 0
+        alone = ota([m[b:b + 1] for m in maps], alone_t, (128, 128))
+        for level, m in enumerate(alone):
+            parts[level] += [(b, a, gj, gi, int(rows[k])) for a, gj, gi, k in
+                             zip(m.a.tolist(), m.gj.tolist(), m.gi.tolist(), m.t.tolist())]
+    for level, m in enumerate(together):
+        got = list(zip(m.b.tolist(), m.a.tolist(), m.gj.tolist(), m.gi.tolist(), m.t.tolist()))
+        assert got == parts[level]
+    assert sum(len(m) for m in together) > 20
+
+
+def test_dynamic_k_batch_padding_takes_nothing() -> None:
+    """A padded batch: image 1 has one target and two cells; padding rows/columns (inf cost) are never matched."""
+    inf = float("inf")
+    cost = torch.tensor([[[1.0, 2.0, 9.0], [0.5, 9.0, 3.0]], [[2.0, 1.0, inf], [inf, inf, inf]]])
+    iou = torch.tensor([[[0.9, 0.8, 0.1], [0.85, 0.1, 0.7]], [[0.6, 0.7, 0.0], [0.0, 0.0, 0.0]]])
+    img, pred, gt = dynamic_k_match(cost, iou, topk=10)
+    assert list(zip(img.tolist(), pred.tolist(), gt.tolist())) == [(0, 0, 1), (1, 1, 0)]

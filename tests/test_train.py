@@ -2,6 +2,7 @@
 tiny synthetic set (pruned, distilled, from scratch, resumed, 2-rank gloo DDP) and bad inputs via the CLI."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -427,3 +428,36 @@ def test_cfg_alone_trains_from_scratch_with_the_data_classes(synth_yaml, tmp_pat
                "--workers", "0", "--project", str(tmp_path / "runs")])
     best = load_checkpoint(tmp_path / "runs" / "exp" / "weights" / "best.pt")
     assert rc == 0 and best.model.nc == 3 and best.history[-1]["event"] == "train"
+
+
+# ------------------------------------------------------------------------------------------- speed levers
+def test_foreach_sgd_and_ema_update_are_the_per_tensor_arithmetic(hyp):
+    """The multi-tensor optimizer step and EMA update give bit-identical weights to the per-parameter loops."""
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    ref = copy.deepcopy(model)
+    opt = build_optimizer(model, hyp, batch_size=16)
+    assert all(g["foreach"] for g in opt.param_groups)
+    ref_opt = torch.optim.SGD([{**{k: v for k, v in g.items() if k not in ("params", "foreach")},
+                                "params": list(rg["params"])} for g, rg in
+                               zip(opt.param_groups, build_optimizer(ref, hyp, batch_size=16).param_groups)],
+                              foreach=False)
+    ema, ref_ema = ModelEMA(model), copy.deepcopy(ModelEMA(model))
+    x = torch.rand(2, 3, 64, 64)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            sum(p.float().square().mean() for p in m(x)).backward()
+            o.step()
+        ema.update(model)
+        ref_ema.updates += 1
+        d = ref_ema.decay()
+        with torch.no_grad():
+            current = ref.state_dict()
+            for k, v in ref_ema.ema.state_dict().items():
+                if v.dtype.is_floating_point:
+                    v.mul_(d).add_(current[k], alpha=1 - d)
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(ema.ema.state_dict().values(), ref_ema.ema.state_dict().values()):
+        assert torch.equal(a, b)

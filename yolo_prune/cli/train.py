@@ -46,6 +46,16 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--distill-weight", type=non_negative_float, default=1.0, help="weight w of the distillation term (default 1)")
     p.add_argument("--max-val-images", type=positive_int, default=None, help="evaluate on the first N val images")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on CUDA")
+    speed = p.add_argument_group("speed (results statistically equal)")
+    speed.add_argument("--cache-images", action="store_true",
+                       help="decode and resize every training image once and keep it in RAM (YOLOv7's flag)")
+    speed.add_argument("--amp", choices=("auto", "off", "fp16", "bf16"), default="auto",
+                       help="mixed precision: auto = fp16 on CUDA, fp32 on CPU (default); bf16 = bfloat16 autocast "
+                            "on a CPU/GPU with native bfloat16; off = fp32")
+    speed.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                       help="keep the NCHW memory format (default: channels-last, faster convolutions)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (CUDA graphs on CUDA; the first iterations compile)")
     p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
                    help=argparse.SUPPRESS)  # torch.distributed.launch passes it; torchrun uses LOCAL_RANK
     p.set_defaults(func=run)
@@ -61,7 +71,8 @@ def settings_from_args(args: argparse.Namespace):
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
         pruning_config=args.pruning_config, seed=args.seed, scoring=args.scoring, from_scratch=args.from_scratch,
-        distill=args.distill, distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn)
+        distill=args.distill, distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn,
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile, cache_images=args.cache_images)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -220,6 +220,7 @@ class YoloDataset(Dataset):
         self.label_paths: list[str] = [label_path_for(p) for p in paths]
         self.labels: list[np.ndarray] = labels  # per image float32 [n, 5] (cls, cx, cy, w, h) normalised
         self.hw0: np.ndarray = hw  # [n, 2] original (h, w) after EXIF rotation
+        self._cache: Optional[list] = None  # per image: load_resized()'s result, once cache_images() ran
 
     collate_fn = staticmethod(collate_fn)
 
@@ -234,11 +235,32 @@ class YoloDataset(Dataset):
         """The generator for one sample: a pure function of (seed, epoch, index)."""
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
+    def cache_images(self) -> int:
+        """Decode and resize every image now (threads) and keep the results, as YOLOv7's ``--cache-images``:
+        samples are then identical, without a decode per use. Returns the bytes held."""
+        if self._cache is None:
+            with ThreadPoolExecutor(min(IO_THREADS, os.cpu_count() or 1)) as pool:
+                self._cache = list(pool.map(self._decode_resized, range(len(self))))
+            for img, _, _ in self._cache:
+                img.setflags(write=False)  # shared by every sample that uses it
+        return self.cached_bytes
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded images held by :meth:`cache_images` (0 before)."""
+        return sum(img.nbytes for img, _, _ in self._cache or [])
+
     def load_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Decode image ``index`` and resize its long side to ``img_size``; returns (img, (h0, w0), (h, w)).
 
-        Shrinking without augmentation uses area averaging (YOLOv7: cv2.INTER_AREA), otherwise bilinear.
+        Shrinking without augmentation uses area averaging (YOLOv7: cv2.INTER_AREA), otherwise bilinear. Served
+        from RAM after :meth:`cache_images` (callers never modify the returned image in place).
         """
+        if self._cache is not None:
+            return self._cache[index]
+        return self._decode_resized(index)
+
+    def _decode_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         img = load_image_rgb(self.image_paths[index])
         h0, w0 = img.shape[:2]
         r = self.img_size / max(h0, w0)

@@ -70,14 +70,17 @@ def create_dataloader(
     image_paths: Sequence[str], nc: int, img_size: int, batch_size: int, *,
     augment: bool = False, hyp: Optional[Mapping[str, Any]] = None, rect: bool = False, workers: int = 2,
     shuffle: bool = False, seed: int = 0, distributed_sampler: Optional[Sampler[int]] = None,
-    stride: int = 32, pad: float = 0.5, pin_memory: Optional[bool] = None,
+    stride: int = 32, pad: float = 0.5, pin_memory: Optional[bool] = None, cache_images: bool = False,
 ) -> tuple[EpochDataLoader, YoloDataset]:
     """Build a :class:`YoloDataset` and a loader yielding ``(imgs uint8 [B,3,H,W], labels [N,6], paths, shapes)``.
 
     ``rect`` forces ``shuffle=False`` (batch shapes follow the sorted order). ``distributed_sampler`` replaces
-    the built-in sampler. ``pin_memory`` defaults to CUDA availability.
+    the built-in sampler. ``pin_memory`` defaults to CUDA availability. ``cache_images`` decodes and resizes every
+    image once, up front, and keeps it in RAM (worker processes share it; see :meth:`YoloDataset.cache_images`).
     """
     dataset = YoloDataset(image_paths, nc, img_size, batch_size, augment, hyp, rect, stride, pad, seed=seed)
+    if cache_images:
+        dataset.cache_images()
     if rect and shuffle:
         warnings.warn("rect=True is incompatible with shuffle; using shuffle=False", stacklevel=2)
         shuffle = False

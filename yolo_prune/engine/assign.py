@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert
 
 
 @dataclass(frozen=True)
@@ -161,40 +161,72 @@ def _pool_candidates(cands: Sequence[LevelMatch], unique: bool) -> _Pool:
     return _Pool(*(torch.unique(rows, dim=0) if unique else rows).unbind(1))
 
 
-def _cls_cost(scores: Tensor, gt_cls: Tensor, eps: float = 1e-7) -> Tensor:
-    """Summed binary cross-entropy of one-hot ``gt_cls`` [G] against ``scores`` [P, nc] -> [G, P].
+def _cls_cost(scores: Tensor, gt_cls: Tensor, valid: Tensor, eps: float = 1e-7) -> Tensor:
+    """Summed binary cross-entropy of one-hot ``gt_cls`` [I, G] against ``scores`` [I, P, nc] -> [I, G, P].
 
-    Same value as BCE over a [G, P, nc] one-hot tensor, without building it.
+    Same value as BCE over a [G, P, nc] one-hot tensor per image, without building it; ``valid`` [I, G] marks real
+    targets (padding rows read class 0 and are masked by the caller).
     """
     y = scores.clamp(eps, 1.0 - eps)
     log_y, log_not_y = y.log(), (1.0 - y).log()
-    all_negative = -log_not_y.sum(1)  # [P]
-    return all_negative[None] + (log_not_y[:, gt_cls] - log_y[:, gt_cls]).T
+    all_negative = -log_not_y.sum(2)  # [I, P]
+    idx = (gt_cls * valid)[:, None, :].expand(-1, y.shape[1], -1)  # [I, P, G]
+    picked = log_not_y.gather(2, idx) - log_y.gather(2, idx)  # [I, P, G]
+    return all_negative[:, None] + picked.transpose(1, 2)
 
 
 def _lowest_k(cost: Tensor, k: Tensor) -> Tensor:
-    """Boolean [G, P] marking, for each row g, its ``k[g]`` lowest-cost columns."""
-    order = cost.argsort(dim=1)
-    ranks = torch.arange(cost.shape[1], device=cost.device)[None] < k[:, None]
-    return torch.zeros_like(cost, dtype=torch.bool).scatter_(1, order, ranks)
+    """Boolean [..., G, P] marking, for each row g, its ``k[..., g]`` lowest-cost columns (ties: lower column)."""
+    order = cost.argsort(dim=-1, stable=True)
+    ranks = torch.arange(cost.shape[-1], device=cost.device) < k[..., None]
+    return torch.zeros_like(cost, dtype=torch.bool).scatter_(-1, order, ranks)
 
 
 def dynamic_k_match(cost: Tensor, iou: Tensor, topk: int = 10) -> tuple[Tensor, Tensor]:
-    """SimOTA matching of G targets to P predictions.
+    """SimOTA matching of G targets to P predictions, for one image [G, P] or a padded batch [I, G, P].
 
-    cost, iou [G, P]. Each target keeps its k cheapest predictions, k = floor(sum of its ``topk`` best
-    IoUs), at least 1; a prediction claimed by several targets goes to the cheapest one.
-    Returns (prediction index [n], target index [n]), each prediction index at most once.
+    Each target keeps its k cheapest predictions, k = floor(sum of its ``topk`` best IoUs), at least 1; a
+    prediction claimed by several targets goes to the cheapest one. Padding (batch): entries with ``cost`` inf
+    and ``iou`` 0; a row that is inf everywhere is a padding target and takes nothing.
+    Returns (prediction index [n], target index [n]) for one image, or (image, prediction, target) [n] each
+    for a batch; each prediction at most once, in (image, prediction) order.
     """
-    k = iou.topk(min(topk, iou.shape[1]), dim=1).values.sum(1).int().clamp(min=1)
-    match = _lowest_k(cost, k)
-    shared = match.sum(0) > 1
+    batched = cost.ndim == 3
+    cost, iou = (cost, iou) if batched else (cost[None], iou[None])
+    k = iou.topk(min(topk, iou.shape[2]), dim=2).values.sum(2).int().clamp(min=1)  # [I, G]
+    k = torch.where(torch.isinf(cost).all(2), 0, k)  # padding targets take nothing
+    match = _lowest_k(cost, k)  # [I, G, P]
+    shared = match.sum(1) > 1  # [I, P]
     if shared.any():
-        cols = shared.nonzero(as_tuple=True)[0]
-        match[:, cols] = False
-        match[cost[:, cols].argmin(0), cols] = True
-    pred_idx = match.any(0).nonzero(as_tuple=True)[0]
-    return pred_idx, match[:, pred_idx].float().argmax(0)
+        img, col = shared.nonzero(as_tuple=True)
+        match[img, :, col] = False
+        match[img, cost[img, :, col].argmin(1), col] = True
+    img, pred_idx = match.any(1).nonzero(as_tuple=True)
+    target = match[img, :, pred_idx].float().argmax(1)
+    return (img, pred_idx, target) if batched else (pred_idx, target)
+
+
+def _padded(groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """Rows grouped by ``groups`` [n] (0..n_groups-1, sorted) -> (index [n_groups, max size] with -1 padding,
+    valid mask): row ``index[g, j]`` is the j-th member of group g."""
+    counts = torch.bincount(groups, minlength=n_groups)
+    width = int(counts.max()) if counts.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(groups.numel(), device=groups.device) - starts[groups]
+    index = torch.full((n_groups, width), -1, dtype=torch.long, device=groups.device)
+    index[groups, slot] = torch.arange(groups.numel(), device=groups.device)
+    return index, index >= 0
+
+
+def _batched_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every box pair per image: a [I, G, 4], b [I, P, 4] xyxy -> [I, G, P] (torchvision's formula)."""
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt = torch.max(a[:, :, None, :2], b[:, None, :, :2])
+    rb = torch.min(a[:, :, None, 2:], b[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, :, None] + area_b[:, None, :] - inter)
 
 
 class SimOTAAssigner:
@@ -236,20 +268,34 @@ class SimOTAAssigner:
             scores[sel] = (ps[:, 5:].sigmoid() * ps[:, 4:5].sigmoid()).sqrt()
         return boxes, scores
 
-    def _match_image(
-        self, gt: Tensor, gt_idx: Tensor, boxes: Tensor, scores: Tensor, img_hw: tuple[int, int]
+    def _match_images(
+        self, targets: Tensor, pool_b: Tensor, boxes: Tensor, scores: Tensor, img_hw: tuple[int, int]
     ) -> tuple[Tensor, Tensor]:
-        """One image: gt [G, 6] rows of ``targets`` (indices gt_idx [G]); boxes [P, 4] xyxy px; scores [P, nc].
+        """Dynamic-k matching of every image at once, on tensors padded to the largest image.
 
-        Returns (pool column [n], target row [n]).
+        targets [M, 6]; pool_b [P] image of each pooled cell; boxes [P, 4] xyxy px; scores [P, nc].
+        Returns (pool index [n], target row [n]) in (image, pool index) order.
         """
         h, w = img_hw
+        images, img_of_cell = pool_b.unique(return_inverse=True)  # images with candidates, sorted
+        t_img = targets[:, 0].long()
+        in_pool = torch.isin(t_img, images)
+        t_rows = in_pool.nonzero(as_tuple=True)[0]
+        t_rows = t_rows[t_img[t_rows].argsort(stable=True)]
+        gt_index, gt_valid = _padded(torch.searchsorted(images, t_img[t_rows]), len(images))  # [I, G]
+        cell_order = img_of_cell.argsort(stable=True)
+        p_index, p_valid = _padded(img_of_cell[cell_order], len(images))  # [I, P]
+        gt = targets[t_rows[gt_index.clamp(min=0)]]  # [I, G, 6]
+        cells = cell_order[p_index.clamp(min=0)]  # [I, P] pooled cell per slot
         scale = torch.tensor([w, h, w, h], device=gt.device, dtype=torch.float32)
-        gt_xyxy = box_convert(gt[:, 2:6].float() * scale, "cxcywh", "xyxy")
-        iou = box_iou(gt_xyxy, boxes)  # [G, P]
-        cost = _cls_cost(scores, gt[:, 1].long()) + self.iou_weight * -torch.log(iou + 1e-8)
-        cols, rows = dynamic_k_match(cost, iou, self.topk)
-        return cols, gt_idx[rows]
+        gt_xyxy = box_convert(gt[..., 2:6].float() * scale, "cxcywh", "xyxy")
+        iou = _batched_iou(gt_xyxy, boxes[cells])  # [I, G, P]
+        valid = gt_valid[:, :, None] & p_valid[:, None, :]
+        iou = iou.masked_fill(~valid, 0.0)
+        cost = _cls_cost(scores[cells], gt[..., 1].long(), gt_valid) + self.iou_weight * -torch.log(iou + 1e-8)
+        cost = cost.masked_fill(~valid, float("inf"))
+        img, slot, target = dynamic_k_match(cost, iou, self.topk)
+        return cells[img, slot], t_rows[gt_index[img, target]]
 
     @torch.no_grad()
     def __call__(self, preds: Sequence[Tensor], targets: Tensor, img_hw: tuple[int, int]) -> list[LevelMatch]:
@@ -261,14 +307,7 @@ class SimOTAAssigner:
             return [LevelMatch.empty(device) for _ in preds]
         pool = _pool_candidates(cands, self.unique_cells)
         boxes, scores = self._decode_pool(preds, pool)
-        cols, rows = [], []
-        for img in pool.b.unique().tolist():
-            gt_idx = (targets[:, 0].long() == img).nonzero(as_tuple=True)[0]
-            in_img = (pool.b == img).nonzero(as_tuple=True)[0]
-            c, r = self._match_image(targets[gt_idx], gt_idx, boxes[in_img], scores[in_img], img_hw)
-            cols.append(in_img[c])
-            rows.append(r)
-        col, row = torch.cat(cols), torch.cat(rows)
+        col, row = self._match_images(targets, pool.b, boxes, scores, img_hw)
         return [
             LevelMatch(pool.b[col], pool.a[col], pool.gj[col], pool.gi[col], row).select(pool.level[col] == i)
             for i in range(len(preds))

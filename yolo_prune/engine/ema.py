@@ -39,9 +39,10 @@ class ModelEMA:
         self.updates += 1
         d = self.decay()
         current = unwrap(model).state_dict()
-        for key, value in self.ema.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.mul_(d).add_(current[key].detach().to(value.dtype), alpha=1.0 - d)
+        mine = [(v, current[k].detach()) for k, v in self.ema.state_dict().items() if v.dtype.is_floating_point]
+        averaged, sources = [v for v, _ in mine], [c.to(v.dtype) for v, c in mine]
+        torch._foreach_mul_(averaged, d)  # multi-tensor kernels: the per-tensor arithmetic, one launch per list
+        torch._foreach_add_(averaged, sources, alpha=1.0 - d)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"updates": int}`` (the weights themselves are the checkpoint's model)."""

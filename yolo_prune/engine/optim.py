@@ -59,14 +59,16 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], batch_size: int) -> torch.optim.SGD:
     """Nesterov SGD with the three official groups; ``batch_size`` is the total (all ranks) batch size.
 
-    Each group carries ``initial_lr`` (= lr0) and ``name``; weight decay is applied to ``decay`` only.
+    Each group carries ``initial_lr`` (= lr0) and ``name``; weight decay is applied to ``decay`` only. The update
+    uses multi-tensor (foreach) kernels: the same arithmetic as the per-parameter loop, far fewer op launches.
     """
     groups = param_groups(model)
     lr0, momentum = float(hyp["lr0"]), float(hyp["momentum"])
     decay = scaled_weight_decay(float(hyp["weight_decay"]), batch_size)
     specs = [{"params": groups[g], "name": g, "weight_decay": decay if g == "decay" else 0.0, "initial_lr": lr0}
              for g in GROUPS]
-    return torch.optim.SGD(specs, lr=lr0, momentum=momentum, nesterov=True)
+    # foreach: one multi-tensor kernel per group instead of one small op per parameter (same arithmetic)
+    return torch.optim.SGD(specs, lr=lr0, momentum=momentum, nesterov=True, foreach=True)
 
 
 def one_cycle(lrf: float, epochs: int) -> Callable[[float], float]:

@@ -46,7 +46,10 @@ class TrainSettings:
     path, trained from scratch with ``nc`` from the data YAML). With ``resume`` (a last.pt, a run folder, or
     True for the newest last.pt under ``project``) every other field is read from the checkpoint except
     ``device``, ``workers`` and ``progress``. ``batch_size`` is the total over all ranks. ``augment=False``
-    turns off mosaic/HSV/flip/affine (API only; used by tests). Raises ConfigError/PruningError.
+    turns off mosaic/HSV/flip/affine (API only; used by tests). Speed (:mod:`.accel`): ``amp`` mixed precision
+    (auto: fp16 on CUDA, fp32 elsewhere; bf16; fp16; off), ``channels_last`` memory format, ``compile``
+    (torch.compile; CUDA graphs on CUDA), ``cache_images`` (decode and resize each training image once, kept in
+    RAM, as YOLOv7's --cache-images). Raises ConfigError/PruningError.
     """
 
     data: str | None = None
@@ -73,6 +76,10 @@ class TrainSettings:
     distill_weight: float = 1.0
     max_val_images: int | None = None
     sync_bn: bool = False
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    cache_images: bool = False
     augment: bool = True
     progress: bool = True
 
@@ -88,6 +95,10 @@ class TrainSettings:
         for name in ("round_to", "max_val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        from yolo_prune.engine.accel import AMP_MODES
+
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
             raise ConfigError(f"distill_weight must be a finite number >= 0, got {self.distill_weight!r}")
         if self.resume:

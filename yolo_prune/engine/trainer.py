@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from yolo_prune.engine import accel
 from yolo_prune.engine.ddp import DistInfo, ShardSampler, broadcast_path, start_distributed, stop_distributed, wrap_ddp
 from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
 from yolo_prune.engine.ema import ModelEMA, unwrap
@@ -172,6 +173,8 @@ class _Run:
     state: TrainState
     run_dir: Path
     img_size: int
+    amp: torch.dtype | None = None  # autocast dtype (None: fp32)
+    forward: Callable[[torch.Tensor], Any] | None = None  # the model's (compiled) forward; None: the model itself
 
     @property
     def settings(self) -> TrainSettings:
@@ -203,7 +206,8 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
     sampler = ShardSampler(dist_info.rank, dist_info.world, s.seed) if dist_info.world > 1 else None
     train_loader, dataset = create_dataloader(
         list(data.train), data.nc, img, s.batch_size // dist_info.world, augment=s.augment, hyp=inputs.hyp,
-        rect=False, workers=workers, shuffle=True, seed=s.seed, distributed_sampler=sampler, stride=gs)
+        rect=False, workers=workers, shuffle=True, seed=s.seed, distributed_sampler=sampler, stride=gs,
+        cache_images=s.cache_images)
     if sampler is not None:
         sampler.bind(len(dataset))
     val_loader = None
@@ -228,7 +232,8 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _R
     """Model on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder (created on rank 0)."""
     from yolo_prune.engine.loss import YoloLoss, scale_loss_gains
 
-    s, model = inputs.settings, inputs.model.float().to(device).train()
+    s = inputs.settings
+    model = inputs.model.float().to(device, memory_format=accel.memory_format(s.channels_last)).train()
     for p in model.parameters():
         p.requires_grad_(True)
     gs, img = _grid_size(model, s.img_size)
@@ -238,14 +243,16 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _R
     ema = ModelEMA((inputs.ema_model or model).float().to(device)) if dist_info.main else None
     teacher = make_teacher(inputs.teacher, device) if inputs.teacher is not None else None
     run_dir = inputs.run_dir or (new_run_dir(s.project, s.name, s.exist_ok) if dist_info.main else None)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # AMP on CUDA only
+    amp = accel.amp_dtype(s.amp, device)
+    scaler = accel.grad_scaler(device, amp)  # fp16 only
     schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size)
     run = _Run(inputs, dist_info, device, model, loss, optimizer, scaler, schedule, train_loader, val_loader, ema,
-               teacher, TrainState(), broadcast_path(run_dir, dist_info), img)
+               teacher, TrainState(), broadcast_path(run_dir, dist_info), img, amp)
     if inputs.state is not None:
         _restore(run, inputs.state)
     if dist_info.world > 1:
         run.model = wrap_ddp(model, device, s.sync_bn)
+    run.forward = accel.compiled_forward(run.model, device, s.compile)
     return run
 
 
@@ -253,8 +260,8 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _R
 def _forward_loss(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss to back-propagate (detection loss * batch [* world size for DDP's averaging] + distillation) and
     the per-image items (box, obj, cls, total, weighted distillation)."""
-    with torch.autocast(run.device.type, enabled=run.device.type == "cuda"):
-        preds = run.model(imgs)
+    with accel.autocast(run.device, run.amp):
+        preds = (run.forward or run.model)(imgs)
         loss, items = run.loss(preds, targets, imgs)
         kd = torch.zeros((), device=imgs.device)
         if run.teacher is not None:
@@ -291,29 +298,35 @@ def _optimizer_step(run: _Run) -> None:
 def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     """One pass over the training data; returns the epoch's mean losses and the LR of each param group.
 
-    Steps the optimizer every ``accumulate`` batches and at the last batch of the epoch.
+    Steps the optimizer every ``accumulate`` batches and at the last batch of the epoch. The host waits for the
+    device only there (loss sums stay on the device): the divergence check runs before each step, so a
+    non-finite loss never reaches the weights.
     """
     run.model.train()
     run.train_loader.set_epoch(epoch)
     nb = len(run.train_loader)
-    last_step, sums = epoch * nb - 1, torch.zeros(5)
+    last_step, sums = epoch * nb - 1, torch.zeros(5, device=run.device)
+    pending = torch.zeros((), device=run.device)  # loss summed since the last optimizer step
     run.optimizer.zero_grad(set_to_none=True)
     with _epoch_bar(run) as bar:
         for i, (imgs, targets, _, _) in bar:
             ni = i + nb * epoch
             run.schedule.apply(run.optimizer, epoch, ni)
-            imgs = imgs.to(run.device, non_blocking=True).float() / 255.0
-            loss, items = _forward_loss(run, imgs, targets.to(run.device))
-            if not torch.isfinite(loss).all():
-                raise YoloPruneError(f"training diverged: loss {loss.item()} at epoch {epoch}, batch {i} "
-                                     f"(try a lower lr0 in the hyp file)")
+            imgs = accel.prepare_inputs(imgs, run.device, run.settings.channels_last)
+            loss, items = _forward_loss(run, imgs, targets.to(run.device, non_blocking=True))
+            pending += loss.detach().sum()
             run.scaler.scale(loss).backward()
+            sums += items.detach()
             if ni - last_step >= run.schedule.accumulate(ni) or i == nb - 1:
+                if not torch.isfinite(pending):
+                    first = last_step + 1 - nb * epoch
+                    raise YoloPruneError(f"training diverged: loss {pending.item()} in batches {first}..{i} of epoch "
+                                         f"{epoch} (try a lower lr0 in the hyp file)")
                 _optimizer_step(run)
-                last_step = ni
-            sums += items.cpu()
-            bar.set_description(_bar_text(run, epoch, sums / (i + 1), targets.shape[0], imgs.shape[-1]))
-    mean = (sums / max(nb, 1)).tolist()
+                last_step, pending = ni, torch.zeros((), device=run.device)
+                if not bar.disable:
+                    bar.set_description(_bar_text(run, epoch, sums.cpu() / (i + 1), targets.shape[0], imgs.shape[-1]))
+    mean = (sums.cpu() / max(nb, 1)).tolist()
     lrs = [g["lr"] for g in run.optimizer.param_groups]
     return {"epoch": epoch, "box": mean[0], "obj": mean[1], "cls": mean[2], "total": mean[3], "distill": mean[4],
             "lr0": lrs[0], "lr1": lrs[1], "lr2": lrs[2]}
@@ -379,8 +392,10 @@ def _header(run: _Run) -> None:
 
         s, first = run.settings, run.state.epoch + 1
         todo = f"epochs {first}..{s.epochs - 1}" if first < s.epochs else f"nothing to do: {s.epochs} epochs done"
+        cached = getattr(run.train_loader.dataset, "cached_bytes", 0)
         print(f"train: {count_params(unwrap(run.model)):,} parameters, {todo}, batch {s.batch_size} x accumulate "
-              f"{run.schedule.accumulate(10**9)}, img {run.img_size}, {run.dist.world} process(es) on {run.device}; "
+              f"{run.schedule.accumulate(10**9)}, img {run.img_size}, {run.dist.world} process(es) on {run.device}"
+              f"{accel.describe(s, run.amp)}{f', images cached ({cached / 2**20:.0f} MiB)' if cached else ''}; "
               f"run folder {run.run_dir}")
 
 
