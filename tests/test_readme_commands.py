@@ -236,6 +236,11 @@ def _write_files(root: Path) -> None:
         shutil.copy(REPO / "yolo_prune" / "engine" / "hyp" / f"hyp.scratch.{hyp}.yaml", root / "data")
     (root / "cfg" / "training").mkdir(parents=True)
     shutil.copy(REPO / "yolo_prune" / "models" / "cfg" / "training" / "yolov7.yaml", root / "cfg" / "training")
+    # transfer learning's --cfg: narrow_tiny's architecture (a quarter of yolov7-tiny's widths) as a cfg file
+    tiny_cfg = (REPO / "yolo_prune" / "models" / "cfg" / "training" / "yolov7-tiny.yaml").read_text()
+    (root / "cfg" / "training" / "yolov7-custom.yaml").write_text(
+        tiny_cfg.replace("width_multiple: 1.0", "width_multiple: 0.25", 1))
+    shutil.copy(root / "data.yaml", root / "custom.yaml")
     model = narrow_tiny(6)
     for name in ("yolov7.pt", "yolov7-tiny.pt", "best.pt", "model.pt", "yolov7_training.pt"):
         yp.save_checkpoint(model, root / name)

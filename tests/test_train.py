@@ -182,11 +182,11 @@ def test_state_records_best_and_csv():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"data": None}, "--data is required"),
-    ({"cfg": "yolov7-tiny"}, "exactly one of --weights"),
-    ({"weights": None}, "exactly one of --weights"),
+    ({"weights": None}, "give --weights .*--cfg .*or both"),
     ({"epochs": 0}, "epochs must be an integer >= 1"),
     ({"img_size": 0}, "img_size"),
     ({"distill": True, "weights": None, "cfg": "yolov7-tiny"}, "--distill needs --weights"),
+    ({"distill": True, "cfg": "yolov7-tiny"}, "--distill needs --weights without --cfg"),
 ])
 def test_settings_are_validated(kwargs, match):
     base = {"data": "d.yaml", "weights": "w.pt"}
@@ -461,3 +461,52 @@ def test_foreach_sgd_and_ema_update_are_the_per_tensor_arithmetic(hyp):
         assert torch.equal(a, b)
     for a, b in zip(ema.ema.state_dict().values(), ref_ema.ema.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------- transfer learning
+def test_cfg_and_weights_transfer_every_matching_tensor(synth_yaml, official_tiny_path, fixtures_dir, tmp_path,
+                                                        capsys):
+    """YOLOv7's transfer-learning command: --cfg (nc from the data: 3) and an official nc=80 checkpoint. Every
+    tensor whose name and shape match is copied; the class-dependent head tensors and the anchors are not, and
+    each is named, on the console and in the checkpoint history."""
+    from yolo_prune.checkpoint import load_checkpoint, load_model
+    from yolo_prune.cli import main
+
+    cfg = fixtures_dir / "official-cfg" / "training" / "yolov7-tiny.yaml"
+    rc = main(["train", "--cfg", str(cfg), "--weights", str(official_tiny_path), "--data", str(synth_yaml),
+               "--hyp", "scratch.tiny", "--epochs", "1", "--batch-size", "4", "--img", str(IMG), "--device", "cpu",
+               "--workers", "0", "--project", str(tmp_path), "--name", "transfer"])
+    assert rc == 0
+    head = [f"model.77.m.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+    implicit = [f"model.77.im.{i}.implicit" for i in range(3)]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("transferred "))
+    source = load_model(official_tiny_path).state_dict()
+    total = len(source)  # same architecture: the same tensor names
+    entry = load_checkpoint(tmp_path / "transfer" / "weights" / "last.pt").history[0]
+    assert entry["event"] == "transfer" and entry["nc"] == 3 and entry["total"] == total
+    reinit = entry["reinitialised"]
+    assert set(head + implicit) <= set(reinit) and all("anchor" in k for k in set(reinit) - set(head + implicit))
+    assert entry["transferred"] == total - len(reinit) > 0.95 * total
+    assert reinit["model.77.m.0.weight"] == "shape 255x128x1x1 -> 24x128x1x1"
+    assert line.startswith(f"transferred {entry['transferred']}/{total} tensors from {official_tiny_path.name}; "
+                           f"re-initialised for nc=3: ")
+    assert "model.77.m.0.weight (shape 255x128x1x1 -> 24x128x1x1)" in line
+
+
+def test_transfer_copies_matching_tensors_exactly(official_tiny_path):
+    from yolo_prune.checkpoint import load_model
+    from yolo_prune.checkpoint.transfer import transfer_weights
+    from yolo_prune.models import build_model
+
+    source = load_model(official_tiny_path)
+    torch.manual_seed(0)
+    target = build_model("yolov7-tiny", nc=3)
+    fresh = copy.deepcopy(target.state_dict())
+    report = transfer_weights(source, target, str(official_tiny_path))
+    theirs, own = source.state_dict(), target.state_dict()
+    for name, value in own.items():
+        if name in report.reinitialised:
+            assert torch.equal(value, fresh[name])
+        else:
+            assert torch.equal(value, theirs[name].to(value.dtype))
+    assert report.transferred + len(report.reinitialised) == len(own)

@@ -1,5 +1,9 @@
 """Partial forward passes: run a model once, cache every layer's output, then re-run only the layers that
 depend on a changed one. Used by the sensitivity analysis, where pruning layer L changes nothing upstream.
+
+Several variants of one change (the rates of one layer) re-run together: their downstream activations are stacked
+along the batch ([k * B, ...], variant j in rows j*B..(j+1)*B-1), each slice masked with its own filters
+(:func:`masked_stack`), unchanged inputs read from the cache and repeated per slice (:func:`run_from_stacked`).
 """
 from __future__ import annotations
 
@@ -69,13 +73,93 @@ def masked(model: Model, graph: PruningGraph, conv: int, removed: Sequence[int])
         return out.index_fill(1, index.to(out.device), 0)
 
     handles.append(model.conv_modules()[conv].register_forward_hook(zero))
-    head = model.detect
-    for consumer, _ in graph[conv].consumers:
-        node = graph[consumer]
-        if node.kind == "head" and isinstance(head, IDetect) and len(head.ia) > 0 and ".m." in node.name:
-            handles.append(head.ia[int(node.name.rsplit(".", 1)[1])].register_forward_hook(zero))
+    handles += [m.register_forward_hook(zero) for m in _implicit_consumers(model, graph, conv)]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def last_uses(model: Model) -> list[int]:
+    """For each cfg layer, the last layer that reads its output (its own index if none does)."""
+    last = list(range(len(model.specs)))
+    for spec in model.specs:
+        for src in spec.sources():
+            if src >= 0:
+                last[src] = max(last[src], spec.index)
+    return last
+
+
+def _tiled(value, k: int):
+    """A cached output (tensor, or list/tuple of them) repeated ``k`` times along the batch."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat(k, *([1] * (value.ndim - 1)))
+    return type(value)(_tiled(v, k) for v in value)
+
+
+def run_from_stacked(model: Model, cache: Sequence, layers: Sequence[int], x: torch.Tensor, k: int,
+                     expand_first: bool = False, last: Sequence[int] | None = None):
+    """:func:`run_from` for ``k`` stacked variants: outputs of ``layers`` have batch k * B; unchanged inputs come
+    from ``cache`` (batch B) repeated per variant. ``expand_first``: the first layer runs once on batch B and its
+    forward hook stacks the k variants (see :func:`masked_stack`). ``last`` (:func:`last_uses`) lets stacked
+    outputs go as soon as no later layer reads them. Returns the head's output (batch k * B)."""
+    stacked: dict[int, object] = {}
+    for n, i in enumerate(layers):
+        spec = model.specs[i]
+        shared = n == 0 and expand_first
+        srcs = [x if s == -1 else stacked[s] if s in stacked else cache[s] if shared else _tiled(cache[s], k)
+                for s in spec.sources()]
+        stacked[i] = model.model[i](srcs[0] if isinstance(spec.from_, int) else srcs)
+        if last is not None:
+            for s in spec.sources():
+                if s in stacked and last[s] <= i and s != layers[-1]:
+                    del stacked[s]
+    return stacked[layers[-1]]
+
+
+def _stack_filter(masks: torch.Tensor, batch: int):
+    """Forward hook zeroing, for variant j, the channels where ``masks[j]`` is True; an output of batch B (the
+    layer ran once) is first repeated to the k variants."""
+    k = masks.shape[0]
+
+    def hook(_m: nn.Module, _i, out: torch.Tensor) -> torch.Tensor:
+        stacked = out.unsqueeze(0) if out.shape[0] == batch else out.view(k, batch, *out.shape[1:])
+        keep = masks.to(out.device).view(k, 1, -1, *([1] * (out.ndim - 2)))
+        return stacked.masked_fill(keep, 0).reshape(k * batch, *out.shape[1:])
+
+    return hook
+
+
+def masks_of(removed: Sequence[Sequence[int]], channels: int) -> torch.Tensor:
+    """Bool [k, channels]: True where variant j removes the channel."""
+    masks = torch.zeros(len(removed), channels, dtype=torch.bool)
+    for j, r in enumerate(removed):
+        masks[j, list(r)] = True
+    return masks
+
+
+@contextmanager
+def masked_stack(model: Model, graph: PruningGraph, conv: int, removed: Sequence[Sequence[int]],
+                 batch: int) -> Iterator[None]:
+    """:func:`masked` for k stacked variants: variant j (batch rows j*B..) has filters ``removed[j]`` zeroed."""
+    masks = masks_of(removed, graph[conv].out_channels)
+    hook = _stack_filter(masks, batch)
+    handles = [model.conv_modules()[conv].register_forward_hook(hook)]
+    for m in _implicit_consumers(model, graph, conv):
+        handles.append(m.register_forward_hook(_stack_filter(masks, batch)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _implicit_consumers(model: Model, graph: PruningGraph, conv: int) -> list[nn.Module]:
+    """The head's ImplicitA layers that add a learned constant to ``conv``'s channels (mask after them too)."""
+    head, out = model.detect, []
+    for consumer, _ in graph[conv].consumers:
+        node = graph[consumer]
+        if node.kind == "head" and isinstance(head, IDetect) and len(head.ia) > 0 and ".m." in node.name:
+            out.append(head.ia[int(node.name.rsplit(".", 1)[1])])
+    return out

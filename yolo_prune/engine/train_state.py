@@ -42,8 +42,9 @@ def _positive(name: str, value: Any, minimum: int = 1) -> None:
 class TrainSettings:
     """Everything a training run depends on (YOLOv7 ``train.py`` options, validated on construction).
 
-    Model source: exactly one of ``weights`` (official YOLOv7 .pt or ours) and ``cfg`` (shipped name or cfg
-    path, trained from scratch with ``nc`` from the data YAML). With ``resume`` (a last.pt, a run folder, or
+    Model source: ``weights`` (official YOLOv7 .pt or ours), ``cfg`` (shipped name or cfg path, trained from
+    scratch with ``nc`` from the data YAML), or both (transfer learning: built from ``cfg``, every tensor of
+    ``weights`` whose name and shape match copied in, the rest named in the history). With ``resume`` (a last.pt, a run folder, or
     True for the newest last.pt under ``project``) every other field is read from the checkpoint except
     ``device``, ``workers`` and ``progress``. ``batch_size`` is the total over all ranks. ``augment=False``
     turns off mosaic/HSV/flip/affine (API only; used by tests). Speed (:mod:`.accel`): ``amp`` mixed precision
@@ -105,10 +106,12 @@ class TrainSettings:
             return
         if not self.data:
             raise ConfigError("--data is required (a YOLOv7 data YAML)")
-        if bool(self.weights) == bool(self.cfg):
-            raise ConfigError("give exactly one of --weights (fine-tune a checkpoint) and --cfg (train from scratch)")
-        if self.distill and not self.weights:
-            raise ConfigError("--distill needs --weights: the teacher is the loaded model before pruning")
+        if not self.weights and not self.cfg:
+            raise ConfigError("give --weights (fine-tune a checkpoint), --cfg (train from scratch) or both (build "
+                              "--cfg and transfer the matching tensors of --weights)")
+        if self.distill and (not self.weights or self.cfg):
+            raise ConfigError("--distill needs --weights without --cfg: the teacher is the loaded model before "
+                              "pruning")
         if self.pruning_params is not None:
             from yolo_prune.prune import parse_pruning_params
 

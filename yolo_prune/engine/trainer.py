@@ -71,10 +71,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:
-    """The model named by --weights (strict load) or --cfg (nc from the data), named after the data's classes."""
+    """The model named by --weights (strict load), --cfg (nc from the data), or both (built from --cfg, matching
+    tensors transferred from --weights: YOLOv7's transfer learning), named after the data's classes."""
     from yolo_prune.checkpoint import load_checkpoint
     from yolo_prune.models.cfgs import build_model
 
+    if settings.weights and settings.cfg:
+        return _transferred_model(settings, data)
     if settings.weights:
         loaded = load_checkpoint(settings.weights)
         model, history = loaded.model, list(loaded.history)
@@ -83,11 +86,31 @@ def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[d
             from yolo_prune.data.config import class_count_error
 
             raise class_count_error(model.nc, settings.weights, settings.data, data.nc, "layers are never "
-                                    "re-initialised silently (use --cfg to train a new head from scratch)")
+                                    "re-initialised silently (use --cfg to train a new head from scratch, or "
+                                    "--cfg and --weights together to transfer every matching tensor)")
     else:
         model, history = build_model(settings.cfg, nc=data.nc), []
     model.names = list(data.names)
     return model, history
+
+
+def _transferred_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:
+    """--cfg built for the data's nc, with every tensor of --weights whose name and shape match; the transfer is
+    printed and recorded in the history (what was re-initialised, and why)."""
+    from yolo_prune.checkpoint import load_checkpoint
+    from yolo_prune.checkpoint.transfer import transfer_weights
+    from yolo_prune.models.cfgs import build_model
+
+    loaded = load_checkpoint(settings.weights)
+    _check_finite(loaded.model, settings.weights)
+    model = build_model(settings.cfg, nc=data.nc)
+    report = transfer_weights(loaded.model, model, settings.weights)
+    if report.transferred == 0:
+        raise CheckpointError(f"--weights {settings.weights}: no tensor matches --cfg {settings.cfg} by name and "
+                              f"shape; nothing to transfer (check that both describe the same architecture)")
+    print(report.summary(data.nc))
+    model.names = list(data.names)
+    return model, list(loaded.history) + [report.history_entry(settings.cfg, data.nc)]
 
 
 def _check_finite(model: nn.Module, weights: str) -> None:
