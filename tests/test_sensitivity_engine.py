@@ -150,3 +150,119 @@ def test_two_rank_gloo_equals_one_process(tmp_path):
         assert two["results"][key]["map"] == pytest.approx(res["map"], rel=1e-6)
         assert two["results"][key]["params"] == res["params"]
     assert (tmp_path / "two" / "output_50.txt").read_text().count("\n(") == len(LAYERS)
+
+
+# ------------------------------------------------------------------------------------------- speed: stacking, plan
+def test_stacked_rates_equal_one_pass_per_configuration(tmp_path):
+    """A layer's rates in one stacked pass (masks per slice) give the results of one pass each, to float rounding."""
+    model, graph, batches = _setup()
+    kw = dict(layers=LAYERS, img_size=64, progress=False)
+    one = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "one", {"s": 1}), RATES,
+                          stack_bytes=0, **kw)
+    stacked = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "st", {"s": 1}), RATES,
+                              stack_bytes=1 << 30, **kw)
+    assert set(stacked.results) == set(one.results)
+    for key, res in one.results.items():  # a batch of k * B may take other convolution kernels than B: rounding
+        for metric in ("mp", "mr", "map50", "map", "per_class"):
+            assert stacked.results[key][metric] == pytest.approx(res[metric], rel=1e-7, abs=1e-12), (key, metric)
+        assert (stacked.results[key]["params"], stacked.results[key]["gflops"]) == (res["params"], res["gflops"])
+
+
+@pytest.mark.parametrize("conv", [41, 46])  # SPPCSPC cv1, cv6: the block runs on stacked inputs
+def test_stacked_pass_inside_blocks_is_exact(conv):
+    """yolov7: convs that are not a whole cfg layer (inside SPPCSPC): the block's inputs are repeated per
+    slice; every slice equals the masked single pass (to float rounding: other batch, other kernels)."""
+    from yolo_prune.analysis.fastforward import (downstream_layers, last_uses, layer_of, masked, masked_stack,
+                                                 run_all, run_from, run_from_stacked)
+
+    torch.manual_seed(0)
+    model = build_model("yolov7", nc=2).eval()
+    graph = derive_graph(model)
+    x = torch.rand(2, 3, 64, 64)
+    layer = layer_of(graph, conv)
+    assert model.model[layer] is not model.conv_modules()[conv]
+    n = graph[conv].out_channels
+    removed = [list(range(0, n, 2)), list(range(n // 2)), [n - 1]]
+    with torch.inference_mode():
+        cache = run_all(model, x)
+        deps = downstream_layers(model)[layer]
+        single = []
+        for r in removed:
+            with masked(model, graph, conv, r):
+                single.append(run_from(model, cache, deps, x)[0])
+        with masked_stack(model, graph, conv, removed, len(x)):
+            stacked = run_from_stacked(model, cache, deps, x, len(removed), False, last_uses(model))[0]
+    for j, ref in enumerate(single):
+        torch.testing.assert_close(stacked[2 * j:2 * j + 2], ref, rtol=1e-5, atol=1e-4)
+        assert not torch.equal(stacked[2 * j:2 * j + 2], single[(j + 1) % 3])  # the masks differ per slice
+
+
+def test_plan_is_logged_before_work_and_dry_run_writes_nothing(tmp_path):
+    model, graph, batches = _setup()
+    lines: list[str] = []
+    store = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "dry", {"s": 1}), RATES,
+                            layers=LAYERS, img_size=64, progress=False, chunk_layers=3, dry_run=True,
+                            log=lines.append)
+    assert store.results == {} and not (tmp_path / "dry").exists()
+    assert len(lines) == 1 and lines[0].startswith(f"plan: {len(LAYERS) * len(RATES)} configurations (0 done, "
+                                                   f"{len(LAYERS) * len(RATES)} to do) on 4 images in 2 batches, "
+                                                   f"3 chunk(s) over 1 rank(s)")
+    assert "s per configuration (estimated from 6 configuration(s) on the first batch); ETA " in lines[0]
+    lines.clear()
+    run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "real", {"s": 1}), RATES,
+                    layers=LAYERS, img_size=64, progress=False, chunk_layers=3, log=lines.append)
+    assert lines[0].startswith("plan: 14 configurations (0 done, 14 to do)") and "ETA" not in lines[0]
+    assert lines[1].startswith("first chunk: ") and lines[1].endswith("for the 8 left") and len(lines) == 2
+
+
+class PartialScorer(SumScorer):
+    """SumScorer plus a partial 'mAP@.5' in (0, 1]: how close the mean objectness seen so far is to ``center``
+    (the unpruned model's: 1 there, less the more a configuration changes the predictions)."""
+
+    def __init__(self, center: float = 0.0):
+        self.center = center
+
+    def update(self, state, pred, meta):
+        super().update(state, pred, meta)
+        state.append(pred.shape[0])  # images, interleaved with the sums
+
+    def partial_map50(self, state):
+        mean = float(torch.stack(state[0::2]).sum(0)[4]) / sum(state[1::2])
+        return 1.0 / (1.0 + 1e5 * abs(mean - self.center))
+
+    def finish(self, state):
+        return super().finish(state[0::2])
+
+
+def test_early_stop_stops_only_hopeless_configurations(tmp_path):
+    from yolo_prune.analysis.planning import EarlyStop
+
+    model, graph, batches = _setup()
+    batches = batches * 2  # 4 batches of 2 images: the decision falls after the first (after=0.25)
+    kw = dict(layers=LAYERS, img_size=64, progress=False, stack_bytes=0)
+    full = run_sensitivity(model, graph, batches, PartialScorer(), ResultStore.open(tmp_path / "full", {"s": 1}),
+                           RATES, **kw)
+    with torch.no_grad():
+        center = float(model(batches[0].images)[0].double().mean(dim=1).sum(0)[4]) / 2
+    ref = PartialScorer(center)
+    ratios = {}
+    for layer in LAYERS:
+        for rate in RATES:  # each configuration's partial value after the first batch (the baseline's is 1)
+            st = ref.start()
+            with torch.no_grad():
+                ref.update(st, prune(model, [(layer, rate)], summarize=False).model(batches[0].images)[0], None)
+            ratios[f"{layer}:{rate:g}"] = ref.partial_map50(st)
+    below = sorted(ratios.values())[len(ratios) // 2]  # about half of them stop
+    base = 1.0
+    early = run_sensitivity(model, graph, batches, ref, ResultStore.open(tmp_path / "early", {"s": 1}),
+                            RATES, early_stop=EarlyStop(below, 0.25), **kw)
+    stopped = {k for k, v in early.results.items() if "early_stop" in v}
+    assert stopped == {k for k, r in ratios.items() if r < below} and 0 < len(stopped) < len(ratios)
+    for key, res in early.results.items():
+        if key in stopped:
+            record = res["early_stop"]
+            assert record["images"] == 2 and record["map50"] / record["baseline_map50"] < below
+            assert record["baseline_map50"] == pytest.approx(base, rel=1e-6)
+        else:  # configurations that go on are scored exactly as without early stop
+            assert {k: v for k, v in res.items() if k != "speed"} == \
+                {k: v for k, v in full.results[key].items() if k != "speed"}

@@ -2,9 +2,12 @@
 
 Fast path: per batch, the unpruned model runs once with every layer output cached; each configuration
 then re-runs only the layers downstream of the pruned one, with the removed filters zeroed (equal to
-the pruned model by the pruned == masked property). Configurations are processed in chunks of layers;
-each finished chunk is stored atomically, so a killed run resumes where it stopped. Under
-``torch.distributed`` chunks are sharded across ranks and rank 0 stores the merged results.
+the pruned model by the pruned == masked property). The rates of one layer share that downstream pass, stacked
+along the batch with one filter mask per slice, as far as ``stack_bytes`` allows (same outputs, bit for bit).
+Configurations are processed in chunks of layers; each finished chunk is stored atomically, so a killed run
+resumes where it stopped. Under ``torch.distributed`` chunks are sharded across ranks and rank 0 stores the
+merged results. With :class:`EarlyStop`, a configuration whose mAP@.5 after a fraction of the images is below a
+fraction of the unpruned model's on the same images stops there (recorded as such).
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 
-from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked, run_all, run_from
+from yolo_prune.analysis.fastforward import (downstream_layers, last_uses, layer_of, masked, masked_stack, run_all,
+                                             run_from, run_from_stacked)
+from yolo_prune.analysis.planning import EarlyStop, Plan, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.model import Model
@@ -31,6 +36,8 @@ class Scorer(Protocol):
 
     def finish(self, state: Any) -> dict[str, Any]:
         """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95)."""
+
+    # optional, for EarlyStop: ``partial_map50(state) -> float``, a cheap mAP@.5 of the images seen so far
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class _Config:
     state: Any = None
     seconds: float = 0.0
     nms_seconds: float = 0.0
+    images: int = 0
+    stopped: dict | None = None  # EarlyStop's record, once stopped
 
 
 def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None) -> tuple[int, float]:
@@ -86,44 +95,110 @@ def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Se
     return out
 
 
-def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], scorer: Scorer,
-                 configs: list[_Config], baseline: _Config | None, sync: Callable[[], None]) -> None:
-    """Run every batch once through the model and once per configuration's downstream layers."""
+@dataclass
+class _Chunk:
+    """What scoring one chunk needs besides its configurations."""
+
+    scorer: Scorer
+    sync: Callable[[], None]
+    stack_bytes: int
+    last: list[int]
+    early: EarlyStop | None = None
+    early_base: float | None = None  # the unpruned model's partial mAP@.5 (same images for every chunk)
+
+
+def _score_chunk(model: Model, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, configs: list[_Config],
+                 baseline: _Config | None) -> None:
+    """Run every batch once through the model and once per group of a layer's configurations downstream."""
     for cfg in configs + ([baseline] if baseline else []):
-        cfg.state = scorer.start()
-    dtype = next(model.parameters()).dtype
+        cfg.state = ctx.scorer.start()
+    dtype, seen = next(model.parameters()).dtype, 0
+    stop_at = ctx.early.images(sum(len(b.images) for b in batches)) if ctx.early else None
+    reference = ctx.scorer.start() if ctx.early and ctx.early_base is None else None
     with torch.inference_mode():
         for batch in batches:
             x = batch.inputs(dtype)
             t0 = time.perf_counter()
             cache = run_all(model, x)
-            sync()
-            full_time = time.perf_counter() - t0
+            ctx.sync()
             if baseline is not None:
-                _update(scorer, baseline, cache[-1][0], batch.meta, full_time, sync)
-            for cfg in configs:
-                t0 = time.perf_counter()
-                with masked(model, graph, cfg.layer, cfg.removed):
-                    pred = run_from(model, cache, cfg.downstream, x)[0]
-                sync()
-                _update(scorer, cfg, pred, batch.meta, time.perf_counter() - t0, sync)
+                _update(ctx, baseline, cache[-1][0], batch.meta, time.perf_counter() - t0)
+            if reference is not None and seen < stop_at:
+                ctx.scorer.update(reference, cache[-1][0], batch.meta)
+            for group in _groups(model, [c for c in configs if c.stopped is None], cache, len(x), ctx.stack_bytes):
+                _run_group(model, graph, cache, x, group, batch.meta, ctx)
+            seen += len(x)
+            if stop_at is not None and seen >= stop_at and (seen - len(x)) < stop_at:
+                if ctx.early_base is None:
+                    ctx.early_base = ctx.scorer.partial_map50(reference)
+                _early_stop(ctx, configs, seen)
 
 
-def _update(scorer: Scorer, cfg: _Config, pred: torch.Tensor, meta: Any, seconds: float, sync) -> None:
+def _groups(model: Model, configs: list[_Config], cache: Sequence, batch: int, budget: int) -> list[list[_Config]]:
+    """Configurations of one layer in stacks of at most ``budget`` bytes of downstream activations (>= 1 each)."""
+    by_layer: dict[int, list[_Config]] = {}
+    for c in configs:
+        by_layer.setdefault(c.layer, []).append(c)
+    groups = []
+    for same in by_layer.values():
+        per = sum(_nbytes(cache[i]) for i in same[0].downstream) or 1
+        k = max(1, min(len(same), budget // per))
+        groups += [same[i:i + k] for i in range(0, len(same), k)]
+    return groups
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return sum(_nbytes(v) for v in value) if isinstance(value, (list, tuple)) else 0
+
+
+def _run_group(model: Model, graph: PruningGraph, cache: Sequence, x: torch.Tensor, group: list[_Config], meta: Any,
+               ctx: _Chunk) -> None:
+    """One downstream pass for a layer's configurations (stacked when several); the time is shared equally."""
+    first, t0 = group[0], time.perf_counter()
+    if len(group) == 1:
+        with masked(model, graph, first.layer, first.removed):
+            preds = [run_from(model, cache, first.downstream, x)[0]]
+    else:
+        expand = model.model[first.downstream[0]] is model.conv_modules()[first.layer]  # the layer is the conv
+        with masked_stack(model, graph, first.layer, [c.removed for c in group], len(x)):
+            out = run_from_stacked(model, cache, first.downstream, x, len(group), expand, ctx.last)[0]
+        preds = list(out.split(len(x)))
+    ctx.sync()
+    seconds = (time.perf_counter() - t0) / len(group)
+    for cfg, pred in zip(group, preds):
+        _update(ctx, cfg, pred, meta, seconds)
+
+
+def _early_stop(ctx: _Chunk, configs: list[_Config], seen: int) -> None:
+    """Stop the configurations whose mAP@.5 so far is below ``below`` x the unpruned model's on the same images."""
+    for c in configs:
+        if c.stopped is None:
+            value = ctx.scorer.partial_map50(c.state)
+            if value < ctx.early.below * ctx.early_base:
+                c.stopped = {"images": seen, "map50": value, "baseline_map50": ctx.early_base}
+
+
+def _update(ctx: _Chunk, cfg: _Config, pred: torch.Tensor, meta: Any, seconds: float) -> None:
     t0 = time.perf_counter()
-    scorer.update(cfg.state, pred, meta)
-    sync()
+    ctx.scorer.update(cfg.state, pred, meta)
+    ctx.sync()
     cfg.seconds += seconds
     cfg.nms_seconds += time.perf_counter() - t0
+    cfg.images += len(pred)
 
 
-def _metrics(scorer: Scorer, cfg: _Config, n_images: int, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
+def _metrics(scorer: Scorer, cfg: _Config, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
-    t_inf, t_nms = 1e3 * cfg.seconds / max(n_images, 1), 1e3 * cfg.nms_seconds / max(n_images, 1)
-    return {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
-            "per_class": [float(v) for v in m["per_class"]],
-            "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
-            "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
+    t_inf, t_nms = 1e3 * cfg.seconds / max(cfg.images, 1), 1e3 * cfg.nms_seconds / max(cfg.images, 1)
+    out = {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
+           "per_class": [float(v) for v in m["per_class"]],
+           "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
+           "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
+    if cfg.stopped is not None:
+        out["early_stop"] = cfg.stopped
+    return out
 
 
 def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
@@ -137,45 +212,82 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
-                    prefix: str = "output") -> ResultStore:
+                    prefix: str = "output", stack_bytes: int | None = None, early_stop: EarlyStop | None = None,
+                    dry_run: bool = False, log: Callable[[str], None] | None = None) -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
 
-    ``model`` is used in eval mode and not modified (hooks are removed after each configuration).
+    ``model`` is used in eval mode and not modified (hooks are removed after each configuration). ``stack_bytes``
+    caps a stacked pass (None: :func:`stack_budget`; 0: one pass per configuration). ``log`` (rank 0) gets the
+    plan before any work and the measured time per configuration with the ETA after the first chunk;
+    ``dry_run`` times the first chunk on the first batch only, logs the plan with that estimate, and returns
+    without scoring or writing anything.
     """
     layers = list(graph.prunable if layers is None else layers)
     todo = [layer for layer in layers if not all(store.done(layer, r) for r in rates)]
     chunks = [todo[i:i + chunk_layers] for i in range(0, len(todo), chunk_layers)]
     n_images = sum(len(b.images) for b in batches)
     shape = (*batches[0].images.shape[-2:], batches[0].images.shape[0]) if batches else (0, 0, 0)
-    costs = fused_cost_model(model, img_size)
-    sync = _sync_for(batches)
-    bars = _progress_bars(rates, len(layers), lambda r: sum(store.done(l, r) for l in layers), progress and dist.rank == 0)
+    device = batches[0].images.device if batches else torch.device("cpu")
+    ctx = _Chunk(scorer, _sync_for(batches), stack_budget(device, stack_bytes), last_uses(model), early_stop)
+    plan = Plan(len(layers) * len(rates), sum(store.done(l, r) for l in layers for r in rates), n_images,
+                len(batches), len(chunks), dist.world, ctx.stack_bytes)
+    say = log if log is not None and dist.rank == 0 else (lambda _text: None)
     model.eval()
+    if dry_run:
+        _probe(model, graph, batches, ctx, plan, chunks[:1], rates, criterion, round_to, seed)
+        say(plan.describe())
+        return store
+    say(plan.describe())
+    costs = fused_cost_model(model, img_size)
+    bars = _progress_bars(rates, len(layers), lambda r: sum(store.done(l, r) for l in layers), progress and dist.rank == 0)
     for start in range(0, max(len(chunks), 1 if store.baseline is None else 0), dist.world):
+        t_round = time.perf_counter()
         mine = chunks[start + dist.rank] if start + dist.rank < len(chunks) else []
         configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed)
                    if not store.done(c.layer, c.rate)]
         baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
-        _score_chunk(model, graph, batches, scorer, configs, baseline, sync)
-        local = {"results": [(c.layer, c.rate, _metrics(scorer, c, n_images, shape,
-                                                         pruned_cost(costs, c.layer, c.rate, round_to)))
+        _score_chunk(model, graph, batches, ctx, configs, baseline)
+        local = {"results": [(c.layer, c.rate, _metrics(scorer, c, shape, pruned_cost(costs, c.layer, c.rate, round_to)))
                              for c in configs]}
         if baseline is not None:
             base = costs.cost()
-            local["baseline"] = _metrics(scorer, baseline, n_images, shape, (base.params, base.gflops))
+            local["baseline"] = _metrics(scorer, baseline, shape, (base.params, base.gflops))
+        merged = 0
         for part in dist.all_gather(local):
             store.baseline = part.get("baseline", store.baseline)
             for layer, rate, metrics in part["results"]:
                 store.add(layer, rate, metrics)
+                merged += 1
                 if bars:
                     bars[rate].update(1)
         if dist.rank == 0:
             store.save()
+        if start == 0 and merged:
+            plan.seconds_per_config = (time.perf_counter() - t_round) * dist.world / merged
+            plan.measured_on, plan.done = f"measured on the first {merged} configuration(s)", plan.done + merged
+            say(f"first chunk: {plan.seconds_per_config:.2f} s per configuration; ETA {format_seconds(plan.eta())} "
+                f"for the {plan.todo} left")
     for bar in (bars or {}).values():
         bar.close()
     if dist.rank == 0:
         store.write_outputs(list(rates), prefix)
     return store
+
+
+def _probe(model: Model, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, plan: Plan,
+           chunks: list[list[int]], rates: Sequence[float], criterion: str, round_to: int | None, seed: int) -> None:
+    """Time the first chunk on the first batch (scored and finished, nothing stored): the plan's estimate."""
+    configs = _configs(model, graph, chunks[0], rates, criterion, round_to, seed) if chunks else []
+    if not configs or not batches:
+        return
+    t0 = time.perf_counter()
+    probe = _Chunk(ctx.scorer, ctx.sync, ctx.stack_bytes, ctx.last)
+    _score_chunk(model, graph, batches[:1], probe, configs, None)
+    for c in configs:
+        ctx.scorer.finish(c.state)
+    per_image = (time.perf_counter() - t0) / len(configs) / len(batches[0].images)
+    plan.seconds_per_config = per_image * plan.images
+    plan.measured_on = f"estimated from {len(configs)} configuration(s) on the first batch"
 
 
 def _progress_bars(rates: Sequence[float], total: int, done: Callable[[float], int], enabled: bool):

@@ -60,6 +60,17 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--layers", default=None, help="analysis: only these conv layers, e.g. '[0, 5, 23]'")
     p.add_argument("--exist-ok", action="store_true", help="analysis: replace an existing analysis of other settings")
     p.add_argument("--chunk-layers", type=positive_int, default=None, help="analysis: layers per stored chunk (4)")
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="analysis: print the plan (configurations, images, chunks, time per configuration measured "
+                        "on the first batch, ETA) and stop; nothing is written")
+    p.add_argument("--early-stop", nargs="?", const=0.5, type=float, default=None, metavar="RATIO",
+                   help="analysis: stop a configuration whose mAP@.5 after --early-stop-after of the images is below "
+                        "RATIO (default 0.5) x the unpruned model's on the same images (marked in the results)")
+    p.add_argument("--early-stop-after", type=float, default=None, metavar="FRACTION",
+                   help="analysis: image fraction scored before --early-stop decides (default 0.25)")
+    p.add_argument("--stack-mib", type=non_negative_int, default=None, metavar="MIB",
+                   help="analysis: memory for one pass over a layer's stacked rates (default: half the free GPU "
+                        "memory, 1024 on CPU; 0: one pass per configuration)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -67,7 +78,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 def _analysis_only(args: argparse.Namespace) -> None:
     """Analysis flags given for an evaluation are errors, never ignored."""
     given = [flag for flag, value in (("--pruning-rate", args.pruning_rate), ("--layers", args.layers),
-                                      ("--prune-output", args.prune_output), ("--chunk-layers", args.chunk_layers))
+                                      ("--prune-output", args.prune_output), ("--chunk-layers", args.chunk_layers),
+                                      ("--dry-run", args.dry_run), ("--early-stop", args.early_stop),
+                                      ("--early-stop-after", args.early_stop_after), ("--stack-mib", args.stack_mib))
              if value is not None]
     if given:
         raise YoloPruneError(f"{', '.join(given)}: only with --task {ANALYSIS}")
@@ -114,6 +127,14 @@ def _check_analysis(args: argparse.Namespace, onnx: bool) -> None:
         raise YoloPruneError(f"--prune-output {args.prune_output}: expected a file name such as output.txt "
                              "(letters, digits, '.', '_', '-')")
     args.prefix = stem
+    if args.early_stop_after is not None and args.early_stop is None:
+        raise YoloPruneError("--early-stop-after: only with --early-stop")
+    if args.early_stop is not None:
+        from yolo_prune.analysis.planning import EarlyStop
+
+        args.early = EarlyStop(args.early_stop, 0.25 if args.early_stop_after is None else args.early_stop_after)
+    else:
+        args.early = None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -230,9 +251,14 @@ def _analyse(args, model, data, device) -> int:
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
     analysis = AnalysisSettings(args.rates, args.criterion, args.round_to, args.seed, args.layer_list, args.conf,
-                                args.iou, args.chunk_layers or 4, args.prefix)
+                                args.iou, args.chunk_layers or 4, args.prefix, early_stop=args.early,
+                                stack_bytes=None if args.stack_mib is None else args.stack_mib << 20)
+    log = (lambda text: print(text, file=sys.stderr)) if args.json else print
     store = sensitivity_on_data(model, data, analysis, args.out_dir, device=device, half=args.half,
-                                exist_ok=args.exist_ok, source=str(args.weights), progress=not args.json)
+                                exist_ok=args.exist_ok, source=str(args.weights), progress=not args.json,
+                                dry_run=bool(args.dry_run), log=log)
+    if args.dry_run:
+        return 0
     if args.json:
         print_json({"output": str(args.out_dir), "baseline": store.baseline, "n_results": len(store.results)})
     else:

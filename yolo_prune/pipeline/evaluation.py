@@ -110,12 +110,15 @@ class AnalysisSettings:
     iou_thres: float = 0.65
     chunk_layers: int = 4
     prefix: str = "output"
+    early_stop: Any = None  # analysis.planning.EarlyStop, opt-in
+    stack_bytes: int | None = None  # memory for one stacked pass of a layer's rates (None: automatic, 0: off)
 
 
 def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: AnalysisSettings, out_dir: str | Path,
                         *, device: torch.device, half: bool = False, exist_ok: bool = False,
-                        source: str = "", progress: bool = True):
-    """Run (or resume) the analysis of ``model`` on the split; results land in ``out_dir``."""
+                        source: str = "", progress: bool = True, dry_run: bool = False, log=None):
+    """Run (or resume) the analysis of ``model`` on the split; results land in ``out_dir``. ``log`` receives the
+    plan and the ETA; ``dry_run`` logs the plan (time measured on the first batch) and writes nothing."""
     from yolo_prune.analysis.distributed import from_environment
     from yolo_prune.analysis.sensitivity import run_sensitivity
     from yolo_prune.analysis.store import ResultStore
@@ -129,6 +132,8 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
                 "criterion": criterion, "round_to": analysis.round_to, "seed": analysis.seed,
                 "conf": analysis.conf_thres, "iou": analysis.iou_thres,
                 "layers": list(analysis.layers) if analysis.layers is not None else None}
+    if analysis.early_stop is not None:  # only then: analyses without it resume as before
+        settings["early_stop"] = analysis.early_stop.settings()
     check_model_classes(model, data, source or "model")
     dist = from_environment(device.type)
     model = model.to(device).eval()
@@ -142,4 +147,5 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates),
                            layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
-                           dist=dist, progress=progress, prefix=analysis.prefix)
+                           dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,
+                           stack_bytes=analysis.stack_bytes, early_stop=analysis.early_stop, dry_run=dry_run, log=log)
