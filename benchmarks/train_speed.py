@@ -60,13 +60,14 @@ _Base = _tqdm.tqdm
 class Timed(_Base):
     def __iter__(self):
         training = isinstance(self.iterable, enumerate)
-        t0, n = time.perf_counter(), 0
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
         for item in _Base.__iter__(self):
             n += 1
             yield item
         if training:
             with open(OUT, "a") as f:
-                f.write(json.dumps({"seconds": time.perf_counter() - t0, "batches": n}) + "\n")
+                f.write(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                                    "batches": n}) + "\n")
 
 
 _tqdm.tqdm = Timed
@@ -77,7 +78,8 @@ if kind == "official":
     # the EMA weights as plain tensors + cfg, for the common evaluator (loaded here, where the official classes exist)
     import glob, torch
     last = glob.glob(os.path.join(argv[argv.index("--project") + 1], argv[argv.index("--name") + 1], "weights", "last.pt"))[0]
-    ema = torch.load(last, map_location="cpu", weights_only=False)["ema"].float()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ema = (ckpt.get("ema") or ckpt["model"]).float()  # strip_optimizer moved the EMA into "model" at the end
     torch.save({"yaml": ema.yaml, "state_dict": ema.state_dict()}, last[:-3] + "_plain.pt")
 else:
     from yolo_prune.cli import main
@@ -116,6 +118,7 @@ class Run:
     variant: str
     seed: int
     epochs_s: list[float] = field(default_factory=list)
+    epochs_cpu: list[float] = field(default_factory=list)  # CPU seconds of the training process (all its threads)
     images: int = 0
     wall: float = 0.0
     map50: float = float("nan")
@@ -126,6 +129,10 @@ class Run:
     @property
     def ips(self) -> list[float]:
         return [self.images / s for s in self.epochs_s]
+
+    @property
+    def ips_cpu(self) -> list[float]:
+        return [self.images / s for s in self.epochs_cpu]
 
 
 def load_avg() -> str:
@@ -163,7 +170,8 @@ def run_one(variant: str, seed: int, args, data: Path, n_train: int) -> Run:
     if proc.returncode != 0:
         run.note = f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
         return run
-    run.epochs_s = [json.loads(line)["seconds"] for line in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    run.epochs_s, run.epochs_cpu = [r["seconds"] for r in records], [r["cpu"] for r in records]
     try:
         run.map50, run.map = final_map(project / f"{variant}_s{seed}" / "weights" / "last.pt", data, args)
     except Exception as e:  # noqa: BLE001 - reported in the table, the timing still counts
@@ -245,14 +253,15 @@ def profile_epoch(data: Path, args, extra: dict) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def median_ips(runs: list[Run]) -> float:
-    values = [v for r in runs for v in r.ips]
+def median_ips(runs: list[Run], cpu: bool = False) -> float:
+    values = [v for r in runs for v in (r.ips_cpu if cpu else r.ips)]
     return statistics.median(values) if values else float("nan")
 
 
 def report(args, runs: list[Run], profiles: dict[str, dict[str, float]], n_train: int, env: dict) -> str:
     by = {v: [r for r in runs if r.variant == v] for v in args.variants}
     off = median_ips(by.get("official", []))
+    off_cpu = median_ips(by.get("official", []), cpu=True)
     off_map = statistics.fmean(r.map for r in by.get("official", [])) if by.get("official") else float("nan")
     lines = [SECTION, "",
              f"`yolo-prune train` against the official YOLOv7 `train.py` (fetched code, run with today's libraries), "
@@ -262,15 +271,18 @@ def report(args, runs: list[Run], profiles: dict[str, dict[str, float]], n_train
              f"seconds per epoch are timed the same way for both programs (their `tqdm(enumerate(loader))` epoch "
              f"loop: data loading included, evaluation excluded); mAP of the final EMA weights by one evaluator "
              f"(pycocotools) on the same {args.val} val images.", "",
-             "| variant | runs | images/s per epoch (median) | speed-up vs official | epoch seconds | "
-             "mAP@.5 (mean) | mAP@.5:.95 (mean) | load avg (1/5/15) start -> end |",
-             "|---|---:|---:|---:|---|---:|---:|---|"]
+             "| variant | runs | images/s per epoch (median) | speed-up vs official | images per CPU-second | "
+             "speed-up (CPU time) | epoch seconds (wall / CPU) | mAP@.5 (mean) | mAP@.5:.95 (mean) | "
+             "load avg (1/5/15) start -> end |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for v, rs in by.items():
         ips = median_ips(rs)
         maps = [r.map for r in rs if r.map == r.map]
         m50 = [r.map50 for r in rs if r.map50 == r.map50]
-        secs = "; ".join(", ".join(f"{s:.1f}" for s in r.epochs_s) or r.note for r in rs)
-        lines.append(f"| {v} | {len(rs)} | {ips:.2f} | {ips / off:.2f}x | {secs} | "
+        secs = "; ".join(", ".join(f"{s:.1f}/{c:.1f}" for s, c in zip(r.epochs_s, r.epochs_cpu)) or r.note
+                         for r in rs)
+        cpu = median_ips(rs, cpu=True)
+        lines.append(f"| {v} | {len(rs)} | {ips:.2f} | {ips / off:.2f}x | {cpu:.2f} | {cpu / off_cpu:.2f}x | {secs} | "
                      f"{statistics.fmean(m50) if m50 else float('nan'):.4f} | "
                      f"{statistics.fmean(maps) if maps else float('nan'):.4f} | {'; '.join(r.load for r in rs)} |")
     ours = {v: median_ips(rs) for v, rs in by.items() if v != "official" and rs}
@@ -279,9 +291,10 @@ def report(args, runs: list[Run], profiles: dict[str, dict[str, float]], n_train
         speed = ours[best] / off
         best_map = statistics.fmean(r.map for r in by[best])
         equal = abs(best_map - off_map) <= 0.01
+        speed_cpu = median_ips(by[best], cpu=True) / off_cpu
         lines += ["", f"Goal (>= {args.goal}x the official images/s at equal mAP, +-1 point): best variant `{best}` "
-                  f"{speed:.2f}x, mAP@.5:.95 {best_map:.4f} vs {off_map:.4f}: "
-                  f"**{'met' if speed >= args.goal and equal else 'NOT met'}**."]
+                  f"{speed:.2f}x by wall time ({speed_cpu:.2f}x by CPU time), mAP@.5:.95 {best_map:.4f} vs "
+                  f"{off_map:.4f}: **{'met' if speed >= args.goal and equal else 'NOT met'}**."]
     if profiles:
         lines += ["", "Where one epoch of yolo-prune's trainer goes (seconds, the second of two epochs, in-process):",
                   "", "| phase | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles)]

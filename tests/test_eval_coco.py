@@ -151,3 +151,69 @@ def test_default_image_ids() -> None:
     assert default_image_ids(["a/000000000139.jpg", "b/285.png"]) == [139, 285]
     assert default_image_ids(["a/1.jpg", "b/x.jpg"]) == [1, 2]
     assert default_image_ids(["a/1.jpg", "b/1.png"]) == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------- real predictions
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """The shipped demo model's NMS output on 16 synthetic validation images (real predictions, a few hundred
+    candidates per image), recorded as the evaluator records them."""
+    from yolo_prune.checkpoint import load_model
+    from yolo_prune.data.synth import generate_synthetic
+    from yolo_prune.pipeline.evaluation import DataSettings, cached_batches
+    from yolo_prune.pipeline.scoring import DetectionScorer
+
+    asset = Path(__file__).resolve().parents[1] / "yolo_prune" / "assets" / "yolov7-tiny-synth.pt"
+    data = generate_synthetic(tmp_path_factory.mktemp("real") / "d", n_train=0, n_val=16, img_size=256, n_classes=6,
+                              seed=3).data_yaml
+    raw = data.read_text().replace("train: images/train", "train: images/val")
+    data.write_text(raw)
+    batches, cfg = cached_batches(DataSettings(str(data), img_size=256, batch_size=8, workers=0), 32,
+                                  torch.device("cpu"))
+    model, scorer = load_model(asset).float().eval(), DetectionScorer(cfg.nc, cfg.names)
+    state = scorer.start()
+    with torch.inference_mode():
+        for b in batches:
+            scorer.update(state, model(b.inputs(torch.float32))[0], b.meta)
+    return state
+
+
+def test_faster_coco_eval_equals_pycocotools_on_real_predictions(real_run) -> None:
+    """The two COCOeval implementations agree to 1e-6 on every summary number and per-class AP."""
+    pytest.importorskip("faster_coco_eval")
+    ids = default_image_ids(real_run.paths)
+    gt = build_coco_gt(real_run.labels, real_run.shapes, ids, 6)
+    results = detections_to_coco(real_run.dets, ids, list(range(6)))
+    assert len(results) > 1000  # real NMS output, many low-confidence boxes
+    before = json.dumps(gt, sort_keys=True)
+    fast = coco_evaluate(results, gt, img_ids=ids, backend="faster-coco-eval")
+    ref = coco_evaluate(results, gt, img_ids=ids, backend="pycocotools")
+    np.testing.assert_allclose(fast.stats, ref.stats, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.class_ap, ref.class_ap, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.class_ap50, ref.class_ap50, rtol=0, atol=1e-6)
+    assert 0.2 < ref.map < 0.9 and json.dumps(gt, sort_keys=True) == before  # ground truth left untouched
+
+
+def test_vectorised_test_py_metrics_equal_the_official_loops_on_real_predictions(real_run) -> None:
+    """Matching all images at once (and in small blocks) gives test.py's per-image loop result, and the metrics
+    its ap_per_class; on the same real predictions."""
+    from test_eval_metrics import _v7_ap_per_class, _v7_correct
+
+    from yolo_prune.engine import metrics
+
+    iouv = metrics.iou_thresholds()
+    preds, labels = real_run.stats._preds, real_run.stats._labels
+    official = torch.cat([_v7_correct(p, t, iouv) for p, t in zip(preds, labels)])
+    assert official.any() and torch.equal(metrics.match_images(preds, labels, iouv), official)
+    blocks = metrics.MATCH_BLOCK
+    try:
+        metrics.MATCH_BLOCK = 3000  # a few images per block
+        assert torch.equal(metrics.match_images(preds, labels, iouv), official)
+    finally:
+        metrics.MATCH_BLOCK = blocks
+    tp, conf, pcls, tcls = real_run.stats.stats()
+    p, r, ap, f1, cls = _v7_ap_per_class(official.numpy(), conf, pcls, tcls)
+    m = real_run.stats.compute(6)
+    np.testing.assert_allclose(m.ap50, ap[:, 0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(m.ap, ap.mean(1), rtol=0, atol=1e-12)
+    assert (m.mp, m.mr) == (pytest.approx(p.mean(), abs=1e-12), pytest.approx(r.mean(), abs=1e-12))

@@ -133,3 +133,56 @@ def test_on_the_fly_pruning_follows_scoring(small_set, tmp_path, capsys):
     assert main(["test", "--weights", str(weights), *common, "--modification", "prune-structured",
                  "--pruning-params", params, "--scoring", "independent"]) == 0
     assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(saved["map"], abs=1e-9)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(small_set, tmp_path):
+    from cli_workspace import run_cli
+
+    data, weights = small_set
+    code, out, err = run_cli(_args(data, weights, tmp_path, "--layers", "[0, 3, 23]", "--dry-run"))
+    assert code == 0, err
+    plan = next(line for line in out.splitlines() if line.startswith("plan: "))
+    assert plan.startswith("plan: 6 configurations (0 done, 6 to do) on 16 images in 4 batches, 3 chunk(s)")
+    assert "estimated from 2 configuration(s) on the first batch" in plan and "ETA " in plan
+    assert not (tmp_path / "sens").exists()
+
+
+def test_early_stop_marks_stopped_configurations_and_is_part_of_the_settings(small_set, tmp_path):
+    from cli_workspace import run_cli
+
+    data, weights = small_set
+    args = _args(data, weights, tmp_path, "--layers", "[0, 23]", "--early-stop", "1.0", "--early-stop-after", "0.25")
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("plan: 4 configurations") and "first chunk: " in out
+    saved = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert saved["settings"]["early_stop"] == {"below": 1.0, "after": 0.25}
+    stopped = [r for r in saved["results"].values() if "early_stop" in r]
+    for r in stopped:  # decided after the first batch of 4 images (a quarter of 16)
+        assert r["early_stop"]["images"] == 4 and r["early_stop"]["map50"] < r["early_stop"]["baseline_map50"]
+    kept = [r for r in saved["results"].values() if "early_stop" not in r]
+    assert len(stopped) + len(kept) == 4
+    code, _, err = run_cli(_args(data, weights, tmp_path, "--layers", "[0, 23]"))  # other settings: refused
+    assert code == 2 and "early_stop" in err
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--early-stop", "1.5"], "--early-stop 1.5: the mAP@.5 ratio must be in (0, 1]"),
+    (["--early-stop-after", "0.5"], "--early-stop-after: only with --early-stop"),
+    (["--early-stop", "--early-stop-after", "1"], "--early-stop-after 1.0: the image fraction must be in (0, 1)"),
+])
+def test_early_stop_bad_values_are_usage_errors(small_set, tmp_path, extra, words):
+    from cli_workspace import run_cli
+
+    data, weights = small_set
+    code, _, err = run_cli(_args(data, weights, tmp_path, *extra))
+    assert code == 2 and words in err and "Traceback" not in err
+    assert not (tmp_path / "sens").exists()
+
+
+def test_analysis_speed_flags_without_the_analysis_are_usage_errors(small_set, tmp_path):
+    from cli_workspace import run_cli
+
+    data, weights = small_set
+    code, _, err = run_cli(["test", "--data", str(data), "--weights", str(weights), "--dry-run", "--stack-mib", "0"])
+    assert code == 2 and "--dry-run, --stack-mib: only with --task pruning_sensitivity_analysis" in err

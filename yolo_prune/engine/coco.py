@@ -1,4 +1,8 @@
-"""COCO-style mAP via ``pycocotools.cocoeval.COCOeval``, with ground truth from YOLO labels or a COCO json.
+"""COCO-style mAP via COCOeval, with ground truth from YOLO labels or a COCO json.
+
+Two implementations of the same COCOeval: ``faster-coco-eval`` (C++, several times faster; used when installed)
+and ``pycocotools`` (the reference). They give the same numbers (tested on real predictions to 1e-6);
+``backend`` picks one explicitly.
 
 Everything here is in ORIGINAL image pixels. Detections per image are [n, 6] = (x1, y1, x2, y2, conf, cls)
 and labels [m, 5] = (cls, x1, y1, x2, y2); ``cls`` is a 0-based class index that :func:`category_ids`
@@ -179,12 +183,46 @@ def _empty_result(gt: COCO, img_ids: Sequence[Any]) -> CocoResult:
     return CocoResult(stats, cats, ap, ap.copy(), 0)
 
 
+BACKENDS = ("auto", "faster-coco-eval", "pycocotools")
+
+
+def coco_backend(name: str = "auto") -> str:
+    """The COCOeval implementation ``name`` resolves to: ``auto`` is faster-coco-eval when importable."""
+    if name not in BACKENDS:
+        raise ValueError(f"COCO backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name != "auto":
+        return name
+    import importlib.util
+
+    return "faster-coco-eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
+
+
+def _cocoeval(gt: COCO, results: list[dict], img_ids: list[Any], backend: str):
+    """An evaluated + accumulated + summarised COCOeval object of ``backend`` (same attributes either way)."""
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
+
+        fgt = FasterCOCO()
+        fgt.dataset = copy.deepcopy(gt.dataset)  # its index adds fields; the caller's ground truth stays as it was
+        fgt.createIndex()
+        ev = COCOeval_faster(fgt, fgt.loadRes([dict(r) for r in results]), "bbox", print_function=print)
+    else:
+        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "bbox")
+    ev.params.imgIds = img_ids
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev
+
+
 def coco_evaluate(
     results: list[dict], gt: CocoSource, img_ids: Sequence[Any] | None = None, verbose: bool = False,
+    backend: str = "auto",
 ) -> CocoResult:
     """Run COCOeval (bbox) on COCO result entries against ``gt``; ``img_ids`` restricts the images.
 
-    ``results`` are not modified. With ``verbose`` pycocotools' own printout is shown.
+    ``results`` are not modified. With ``verbose`` the implementation's own printout is shown. ``backend``: see
+    :func:`coco_backend`.
     """
     gt = load_coco(gt)
     img_ids = sorted(gt.getImgIds()) if img_ids is None else list(img_ids)
@@ -192,11 +230,7 @@ def coco_evaluate(
         return _empty_result(gt, img_ids)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
-        dt = gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.imgIds = img_ids
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+        ev = _cocoeval(gt, results, img_ids, coco_backend(backend))
     ap, ap50 = per_category_ap(ev.eval["precision"])
-    return CocoResult(np.asarray(ev.stats, dtype=float), list(ev.params.catIds), ap, ap50, len(results))
+    stats = np.asarray(ev.stats, dtype=float)[:12]  # faster-coco-eval appends AR@.5 and AR@.75
+    return CocoResult(stats, list(ev.params.catIds), ap, ap50, len(results))

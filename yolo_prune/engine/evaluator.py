@@ -197,7 +197,7 @@ def _eval_batch(
 
 def _coco_metrics(
     run: EvalRun, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
-    verbose: bool,
+    verbose: bool, backend: str = "auto",
 ) -> tuple[CocoResult, list[int], Path | None]:
     """COCOeval of the recorded detections against ``coco_gt`` (or GT built from the labels).
 
@@ -212,7 +212,7 @@ def _coco_metrics(
         img_ids, cat_ids = image_ids_in(gt, run.paths), category_ids(gt, nc)
     results = detections_to_coco(run.dets, img_ids, cat_ids)
     json_path = save_predictions_json(results, save_json) if save_json is not None else None
-    return coco_evaluate(results, gt, img_ids=img_ids, verbose=verbose), cat_ids, json_path
+    return coco_evaluate(results, gt, img_ids=img_ids, verbose=verbose, backend=backend), cat_ids, json_path
 
 
 def _class_coco_ap(coco: CocoResult, cat_ids: list[int]) -> tuple[list[float], list[float]]:
@@ -280,13 +280,13 @@ def evaluate(
 
 def summarize(
     run: EvalRun, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
-    verbose: bool,
+    verbose: bool, coco_backend: str = "auto",
 ) -> EvalResult:
-    """Reduce the recorded images to an :class:`EvalResult`."""
+    """Reduce the recorded images to an :class:`EvalResult` (``coco_backend``: see :func:`.coco.coco_backend`)."""
     yolo = run.stats.compute(nc)
     if yolo.n_labels.shape[0] > nc:
         raise DataError(f"labels contain class {yolo.n_labels.shape[0] - 1}, but nc={nc}")
-    coco, cat_ids, json_path = _coco_metrics(run, nc, names, coco_gt, save_json, verbose)
+    coco, cat_ids, json_path = _coco_metrics(run, nc, names, coco_gt, save_json, verbose, coco_backend)
     ap, ap50 = _class_coco_ap(coco, cat_ids)
     n = len(run.paths)
     speed = (run.t_inf / n * 1e3, run.t_nms / n * 1e3, (run.t_inf + run.t_nms) / n * 1e3, *run.hw, run.batch)

@@ -112,6 +112,7 @@ class AnalysisSettings:
     prefix: str = "output"
     early_stop: Any = None  # analysis.planning.EarlyStop, opt-in
     stack_bytes: int | None = None  # memory for one stacked pass of a layer's rates (None: automatic, 0: off)
+    coco_backend: str = "auto"  # COCOeval implementation (engine.coco.coco_backend); same numbers either way
 
 
 def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: AnalysisSettings, out_dir: str | Path,
@@ -143,7 +144,8 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     store = ResultStore.open(out_dir, settings, exist_ok=exist_ok,
                              model={"source": source, "graph_fingerprint": graph.fingerprint()})
     batches, cfg = cached_batches(data, int(model.stride.max()), device)
-    scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres)
+    scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres,
+                             coco_backend=analysis.coco_backend)
     return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates),
                            layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,

@@ -22,12 +22,14 @@ class BatchMeta:
 
 
 class DetectionScorer:
-    """NMS (multi-label, as YOLOv7 test.py) and COCO mAP via pycocotools, one state per configuration."""
+    """NMS (multi-label, as YOLOv7 test.py) and COCO mAP (faster-coco-eval or pycocotools: ``coco_backend``),
+    one state per configuration."""
 
     def __init__(self, nc: int, names: Sequence[str], conf_thres: float = 0.001, iou_thres: float = 0.65,
-                 coco_gt: Any = None):
+                 coco_gt: Any = None, coco_backend: str = "auto"):
         self.nc, self.names = nc, list(names)
         self.conf_thres, self.iou_thres, self.coco_gt = conf_thres, iou_thres, coco_gt
+        self.coco_backend = coco_backend
 
     def start(self) -> Any:
         return ev.EvalRun(StatsAccumulator())
@@ -44,7 +46,7 @@ class DetectionScorer:
         return float(state.stats.compute(self.nc).map50)
 
     def finish(self, state: Any) -> dict[str, Any]:
-        result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False)
+        result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False, self.coco_backend)
         return {"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
                 # classes without labels report the overall mAP, as the published analysis does
                 "per_class": [result.map if v != v else v for v in result.class_ap]}
