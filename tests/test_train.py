@@ -510,3 +510,74 @@ def test_transfer_copies_matching_tensors_exactly(official_tiny_path):
         else:
             assert torch.equal(value, theirs[name].to(value.dtype))
     assert report.transferred + len(report.reinitialised) == len(own)
+
+
+def test_speed_settings_run_and_are_reported(synth_yaml, tiny_weights, tmp_path, capsys):
+    """bf16 autocast (where the CPU has it), channels-last and cached images: a real run, recorded settings."""
+    from yolo_prune.engine.accel import bf16_supported
+
+    amp = "bf16" if bf16_supported(torch.device("cpu")) else "off"
+    result = train(settings(synth_yaml, tiny_weights, tmp_path, amp=amp, cache_images=True, progress=True))
+    row = result.rows[-1]
+    assert math.isfinite(row["total"]) and row["total"] > 0
+    header = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("train: "))
+    assert "channels-last" in header and "images cached (" in header
+    assert ("bfloat16 autocast" in header) == (amp == "bf16")
+    opt = (result.run_dir / "opt.yaml").read_text()
+    assert f"amp: {amp}" in opt and "cache_images: true" in opt and "channels_last: true" in opt
+
+
+def test_amp_modes_are_checked():
+    from yolo_prune.engine.accel import amp_dtype
+
+    with pytest.raises(ConfigError, match="amp must be one of"):
+        TrainSettings(data="d.yaml", weights="w.pt", amp="fp8")
+    with pytest.raises(ConfigError, match="--amp fp16 needs a CUDA device"):
+        amp_dtype("fp16", torch.device("cpu"))
+    assert amp_dtype("auto", torch.device("cpu")) is None and amp_dtype("off", torch.device("cpu")) is None
+
+
+def test_cached_images_give_identical_samples(synth_yaml):
+    """--cache-images: the same samples (mosaic, augmentation and all) as decoding every time."""
+    from yolo_prune.data import load_data_config
+    from yolo_prune.data.dataset import YoloDataset
+    from yolo_prune.engine.hyp import load_hyp
+
+    cfg = load_data_config(str(synth_yaml))
+    plain = YoloDataset(list(cfg.train), cfg.nc, IMG, augment=True, hyp=load_hyp("scratch.tiny"), seed=3)
+    cached = YoloDataset(list(cfg.train), cfg.nc, IMG, augment=True, hyp=load_hyp("scratch.tiny"), seed=3)
+    assert cached.cache_images() == cached.cached_bytes > 0 and plain.cached_bytes == 0
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains(synth_yaml, tiny_weights, tmp_path, monkeypatch):
+    """--compile: the model goes through torch.compile (Dynamo + AOTAutograd; the 'aot_eager' backend here, since
+    inductor's C++ code generation takes many minutes on 2 CPU cores) and the run's files carry plain names."""
+    import functools
+
+    from yolo_prune.checkpoint import load_checkpoint
+    from yolo_prune.engine import accel
+
+    calls = []
+    real = accel.compiled_forward
+
+    def aot_eager(model, device, enabled, backend="inductor"):
+        calls.append(enabled)
+        return real(model, device, enabled, backend="aot_eager")
+
+    monkeypatch.setattr(accel, "compiled_forward", functools.wraps(real)(aot_eager))
+    result = train(settings(synth_yaml, tiny_weights, tmp_path, compile=True))
+    assert calls == [True] and math.isfinite(result.rows[-1]["total"])
+    last = load_checkpoint(result.last)
+    assert not any("_orig_mod" in k for k in last.raw["train_state"]["model"])
+
+
+@pytest.mark.gpu
+def test_compile_with_cuda_graphs_and_amp_on_gpu(synth_yaml, tiny_weights, tmp_path):
+    """On CUDA: inductor + CUDA graphs (static training shapes), fp16 AMP and channels-last train and save."""
+    result = train(settings(synth_yaml, tiny_weights, tmp_path, device="0", compile=True, amp="fp16",
+                            cache_images=True))
+    assert math.isfinite(result.rows[-1]["total"]) and result.best.is_file()
