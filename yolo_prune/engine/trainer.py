@@ -284,7 +284,7 @@ def _forward_loss(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> tuple
     """Loss to back-propagate (detection loss * batch [* world size for DDP's averaging] + distillation) and
     the per-image items (box, obj, cls, total, weighted distillation)."""
     with accel.autocast(run.device, run.amp):
-        preds = (run.forward or run.model)(imgs)
+        preds = (run.model if run.forward is None else run.forward)(imgs)
         loss, items = run.loss(preds, targets, imgs)
         kd = torch.zeros((), device=imgs.device)
         if run.teacher is not None:
