@@ -1,4 +1,9 @@
-"""The property that proves the graph: pruning filters == zeroing them after their activation."""
+"""The property that proves the graph: pruning filters == zeroing them after their activation.
+
+One check for every model family: YOLOv7 (concatenations, SPPCSPC, RepConv, implicit heads), yolov7-e6e (residual
+``Shortcut`` adds: coupled groups) and the classification CNNs (torchvision ResNet residual adds, the classifier's
+first Linear sliced with the last conv's filters).
+"""
 from __future__ import annotations
 
 import copy
@@ -10,9 +15,11 @@ from hypothesis import strategies as st
 
 from yolo_prune.graph import derive_graph
 from yolo_prune.models import build_model
+from yolo_prune.models.classify import build_classifier
 from yolo_prune.models.fuse import fuse
 from yolo_prune.models.heads import IDetect
 from yolo_prune.prune import prune
+from yolo_prune.prune.surgery import coupled_kept
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -22,13 +29,18 @@ def _randomise_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return model
 
 
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
 def masked_output(model, graph, plan, x):
-    """Eval output of the unpruned model with the removed filters zeroed after activation (and after ImplicitA)."""
-    convs = model.conv_modules()
-    head = model.detect
+    """Eval output of the unpruned model with the removed filters zeroed after activation (after the BN of a plain
+    conv, which a zero-preserving activation follows; after ImplicitA), every member of a coupled group included."""
+    head = getattr(model, "detect", None)
     handles = []
 
     def zero(idx):
@@ -38,19 +50,19 @@ def masked_output(model, graph, plan, x):
             return out
         return hook
 
-    for lp in plan.layers:
-        removed = sorted(set(range(lp.before)) - set(lp.kept))
+    for layer, kept in coupled_kept(graph, plan).items():
+        removed = sorted(set(range(graph[layer].out_channels)) - set(kept.tolist()))
         if not removed:
             continue
-        handles.append(convs[lp.layer].register_forward_hook(zero(removed)))
-        for consumer, _slot in graph[lp.layer].consumers:
+        handles.append(model.get_submodule(graph[layer].mask_point).register_forward_hook(zero(removed)))
+        for consumer, _slot in graph[layer].consumers:
             node = graph[consumer]
             if node.kind == "head" and isinstance(head, IDetect) and len(head.ia) > 0:
                 level = int(node.name.rsplit(".", 1)[1])
                 handles.append(head.ia[level].register_forward_hook(zero(removed)))
     try:
         with torch.no_grad():
-            return model(x)[0]
+            return _first(model(x))
     finally:
         for h in handles:
             h.remove()
@@ -79,11 +91,14 @@ def check_pruned_equals_masked(model, params, x, fused=False):
     layer_rates, criterion, round_to, seed = params
     if fused:
         criterion = "bn" if criterion == "bn" else criterion
-    result = prune(model, sorted(layer_rates.items()), criterion, round_to=round_to, seed=seed, summarize=False)
     graph = derive_graph(model)
+    groups = {}
+    for layer, rate in sorted(layer_rates.items()):  # one entry per coupled group
+        groups.setdefault(graph.group_of(layer), (layer, rate))
+    result = prune(model, sorted(groups.values()), criterion, round_to=round_to, seed=seed, summarize=False)
     expected = masked_output(model, graph, result.plan, x)
     with torch.no_grad():
-        got = result.model(x)[0]
+        got = _first(result.model(x))
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
     return result
 
@@ -98,6 +113,42 @@ def test_tiny_pruned_equals_masked(tiny3, params):
 @given(_params(89))
 def test_yolov7_pruned_equals_masked(v7, params):
     check_pruned_equals_masked(v7, params, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4)))
+
+
+@pytest.fixture(scope="module")
+def e6e(fixtures_dir):
+    from yolo_prune.models.spec import load_cfg
+
+    cfg = load_cfg(fixtures_dir / "official-cfg" / "deploy" / "yolov7-e6e.yaml")
+    cfg["width_multiple"] = 0.125
+    torch.manual_seed(0)
+    return _randomise_bn(build_model(cfg, nc=2).eval(), 2)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_params(240))
+def test_e6e_shortcut_groups_pruned_equals_masked(e6e, params):
+    """yolov7-e6e's Shortcut adds couple their two producers; both lose the same filters."""
+    check_pruned_equals_masked(e6e, params, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)))
+
+
+CLASSIFIERS = {"scnnb": 1.0, "vgg16_bn": 0.125, "resnet18": 0.25, "resnet50": 0.125}
+
+
+@pytest.fixture(scope="module", params=sorted(CLASSIFIERS))
+def classifier(request):
+    torch.manual_seed(0)
+    model = build_classifier(request.param, nc=10, in_ch=1, img_size=32, width=CLASSIFIERS[request.param])
+    return _randomise_bn(model.eval(), 3)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.data())
+def test_classifiers_pruned_equals_masked(classifier, params):
+    """Residual adds (coupled groups), the first Linear's flattened inputs and plain conv + BN pairs, exactly."""
+    n = derive_graph(classifier).nconv
+    drawn = params.draw(_params(n))
+    check_pruned_equals_masked(classifier, drawn, torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(6)))
 
 
 def test_every_layer_at_once_yolov7(v7):

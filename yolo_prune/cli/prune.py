@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     add_model_source(p)
     add_pruning_flags(p)
     p.add_argument("--output", required=True, help="where to write the pruned checkpoint (.pt)")
-    p.add_argument("--img", type=positive_int, default=640, help="image size for the GFLOPs summary (default 640)")
+    p.add_argument("--img", type=positive_int, default=None,
+                   help="image size for the GFLOPs summary (default: 640, a classifier's own input size)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 

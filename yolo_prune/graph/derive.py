@@ -3,8 +3,12 @@
 Each tensor is described by its *layout*: the list of slots (producer conv, channels) that make up its
 channels in order. Concatenation joins layouts, pooling/upsampling keep them, a conv starts a new one.
 Every conv records the layout it reads, which yields both the published ``[consumers, slices, sizes]``
-entries and the exact input offsets the pruner needs. Residual adds tie channels, so their producers are
-marked not prunable (with the reason).
+entries and the exact input offsets the pruner needs. A residual add ties the channels at equal positions of
+its inputs: their producers become one *coupled group*, pruned with the same indices (an add of layouts whose
+slots do not line up, or of the input image, leaves its producers unprunable, with the reason).
+
+YOLOv7 ``Model``s are walked through their cfg rows; any other network (the classification CNNs) is traced
+with ``torch.fx`` (:mod:`.fx_trace`) through the same table of tracers.
 """
 from __future__ import annotations
 
@@ -27,10 +31,56 @@ class _Tracer:
 
     def __init__(self) -> None:
         self.nodes: list[NodeDraft] = []
+        self.parent: dict[int, int] = {}  # union-find over coupled layers
+        self.bn_of: dict[str, str] = {}  # plain conv -> the BatchNorm2d that reads only its output (fx tracing)
 
     def allocate(self, name: str, kind: str, out_channels: int) -> int:
         self.nodes.append(NodeDraft(len(self.nodes), name, kind, out_channels))
         return len(self.nodes) - 1
+
+    def root(self, i: int) -> int:
+        while self.parent.get(i, i) != i:
+            i = self.parent[i]
+        return i
+
+    def couple(self, layouts: list[Layout], where: str) -> Layout:
+        """Element-wise add of ``layouts``: producers at equal positions become one coupled group."""
+        first = layouts[0]
+        for other in layouts[1:]:
+            if [size for _, size in other] != [size for _, size in first]:
+                for layout in (first, other):
+                    self.tie(layout, f"residual add at {where} of inputs whose channel slices do not line up")
+                continue
+            for (a, _), (b, _) in zip(first, other):
+                if a is None or b is None:
+                    self.tie([(a, 0), (b, 0)], f"residual add at {where} with the network input")
+                elif self.root(a) != self.root(b):
+                    self.parent[self.root(b)] = self.root(a)
+        return first
+
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """Coupled groups (sorted, size >= 2); a reason that fixes one member fixes all of them."""
+        members: dict[int, list[int]] = {}
+        for i in range(len(self.nodes)):
+            members.setdefault(self.root(i), []).append(i)
+        groups = tuple(sorted(tuple(g) for g in members.values() if len(g) > 1))
+        for group in groups:
+            fixed = [i for i in group if self.nodes[i].reasons]
+            for i in group:
+                for j in fixed:
+                    if j != i:
+                        self.nodes[i].reasons.append(f"coupled with layer {j} ({self.nodes[j].name}), which is fixed")
+        return groups
+
+    def freeze(self) -> PruningGraph:
+        """The finished graph; convs must come before the head/linear layers (the published indexing)."""
+        groups = self.groups()
+        nodes = tuple(n.freeze() for n in self.nodes)
+        nconv = sum(1 for n in nodes if n.kind not in ("head", "linear"))
+        if any(n.kind in ("head", "linear") for n in nodes[:nconv]):
+            late = next(n for n in nodes[nconv:] if n.kind not in ("head", "linear"))
+            raise PruningError(f"{late.name}: a convolution after the network's output layers is not supported")
+        return PruningGraph(nodes, nconv, groups)
 
     def connect(self, index: int, layout: Layout) -> Layout:
         """Record that conv ``index`` reads ``layout``; return the layout of its output."""
@@ -84,9 +134,7 @@ def _concat(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
 
 
 def _shortcut(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
-    for layout in inp:
-        t.tie(layout, f"residual add at {name}")
-    return inp[0]
+    return t.couple(inp, name)
 
 
 def _reorg(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
@@ -95,8 +143,38 @@ def _reorg(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
 
 
 def _same(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
+    return inp[0]
+
+
+def _plain_conv(t: _Tracer, name: str, m: nn.Conv2d, inp: list[Layout]) -> Layout:
+    """A bare Conv2d (torchvision networks); its BatchNorm, when it reads only this conv, is sliced with it."""
+    idx = t.allocate(name, "conv", m.out_channels)
+    t.nodes[idx].bn = t.bn_of.get(name, "")
+    if m.groups != 1:
+        t.nodes[idx].reasons.append(f"grouped convolution (groups={m.groups})")
+        t.tie(inp[0], f"feeds grouped convolution {name}")
+    return t.connect(idx, inp[0])
+
+
+def _batch_norm(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
+    if name not in t.bn_of.values():
+        t.tie(inp[0], f"BatchNorm {name} is not directly after the conv that produces its channels")
+    return inp[0]
+
+
+def _linear(t: _Tracer, name: str, m: nn.Linear, inp: list[Layout]) -> Layout:
+    """A Linear reading flattened conv channels (channel-major, ``spatial`` features each) is sliced with them."""
     (layout,) = inp
-    return layout
+    if all(p is None for p, _ in layout):
+        return [(None, m.out_features)]
+    channels = sum(size for _, size in layout)
+    if m.in_features % channels:
+        t.tie(layout, f"{name} reads {m.in_features} features, not a multiple of its {channels} input channels")
+        return [(None, m.out_features)]
+    idx = t.allocate(name, "linear", m.out_features)
+    t.nodes[idx].spatial = m.in_features // channels
+    t.connect(idx, layout)
+    return [(None, m.out_features)]
 
 
 def _head(t: _Tracer, name: str, m: Detect, inp: list[Layout]) -> Layout:
@@ -109,9 +187,13 @@ def _head(t: _Tracer, name: str, m: Detect, inp: list[Layout]) -> Layout:
 
 
 Tracer = Callable[[_Tracer, str, nn.Module, list[Layout]], Layout]
+# Modules (and, for fx-traced networks, functions) that keep channel positions and map zero channels to zero.
+SAME_LAYOUT = (nn.Upsample, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout,
+               nn.Identity, nn.Flatten, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU)
 TRACERS: dict[type, Tracer] = {
     Conv: _conv, RepConv: _conv, SPPCSPC: _sppcspc, DownC: _downc, Concat: _concat, Shortcut: _shortcut,
-    ReOrg: _reorg, MP: _same, SP: _same, nn.Upsample: _same, nn.MaxPool2d: _same,
+    ReOrg: _reorg, MP: _same, SP: _same, nn.Conv2d: _plain_conv, nn.BatchNorm2d: _batch_norm, nn.Linear: _linear,
+    **{cls: _same for cls in SAME_LAYOUT},
 }
 
 
@@ -125,13 +207,19 @@ def _tracer_for(m: nn.Module, index: int) -> Tracer:
                        f"supported: {', '.join(c.__name__ for c in TRACERS)}, Detect heads")
 
 
-def derive_graph(model: Model) -> PruningGraph:
-    """The connectivity graph of ``model`` (its current, possibly pruned, widths); the model is not changed."""
+def derive_graph(model: nn.Module) -> PruningGraph:
+    """The connectivity graph of ``model`` (its current, possibly pruned, widths); the model is not changed.
+
+    A YOLOv7 ``Model`` is walked row by row; any other network is traced with ``torch.fx``.
+    """
+    if not isinstance(model, Model):
+        from yolo_prune.graph.fx_trace import trace_network
+
+        return trace_network(model, _Tracer(), TRACERS)
     t = _Tracer()
     outputs: list[Layout] = []
     image: Layout = [(None, model.ch_in)]
     for spec, m in zip(model.specs, model.model):
         inp = [image if s == -1 else outputs[s] for s in spec.sources()]
         outputs.append(_tracer_for(m, spec.index)(t, f"model.{spec.index}", m, inp))
-    nodes = tuple(n.freeze() for n in t.nodes)
-    return PruningGraph(nodes, sum(1 for n in nodes if n.kind != "head"))
+    return t.freeze()

@@ -12,13 +12,20 @@ class ConvNode:
     """A convolution: where its input channels come from, and who reads its output (consumer, slot)."""
 
     index: int
-    name: str  # module path, e.g. "model.51.cv3" or "model.77.m.0"
-    kind: str  # "Conv", "RepConv" or "head"
+    name: str  # module path, e.g. "model.51.cv3", "model.77.m.0" or "net.layer1.0.conv2"
+    kind: str  # "Conv", "RepConv", "head" (YOLO blocks), "conv" (a plain Conv2d) or "linear" (a classifier's Linear)
     out_channels: int
     inputs: tuple[Slot, ...]
     consumers: tuple[tuple[int, int], ...]
     prunable: bool
     reason: str = ""  # why not prunable
+    bn: str = ""  # a plain conv's BatchNorm2d (module path), sliced with its filters
+    spatial: int = 1  # linear nodes: input features per channel (flattened H*W)
+
+    @property
+    def mask_point(self) -> str:
+        """Module whose output holds this layer's channels, zeroed when they are masked instead of removed."""
+        return self.bn or self.name
 
     @property
     def sizes(self) -> list[int]:
@@ -42,9 +49,12 @@ class NodeDraft:
     inputs: list[Slot] = field(default_factory=list)
     consumers: list[tuple[int, int]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    bn: str = ""
+    spatial: int = 1
 
     def freeze(self) -> ConvNode:
-        prunable = self.kind != "head" and not self.reasons
-        reason = "head output conv" if self.kind == "head" else "; ".join(self.reasons)
+        fixed = {"head": "head output conv", "linear": "classifier layer (its inputs are sliced, its outputs kept)"}
+        prunable = self.kind not in fixed and not self.reasons
+        reason = fixed.get(self.kind) or "; ".join(self.reasons)
         return ConvNode(self.index, self.name, self.kind, self.out_channels, tuple(self.inputs),
-                        tuple(self.consumers), prunable, reason)
+                        tuple(self.consumers), prunable, reason, self.bn, self.spatial)

@@ -8,14 +8,15 @@ import torch.nn as nn
 
 from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.models.blocks import Conv, RepConv
-from yolo_prune.prune.criteria import LayerFilters, criterion_name, get_criterion
+from yolo_prune.prune.criteria import criterion_name, get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
+from yolo_prune.prune.units import layer_filters, out_channels
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer's decision: rate asked, filters before, kept indices (sorted)."""
+    """One layer's decision: rate asked, filters before, kept indices (sorted). For a layer of a coupled group
+    the decision holds for every member of the group (scored jointly: summed criterion)."""
 
     layer: int
     rate: float
@@ -42,21 +43,12 @@ class PruningPlan:
         return d
 
 
-def layer_filters(module: nn.Module, generator: torch.Generator, name: str) -> LayerFilters:
-    """The weights and BN scales a criterion sees for a Conv or RepConv (both RepConv branches)."""
-    if isinstance(module, Conv):
-        gammas = (module.bn.weight,) if isinstance(module.bn, nn.BatchNorm2d) else ()
-        return LayerFilters((module.conv.weight,), gammas, generator, name)
-    if module.rbr_reparam is not None:
-        return LayerFilters((module.rbr_reparam.weight,), (), generator, name)
-    branches = (module.rbr_dense, module.rbr_1x1)
-    return LayerFilters(tuple(b[0].weight for b in branches), tuple(b[1].weight for b in branches), generator, name)
-
-
 def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates:
-    """Expand a global rate to every prunable layer and validate explicit layer indices."""
+    """Expand a global rate to every prunable layer (one entry per coupled group: its first layer) and validate
+    explicit layer indices (two layers of one coupled group cannot both be listed)."""
     if isinstance(params, float):
-        return [(i, params) for i in graph.prunable]
+        return [(unit[0], params) for unit in graph.prunable_units]
+    listed: dict[tuple[int, ...], int] = {}
     for layer, _ in params:
         if not 0 <= layer < len(graph):
             raise PruningError(f"layer {layer} is out of range: the model has conv layers 0..{graph.nconv - 1} "
@@ -64,6 +56,11 @@ def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates
         node = graph[layer]
         if not node.prunable:
             raise PruningError(f"layer {layer} ({node.name}) cannot be pruned: {node.reason}")
+        group = graph.group_of(layer)
+        if group in listed:
+            raise PruningError(f"layers {listed[group]} and {layer} are coupled by a residual add (group "
+                               f"{list(group)}: pruned together with the same filters); list only one of them")
+        listed[group] = layer
     return list(params)
 
 
@@ -72,26 +69,18 @@ def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float,
     """Choose the filters to keep in each listed layer (the model is not changed)."""
     name = criterion_name(criterion)
     score_fn = get_criterion(name)
-    modules = [m for m in model.modules() if isinstance(m, (Conv, RepConv))]
-    if len(modules) != graph.nconv:
-        raise PruningError(f"the pruning graph has {graph.nconv} conv layers but the model has {len(modules)}")
     generator = torch.Generator().manual_seed(seed)
     layers = []
     for layer, rate in sorted(resolve_rates(graph, params)):
-        node = graph[layer]
-        before = node.out_channels
-        if before != _out_channels(modules[layer]):
-            raise PruningError(f"layer {layer} ({node.name}): graph says {before} filters, model has "
-                               f"{_out_channels(modules[layer])}; derive the graph from this model")
-        scores = score_fn(layer_filters(modules[layer], generator, node.name))
+        before = graph[layer].out_channels
+        for member in graph.group_of(layer):
+            node = graph[member]
+            if out_channels(model, node) != before:
+                raise PruningError(f"layer {member} ({node.name}): graph says {before} filters, model has "
+                                   f"{out_channels(model, node)}; derive the graph from this model")
+        scores = sum(score_fn(layer_filters(model, graph[m], generator)) for m in graph.group_of(layer))
         n_keep = kept_count(before, rate, round_to)
         order = torch.sort(scores.cpu(), stable=True).indices  # ascending: removed first
         kept = tuple(sorted(order[before - n_keep:].tolist()))
         layers.append(LayerPlan(layer, rate, before, kept))
     return PruningPlan(tuple(layers), name, round_to, seed, graph.fingerprint())
-
-
-def _out_channels(m: nn.Module) -> int:
-    if isinstance(m, Conv):
-        return m.conv.out_channels
-    return (m.rbr_reparam if m.rbr_reparam is not None else m.rbr_dense[0]).out_channels
