@@ -129,13 +129,10 @@ def model_cost(model, pairs: list[tuple[int, float]], metric: str, img_size: int
 
     from yolo_prune.graph.derive import derive_graph
     from yolo_prune.models.complexity import count_gflops, count_params
-    from yolo_prune.prune.params import kept_count
-    from yolo_prune.prune.plan import LayerPlan, PruningPlan
+    from yolo_prune.prune.plan import placeholder_plan
     from yolo_prune.prune.surgery import apply_plan
 
     meta = copy.deepcopy(model).to("meta")
     graph = derive_graph(meta)
-    layers = tuple(LayerPlan(l, r, graph[l].out_channels, tuple(range(kept_count(graph[l].out_channels, r, round_to))))
-                   for l, r in pairs)
-    apply_plan(meta, graph, PruningPlan(layers, "count", round_to, 0, graph.fingerprint()))
+    apply_plan(meta, graph, placeholder_plan(graph, pairs, round_to))
     return count_gflops(meta, img_size) if metric == "gflops" else float(count_params(meta))

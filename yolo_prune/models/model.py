@@ -30,7 +30,6 @@ class Model(nn.Module):
         cfg = copy.deepcopy(cfg)
         if nc is not None and nc != cfg.get("nc"):
             cfg["nc"] = int(nc)
-        self.yaml: dict[str, Any] = cfg
         specs = parse_layers(cfg, source)
         anchors = cfg["anchors"]
         na = (len(anchors[0]) // 2) if isinstance(anchors, list) else int(anchors)
@@ -40,10 +39,16 @@ class Model(nn.Module):
             raise ConfigError(f"{source}: width list has {len(widths)} entries but the model has {ctx.cursor} convolutions")
         if not isinstance(modules[-1], Detect):
             raise ConfigError(f"{source}: the last layer must be a detection head (Detect/IDetect/IAuxDetect)")
+        self._adopt(cfg, specs, modules, ch)
+
+    def _adopt(self, cfg: dict[str, Any], specs: Sequence[LayerSpec], modules: Sequence[nn.Module], ch: int) -> None:
+        """Take built layers (the last one a detection head) with their rows; set up strides and anchors.
+        Model families built from other formats (Darknet) construct their layers and call this."""
+        self.yaml: dict[str, Any] = cfg
         self.model = nn.Sequential(*modules)
         self.specs: tuple[LayerSpec, ...] = tuple(specs)
         self.save = sorted(_saved_layers(specs))
-        self.names = [str(i) for i in range(cfg["nc"])]
+        self.names = [str(i) for i in range(self.detect.nc)]
         self.ch_in = ch
         self._init_head()
 
@@ -151,6 +156,8 @@ def _layer_out_channels(m: nn.Module, inp: list[int]) -> int:
         return 4 * inp[0]
     if isinstance(m, Detect):
         return 0
+    if hasattr(m, "out_channels_for"):  # layers of other model families (Darknet route groups)
+        return m.out_channels_for(inp)
     return inp[0]  # pooling, upsampling, Shortcut
 
 

@@ -79,8 +79,26 @@ def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float,
                 raise PruningError(f"layer {member} ({node.name}): graph says {before} filters, model has "
                                    f"{out_channels(model, node)}; derive the graph from this model")
         scores = sum(score_fn(layer_filters(model, graph[m], generator)) for m in graph.group_of(layer))
-        n_keep = kept_count(before, rate, round_to)
-        order = torch.sort(scores.cpu(), stable=True).indices  # ascending: removed first
-        kept = tuple(sorted(order[before - n_keep:].tolist()))
-        layers.append(LayerPlan(layer, rate, before, kept))
+        kept = choose_kept(scores, rate, round_to, graph.parts_of(layer))
+        layers.append(LayerPlan(layer, rate, len(scores), kept))
     return PruningPlan(tuple(layers), name, round_to, seed, graph.fingerprint())
+
+
+def choose_kept(scores: torch.Tensor, rate: float, round_to: int | None = None, parts: int = 1) -> tuple[int, ...]:
+    """The highest-scoring filters to keep (sorted; ties keep the higher index). A layer read in ``parts`` equal
+    chunks (Darknet route groups) keeps the same number in each chunk, so every chunk stays equal."""
+    per = len(scores) // parts
+    n_keep = kept_count(per, rate, round_to)
+    kept: list[int] = []
+    for j in range(parts):
+        order = torch.sort(scores[j * per:(j + 1) * per].cpu(), stable=True).indices  # ascending: removed first
+        kept += (order[per - n_keep:] + j * per).tolist()
+    return tuple(sorted(kept))
+
+
+def placeholder_plan(graph: PruningGraph, pairs: LayerRates, round_to: int | None = None) -> PruningPlan:
+    """A valid plan keeping arbitrary filters (the right number in every chunk): for counting costs."""
+    layers = tuple(LayerPlan(layer, rate, graph[layer].out_channels,
+                             choose_kept(torch.zeros(graph[layer].out_channels), rate, round_to, graph.parts_of(layer)))
+                   for layer, rate in pairs)
+    return PruningPlan(layers, "count", round_to, 0, graph.fingerprint())
