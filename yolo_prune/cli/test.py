@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="data YAML (YOLOv7 format)")
     p.add_argument("--weights", required=True, help="checkpoint (official YOLOv7 .pt, ours) or .onnx")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=640, help="image size (default 640)")
+    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None,
+                   help="image size (default: 1280 for P6 models, a Darknet cfg's width, else 640)")
     p.add_argument("--batch", "--batch-size", dest="batch", type=positive_int, default=32, help="batch size")
     p.add_argument("--conf", "--conf-thres", dest="conf", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=0.65, help="NMS IoU threshold")
@@ -79,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise YoloPruneError(f"--data {args.data}: file not found")
     device = select_device(args.device)
     split = "test" if args.task == "test" else "val"
-    data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images)
     model = _load(args)
+    args.img = args.img or getattr(model, "default_img_size", 640)
+    data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images)
     if args.task == "pruning_sensitivity_analysis":
         return _analyse(args, model, data, device)
     return _evaluate(args, model, data, device)

@@ -20,13 +20,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt or ours")
     p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny) or a cfg .yaml")
     p.add_argument("--data", default=None, help="data YAML (YOLOv7 format); nc and names come from it")
-    p.add_argument("--hyp", default="scratch.p5", help="hyp YAML path or shipped name: scratch.p5 (default), "
-                   "scratch.tiny, scratch.custom")
+    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: scratch.p5, scratch.p6, scratch.tiny, "
+                   "scratch.custom (default: scratch.p6 for P6 models, else scratch.p5)")
     p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
                    help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, nargs="+", default=[640],
-                   help="image size (default 640; a second value, as in 'train test', is ignored)")
+    p.add_argument("--img", "--img-size", dest="img", type=positive_int, nargs="+", default=None,
+                   help="image size (default: 1280 for P6 models, a Darknet cfg's width, else 640; a second value, "
+                   "as in 'train test', is ignored)")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
     p.add_argument("--workers", type=int, default=8, help="data loader worker processes (default 8)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs (default runs/train)")
@@ -52,7 +53,7 @@ def settings_from_args(args: argparse.Namespace):
 
     return TrainSettings(
         data=args.data, weights=args.weights, cfg=args.cfg, hyp=args.hyp, epochs=args.epochs,
-        batch_size=args.batch_size, img_size=args.img[0], device=args.device, workers=args.workers,
+        batch_size=args.batch_size, img_size=args.img[0] if args.img else None, device=args.device, workers=args.workers,
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
         pruning_config=args.pruning_config, seed=args.seed, from_scratch=args.from_scratch, distill=args.distill,

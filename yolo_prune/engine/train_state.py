@@ -52,10 +52,10 @@ class TrainSettings:
     data: str | None = None
     weights: str | None = None
     cfg: str | None = None
-    hyp: str = "scratch.p5"
+    hyp: str | None = None  # None: scratch.p6 for P6 models, else scratch.p5
     epochs: int = 300
     batch_size: int = 16
-    img_size: int = 640
+    img_size: int | None = None  # None: the model's default (1280 for P6 models, a Darknet cfg's width, else 640)
     device: str = ""
     workers: int = 8
     project: str = "runs/train"
@@ -78,7 +78,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         self.criterion = str(self.criterion)
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("seed", 0)):
-            _positive(name, getattr(self, name), minimum)
+            if getattr(self, name) is not None or name != "img_size":
+                _positive(name, getattr(self, name), minimum)
         for name in ("round_to", "max_val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

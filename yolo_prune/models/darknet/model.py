@@ -304,6 +304,11 @@ class DarknetModel(Model):
         return [h / s.h for s in self._shapes] + [0.0]
 
     @property
+    def default_img_size(self) -> int:
+        """The cfg's ``[net] width`` (Darknet trains and runs the network at that size)."""
+        return self.darknet.net.int("width", 416)
+
+    @property
     def conv_layers(self) -> list[int]:
         """Cfg layer index of every body conv, in module order (``widths()`` order)."""
         head = {lv.conv_layer for lv in self.detect.levels}

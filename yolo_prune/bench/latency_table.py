@@ -1,0 +1,322 @@
+"""``yolo-prune latency-table``: measure every convolution of a model at each candidate width on ONNX Runtime.
+
+For each convolution of the deployed model (BN, RepConv and implicit layers folded; P6 auxiliary heads left out)
+a one-layer ONNX graph (the conv and its activation, exported by PyTorch as the whole model is) is run at every
+combination of candidate input and output channel counts: the widths the pruner gives its producers and its own
+filters at each rate (all at the same rate for inputs), unpruned included. Kernel times come from ONNX Runtime's
+profiler (the node's own time, no ``session.run`` overhead), after warm-up runs, over repeats: the median is
+stored with the p10-p90 spread. The whole model is then timed end to end (as ``yolo-prune benchmark --runtime ort``
+does), unpruned and pruned uniformly at every rate, in interleaved rounds so drifting machine load hits all of them
+alike; those measurements calibrate how the convolution times and the feature-map volume add up to the model's
+latency (:class:`~yolo_prune.analysis.latency.LatencyTable`). Finished convolutions are kept in
+``<out>.partial.json``, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yolo_prune.analysis.latency import LatencyTable, OpTiming
+from yolo_prune.errors import YoloPruneError
+from yolo_prune.graph.derive import derive_graph
+from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.models.aux import aux_only_layers, has_aux_heads
+from yolo_prune.models.fuse import fuse
+from yolo_prune.prune.params import kept_count
+from yolo_prune.prune.pruner import prune
+
+
+STATISTICS = ("min", "median")
+
+
+def statistic(times: list[float] | tuple[float, ...], name: str) -> float:
+    """The stored statistic of timed runs (ms)."""
+    return float(np.min(times) if name == "min" else np.median(times))
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """Input size, batch, ONNX Runtime intra-op threads (None: its default), warm-up and timed runs, the pruning
+    rates whose widths are measured, the pruner's rounding, and the statistic of the timed runs that is stored:
+    ``min`` (the fastest run: timeit's advice where other work shares the CPU) or ``median``."""
+
+    img_size: tuple[int, int] = (640, 640)
+    batch: int = 1
+    threads: int | None = None
+    warmup: int = 5
+    repeats: int = 20
+    rates: tuple[float, ...] = (0.25, 0.5, 0.75)
+    round_to: int | None = None
+    statistic: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise YoloPruneError(f"--statistic {self.statistic!r}: choose one of {', '.join(STATISTICS)}")
+        if self.warmup < 0 or self.repeats < 3:
+            raise YoloPruneError(f"--warmup must be >= 0 and --repeats >= 3, got {self.warmup} and {self.repeats}")
+        if not self.rates or any(not 0 < r < 1 for r in self.rates):
+            raise YoloPruneError(f"--rates must be in (0, 1), got {list(self.rates)}")
+        if self.threads is not None and self.threads < 1:
+            raise YoloPruneError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class ConvOp:
+    """A convolution of the deployed model as it runs: its module, activation and input size."""
+
+    name: str
+    conv: nn.Conv2d
+    act: nn.Module
+    in_hw: tuple[int, int]
+
+
+def machine() -> dict[str, Any]:
+    """Where the table was measured."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def conv_ops(model: nn.Module, img_size: tuple[int, int]) -> list[ConvOp]:
+    """The convolutions of the deployed form of ``model`` (names as in ``model``), with their input sizes."""
+    fused = fuse(copy.deepcopy(model).float().eval(), conv_bn=True, repconv=True, implicit=True)
+    skip = {f"model.{i}." for i in aux_only_layers(model)} if has_aux_heads(model) else set()
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(inp[0].shape[-2:])))
+             for n, m in fused.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        fused.to("meta")(torch.empty(1, getattr(model, "ch_in", 3), *img_size, device="meta"))
+    for h in hooks:
+        h.remove()
+    ops = []
+    for name, m in fused.named_modules():
+        if not isinstance(m, nn.Conv2d) or ".m2." in name or any(name.startswith(s) for s in skip):
+            continue
+        parent = fused.get_submodule(name.rsplit(".", 1)[0])
+        act = parent.act if hasattr(parent, "act") and name.rsplit(".", 1)[1] in ("conv", "rbr_reparam") else None
+        ops.append(ConvOp(name, m, act if act is not None else nn.Identity(), shapes[name]))
+    return ops
+
+
+def _owner(graph: PruningGraph, name: str) -> int | None:
+    """The graph node whose module holds conv ``name`` (longest dotted prefix)."""
+    by_name = {n.name: n.index for n in graph.nodes}
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in by_name:
+            return by_name[".".join(parts[:end])]
+    return None
+
+
+def _grid(graph: PruningGraph, node: int | None, op: ConvOp, s: TableSettings) -> tuple[list[int], list[int]]:
+    """Input and output channel counts to measure: unpruned, and every rate (producers all at that rate)."""
+    def width(i: int, rate: float | None) -> int:
+        n = graph[i]
+        if rate is None or not n.prunable:
+            return n.out_channels
+        parts = graph.parts_of(i)
+        return kept_count(n.out_channels // parts, rate, s.round_to) * parts
+
+    rates: list[float | None] = [None, *s.rates]
+    if node is None:
+        return [op.conv.in_channels], [op.conv.out_channels]
+    n = graph[node]
+    ins = sorted({sum(size if p is None else width(p, r) * size // graph[p].out_channels for p, size, *_ in n.inputs)
+                  for r in rates}) if op.conv.groups == 1 else [op.conv.in_channels]
+    outs = sorted({width(node, r) for r in rates})
+    return ins, outs
+
+
+def _op_onnx(op: ConvOp, ci: int, co: int, batch: int) -> bytes:
+    """One conv (+ activation) at ``ci`` -> ``co`` channels as ONNX, exported as the whole model is."""
+    c = op.conv
+    conv = nn.Conv2d(ci, co, c.kernel_size, c.stride, c.padding, c.dilation, c.groups, bias=True)
+    net = nn.Sequential(conv, copy.deepcopy(op.act)).eval()
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.rand(batch, ci, *op.in_hw),), buf, dynamo=False, opset_version=12,
+                          input_names=["x"], output_names=["y"])
+    return buf.getvalue()
+
+
+def kernel_times(model_bytes: bytes, feed_shape: tuple[int, ...], s: TableSettings) -> list[float]:
+    """Per timed run: summed kernel time (ms) of the graph's nodes, from ONNX Runtime's profiler."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if s.threads is not None:
+        so.intra_op_num_threads, so.inter_op_num_threads = s.threads, 1
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "op")
+        sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        feed = {"x": np.random.default_rng(0).random(feed_shape, dtype=np.float32)}
+        for _ in range(s.warmup + s.repeats):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    nodes = [(e["ts"], e["dur"]) for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run = [sum(d for t, d in nodes if a <= t <= b) / 1000.0 for a, b in runs]
+    return per_run[s.warmup:]
+
+
+def _stats(times: list[float], name: str) -> tuple[float, float]:
+    """The stored statistic and the relative p10-p90 spread (of the median)."""
+    med = float(np.median(times))
+    spread = float((np.percentile(times, 90) - np.percentile(times, 10)) / med) if med > 0 else 0.0
+    return statistic(times, name), spread
+
+
+def measure_op(graph: PruningGraph, op: ConvOp, s: TableSettings) -> OpTiming:
+    """The op's kernel time at every grid point."""
+    node = _owner(graph, op.name)
+    node = node if node is not None and graph[node].kind != "linear" else None
+    ins, outs = _grid(graph, node, op, s)
+    ms, spread = [], []
+    for ci in ins:
+        row = [_stats(kernel_times(_op_onnx(op, ci, co, s.batch), (s.batch, ci, *op.in_hw), s), s.statistic)
+               for co in outs]
+        ms.append(tuple(m for m, _ in row))
+        spread.append(tuple(sp for _, sp in row))
+    inputs = tuple(tuple(slot) for slot in graph[node].inputs) if node is not None else ((None, op.conv.in_channels, 0, 1),)
+    c = op.conv
+    out_hw = tuple((size + 2 * p - d * (k - 1) - 1) // st + 1
+                   for size, p, d, k, st in zip(op.in_hw, c.padding, c.dilation, c.kernel_size, c.stride))
+    return OpTiming(op.name, node, inputs, c.kernel_size[0], c.stride[0], c.groups, op.in_hw, type(op.act).__name__,
+                    tuple(ins), tuple(outs), tuple(ms), tuple(spread), out_hw)
+
+
+def measure_models(models: list[nn.Module], s: TableSettings) -> list[Any]:
+    """End-to-end latency of each deployed model in ONNX Runtime, timed in interleaved rounds (one run of each per
+    round, after ``warmup`` rounds), so slow drifts of the machine's load affect every model alike."""
+    import time
+
+    from yolo_prune.bench.latency import LatencyStats
+    from yolo_prune.bench.runners import ort_runner
+    from yolo_prune.export.onnx_export import export_onnx
+    from yolo_prune.export.options import ExportOptions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = []
+        for k, model in enumerate(models):
+            path = Path(tmp) / f"model{k}.onnx"
+            export_onnx(model, path, ExportOptions(img_size=s.img_size, batch_size=s.batch, opset=12), verify=False)
+            runners.append(ort_runner(path, s.batch, s.img_size, torch.device("cpu"), s.threads))
+        times: list[list[float]] = [[] for _ in runners]
+        for round_ in range(s.warmup + max(s.repeats, 10)):
+            for k, runner in enumerate(runners):
+                t0 = time.perf_counter()
+                runner.run()
+                if round_ >= s.warmup:
+                    times[k].append((time.perf_counter() - t0) * 1000.0)
+    return [LatencyStats(s.batch, tuple(t)) for t in times]
+
+
+def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, float]], Any]]) -> dict[str, Any]:
+    """Fit latency = conv_scale x C + volume_ms x V + const_ms (non-negative least squares) to measured models
+    ``(rate, pairs, stats)``, each measured by the table's statistic."""
+    from scipy.optimize import nnls
+
+    rows, measured, info = [], [], []
+    for rate, pairs, stats in points:
+        conv, volume = table.terms(pairs)
+        rows.append([conv, volume, 1.0])
+        measured.append(statistic(stats.times_ms, table.settings["statistic"]))
+        info.append({"rate": rate, "measured_ms": measured[-1], "median_ms": stats.median_ms, "p10_ms": stats.p10_ms,
+                     "p90_ms": stats.p90_ms, "conv_ms": conv, "volume": volume})
+    (scale, volume_ms, const_ms), _ = nnls(np.array(rows), np.array(measured))
+    fit = {"conv_scale": float(scale), "volume_ms": float(volume_ms), "const_ms": float(const_ms), "points": info}
+    for row, point in zip(rows, info):
+        point["predicted_ms"] = float(scale * row[0] + volume_ms * row[1] + const_ms)
+    return fit
+
+
+def _partial(out: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """Finished ops of an interrupted run with the same key (else nothing)."""
+    path = out.with_name(out.name + ".partial.json")
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data["ops"]
+    return {}
+
+
+def _save_partial(out: Path, key: dict[str, Any], done: dict[str, Any]) -> None:
+    from yolo_prune.fileio import write_text_atomic
+
+    write_text_atomic(out.with_name(out.name + ".partial.json"), json.dumps({"key": key, "ops": done}))
+
+
+def _layer_rows(table: LatencyTable, graph: PruningGraph, s: TableSettings) -> list[dict[str, Any]]:
+    """Per prunable layer (one per coupled group) and candidate width: own conv time, predicted model latency."""
+    rows = []
+    for unit in graph.prunable_units:
+        layer = unit[0]
+        own = [op for op in table.ops if op.node in unit]
+        widths: dict[str, Any] = {}
+        for rate in (None, *s.rates):
+            pairs = [] if rate is None else [(layer, rate)]
+            w = table.widths(pairs, s.round_to)
+            widths[str(w[layer])] = {"rate": rate or 0.0,
+                                     "op_ms": sum(op.at(*table.op_channels(op, w)) for op in own),
+                                     "model_ms": table.predict(pairs, s.round_to)}
+        rows.append({"layer": layer, "name": graph[layer].name, "coupled": list(unit), "widths": widths})
+    return rows
+
+
+def build_latency_table(model: nn.Module, s: TableSettings, out: str | Path, source: str = "",
+                        progress: Callable[[int, int, str], None] | None = None) -> LatencyTable:
+    """Measure ``model`` (eval, CPU) and return its table; ``out`` names the file (its partial results resume)."""
+    import onnxruntime as ort
+
+    from yolo_prune.models.complexity import count_gflops, count_params
+
+    out = Path(out)
+    graph = derive_graph(model)
+    ops = conv_ops(model, s.img_size)
+    key = {"fingerprint": graph.fingerprint(), "settings": asdict(s), "ort": ort.__version__, "version": 1}
+    done = _partial(out, key)
+    for k, op in enumerate(ops):
+        if op.name not in done:
+            done[op.name] = asdict(measure_op(graph, op, s))
+            _save_partial(out, key, done)
+        if progress:
+            progress(k + 1, len(ops), op.name)
+    timings = [OpTiming(**{**d, "inputs": tuple(tuple(x) for x in d["inputs"]), "in_hw": tuple(d["in_hw"]),
+                           "ins": tuple(d["ins"]), "outs": tuple(d["outs"]),
+                           "ms": tuple(tuple(r) for r in d["ms"]), "spread": tuple(tuple(r) for r in d["spread"])})
+               for d in (done[op.name] for op in ops)]
+    units = [u[0] for u in graph.prunable_units]
+    uniform = [(0.0, [])] + [(r, [(u, r) for u in units]) for r in s.rates]
+    models = [model] + [prune(model, pairs, "l1", round_to=s.round_to, summarize=False).model for _, pairs in uniform[1:]]
+    stats = measure_models(models, s)
+    base = {"ms": statistic(stats[0].times_ms, s.statistic), "median_ms": stats[0].median_ms, "min_ms": stats[0].min_ms,
+            "p10_ms": stats[0].p10_ms, "p90_ms": stats[0].p90_ms, "n": stats[0].n}
+    full = sum(op.ms[-1][-1] for op in timings)
+    spreads = [v for op in timings for row in op.spread for v in row]
+    table = LatencyTable(
+        runtime="onnxruntime", runtime_version=ort.__version__, provider="CPUExecutionProvider", machine=machine(),
+        settings={**asdict(s), "img_size": list(s.img_size), "rates": list(s.rates)},
+        model={"source": source, "fingerprint": graph.fingerprint(), "params": count_params(model),
+               "gflops": count_gflops(model, s.img_size)},
+        base=base, rest_ms=base["ms"] - full,
+        nodes=[{"index": n.index, "name": n.name, "out": n.out_channels, "parts": n.parts, "prunable": n.prunable}
+               for n in graph.nodes],
+        groups=[list(g) for g in graph.groups], ops=timings,
+        noise={"median_rel_spread": float(np.median(spreads)), "max_rel_spread": float(np.max(spreads)),
+               "base_rel_spread": (base["p90_ms"] - base["p10_ms"]) / base["median_ms"]})
+    table.calibration = calibrate(table, [(r, pairs, st) for (r, pairs), st in zip(uniform, stats)])
+    table.layers = _layer_rows(table, graph, s)
+    return table
