@@ -1,5 +1,6 @@
-"""Budget-driven selection: per-layer rates that meet a GFLOPs (or params) target with the least predicted
-mAP loss, at most one rate per layer.
+"""Budget-driven selection: per-layer rates that meet a GFLOPs (or params, or latency) target with the least
+predicted mAP loss, at most one rate per layer. Latency budgets price options with a measured latency table
+(``entry_cost``/``exact_cost`` from :class:`~yolo_prune.analysis.latency.LatencyTable`): the same search.
 
 It is a multiple-choice knapsack: each layer offers options (rate -> saving, loss) plus "leave it". Savings
 are treated as additive (a first-order prediction; pruning a layer and its consumer saves a little less
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from yolo_prune.analysis.table import Entry, SensitivityTable
 from yolo_prune.errors import YoloPruneError
+
+if TYPE_CHECKING:
+    from yolo_prune.analysis.latency import LatencyTable
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,16 @@ class BudgetChoice:
     exact_cost: float | None = None
 
 
+EntryCost = Callable[[Entry], float]
+
+
 def _cost(e: Entry, metric: str) -> float:
     return e.gflops if metric == "gflops" else float(e.params)
+
+
+def _pricer(metric: str, entry_cost: EntryCost | None) -> EntryCost:
+    """The cost of the model with one analysed (layer, rate) pruned: ``entry_cost`` or the analysis' own figure."""
+    return entry_cost or (lambda e: _cost(e, metric))
 
 
 def _bins(saving: float, unit: float) -> int:
@@ -52,7 +64,8 @@ def _relax(best: np.ndarray, step: int, loss: float) -> tuple[np.ndarray, np.nda
 
 
 def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
-                   metric: str = "gflops", bins: int = 4000) -> list[tuple[int, float]]:
+                   metric: str = "gflops", bins: int = 4000,
+                   entry_cost: EntryCost | None = None) -> list[tuple[int, float]]:
     """Minimise summed mAP loss s.t. summed saving >= ``required_saving`` (<= one rate per layer).
 
     Rounding each saving to the nearest bin can make the real sum fall a hair short; the requirement is
@@ -60,10 +73,10 @@ def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, r
     """
     if required_saving <= 0:
         return []
-    ask = required_saving
+    ask, cost = required_saving, _pricer(metric, entry_cost)
     for _ in range(8):
-        pairs = _solve_binned(table, base_cost, base_map, ask, metric, bins)
-        real = sum(base_cost - _cost(table.entries[p], metric) for p in pairs)
+        pairs = _solve_binned(table, base_cost, base_map, ask, cost, bins)
+        real = sum(base_cost - cost(table.entries[p]) for p in pairs)
         if real >= required_saving - 1e-9 * abs(required_saving):
             return pairs
         ask += (required_saving - real) + ask / bins
@@ -71,7 +84,7 @@ def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, r
 
 
 def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
-                  metric: str, bins: int) -> list[tuple[int, float]]:
+                  cost: EntryCost, bins: int) -> list[tuple[int, float]]:
     """The dynamic programme over discretised savings."""
     unit = required_saving / bins
     best = np.full(bins + 1, math.inf)  # best[b]: least loss with saving in bin b (last bin: enough)
@@ -81,7 +94,7 @@ def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, re
         new, pick, src = best.copy(), np.full(bins + 1, -1), np.arange(bins + 1)
         for ri, rate in enumerate(table.rates):
             e = table.entries.get((layer, rate))
-            step = _bins(base_cost - _cost(e, metric), unit) if e is not None else 0
+            step = _bins(base_cost - cost(e), unit) if e is not None else 0
             if step <= 0:
                 continue
             cand, cand_src = _relax(best, step, base_map - e.map)
@@ -91,7 +104,7 @@ def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, re
         best = new
     if not math.isfinite(best[bins]):
         raise YoloPruneError(f"the budget cannot be met even by pruning every analysed layer at its highest rate "
-                             f"(needs a saving of {required_saving:g} {metric})")
+                             f"(needs a saving of {required_saving:g})")
     pairs, b = [], bins
     for layer, pick, src in reversed(trail):
         if pick[b] >= 0:
@@ -103,13 +116,14 @@ def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, re
 def select_for_budget(table: SensitivityTable, base_cost: float, base_map: float, target: float,
                       metric: str = "gflops",
                       exact_cost: Callable[[list[tuple[int, float]]], float] | None = None,
-                      max_rounds: int = 12) -> BudgetChoice:
-    """Choose rates so the pruned model's cost is <= ``target``; checks and corrects with ``exact_cost``."""
+                      max_rounds: int = 12, entry_cost: EntryCost | None = None) -> BudgetChoice:
+    """Choose rates so the pruned model's cost is <= ``target``; checks and corrects with ``exact_cost``.
+    ``entry_cost`` prices single-layer options for another metric (latency); default: the analysis' figures."""
     required = base_cost - target
     pairs: list[tuple[int, float]] = []
     exact = None
     for _ in range(max_rounds):
-        pairs = solve_knapsack(table, base_cost, base_map, required, metric)
+        pairs = solve_knapsack(table, base_cost, base_map, required, metric, entry_cost=entry_cost)
         if exact_cost is None:
             break
         exact = exact_cost(pairs)
@@ -118,7 +132,8 @@ def select_for_budget(table: SensitivityTable, base_cost: float, base_map: float
         required += (exact - target) * 1.02 + 1e-9  # interactions saved less than predicted: ask for more
     else:
         raise YoloPruneError(f"could not meet the {metric} budget {target:g} (best found {exact:g})")
-    saving = sum(base_cost - _cost(table.entries[p], metric) for p in pairs)
+    cost = _pricer(metric, entry_cost)
+    saving = sum(base_cost - cost(table.entries[p]) for p in pairs)
     loss = sum(base_map - table.entries[p].map for p in pairs)
     return BudgetChoice(pairs, base_cost - saving, base_map - loss, exact)
 
@@ -136,3 +151,21 @@ def model_cost(model, pairs: list[tuple[int, float]], metric: str, img_size: int
     graph = derive_graph(meta)
     apply_plan(meta, graph, placeholder_plan(graph, pairs, round_to))
     return count_gflops(meta, img_size) if metric == "gflops" else float(count_params(meta))
+
+
+def select_for_latency(table: SensitivityTable, latency: "LatencyTable", base_map: float, target_ms: float,
+                       round_to: int | None = None) -> BudgetChoice:
+    """:func:`select_for_budget` priced by a measured latency table: each option, and each selection the search
+    checks, is the table's predicted latency (ms) of the model with those layers pruned."""
+    bad = [layer for layer in table.layers
+           if layer >= len(latency.nodes) or not latency.nodes[layer]["prunable"]]
+    if bad:
+        raise YoloPruneError(f"the latency table has no prunable layer(s) {bad}; was it measured on the analysed "
+                             f"model ({latency.model.get('source') or 'unknown source'})?")
+    round_to = latency.settings.get("round_to") if round_to is None else round_to
+
+    def exact(pairs: list[tuple[int, float]]) -> float:
+        return latency.predict(pairs, round_to)
+
+    return select_for_budget(table, exact([]), base_map, target_ms, "latency", exact_cost=exact,
+                             entry_cost=lambda e: exact([(e.layer, e.rate)]))

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -143,7 +144,8 @@ def _op_onnx(op: ConvOp, ci: int, co: int, batch: int) -> bytes:
     conv = nn.Conv2d(ci, co, c.kernel_size, c.stride, c.padding, c.dilation, c.groups, bias=True)
     net = nn.Sequential(conv, copy.deepcopy(op.act)).eval()
     buf = io.BytesIO()
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices, as export_onnx
         torch.onnx.export(net, (torch.rand(batch, ci, *op.in_hw),), buf, dynamo=False, opset_version=12,
                           input_names=["x"], output_names=["y"])
     return buf.getvalue()
@@ -224,6 +226,14 @@ def measure_models(models: list[nn.Module], s: TableSettings) -> list[Any]:
     return [LatencyStats(s.batch, tuple(t)) for t in times]
 
 
+def measured_latency(model: nn.Module, settings: dict[str, Any]) -> tuple[float, Any]:
+    """A model's latency measured as a table's whole-model points were (``settings`` of the table): the stored
+    statistic and all the timed runs."""
+    s = TableSettings(**{**settings, "img_size": tuple(settings["img_size"]), "rates": tuple(settings["rates"])})
+    (stats,) = measure_models([model], s)
+    return statistic(stats.times_ms, s.statistic), stats
+
+
 def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, float]], Any]]) -> dict[str, Any]:
     """Fit latency = conv_scale x C + volume_ms x V + const_ms (non-negative least squares) to measured models
     ``(rate, pairs, stats)``, each measured by the table's statistic."""
@@ -286,7 +296,8 @@ def build_latency_table(model: nn.Module, s: TableSettings, out: str | Path, sou
     out = Path(out)
     graph = derive_graph(model)
     ops = conv_ops(model, s.img_size)
-    key = {"fingerprint": graph.fingerprint(), "settings": asdict(s), "ort": ort.__version__, "version": 1}
+    key = json.loads(json.dumps({"fingerprint": graph.fingerprint(), "settings": asdict(s), "ort": ort.__version__,
+                                 "version": 1}))  # as stored (tuples become lists)
     done = _partial(out, key)
     for k, op in enumerate(ops):
         if op.name not in done:
