@@ -32,8 +32,7 @@ from _report import REPO, machine, provenance, write_section  # noqa: E402
 from yolo_prune.analysis.budget import model_cost, select_for_budget, select_for_latency  # noqa: E402
 from yolo_prune.analysis.latency import read_latency_table  # noqa: E402
 from yolo_prune.analysis.table import read_table  # noqa: E402
-from yolo_prune.bench.latency_table import (TableSettings, build_latency_table, measure_models,  # noqa: E402
-                                            statistic)
+from yolo_prune.bench.latency_table import TableSettings, build_latency_table, measure_models  # noqa: E402
 from yolo_prune.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from yolo_prune.data.synth import generate_synthetic  # noqa: E402
 from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH  # noqa: E402
@@ -71,7 +70,8 @@ class Run:
         self.table = read_table(self.work / "sensitivity")
         out = self.work / "latency.json"
         if not out.exists():
-            settings = TableSettings((IMG, IMG), 1, args.threads, args.warmup, args.repeats, (0.25, 0.5, 0.75))
+            settings = TableSettings((IMG, IMG), 1, args.threads, args.warmup, args.repeats, (0.25, 0.5, 0.75),
+                                     timing=args.timing)
             started = time.time()
             build_latency_table(demo_model(), settings, out, str(DEMO_MODEL)).save(out)
             self.save("table_seconds", round(time.time() - started))
@@ -84,9 +84,10 @@ class Run:
 
     def measure(self, pairs_list: list[list[tuple[int, float]]]) -> list[float]:
         """Measured latency (ms, the table's statistic) of each selection, timed in interleaved rounds."""
-        settings = TableSettings((IMG, IMG), 1, self.args.threads, self.args.warmup, self.args.measure_repeats)
+        settings = TableSettings((IMG, IMG), 1, self.args.threads, self.args.warmup, self.args.measure_repeats,
+                                 timing=self.args.timing)
         models = [prune(demo_model(), p, "l2", summarize=False).model if p else demo_model() for p in pairs_list]
-        return [statistic(s.times_ms, "min") for s in measure_models(models, settings)]
+        return [t.value(settings.timing, settings.statistic) for t in measure_models(models, settings)]
 
     def evaluate(self, pairs: list[tuple[int, float]], name: str) -> dict[str, float]:
         model = prune(demo_model(), pairs, "l2", summarize=False).model if pairs else demo_model()
@@ -189,6 +190,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=20, help="timed runs per latency-table point")
     p.add_argument("--measure-repeats", type=int, default=100, help="interleaved rounds when timing whole models")
+    p.add_argument("--timing", choices=("profile", "wall"), default="profile",
+                   help="whole models: profiled kernel sum (default, robust on a shared machine) or wall clock")
     p.add_argument("--analysis-images", type=int, default=16)
     p.add_argument("--train-images", type=int, default=256)
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs for both models (0: evaluate as pruned)")
@@ -211,8 +214,10 @@ def main() -> None:
         "selection under a GFLOPs budget, at equal measured latency. `benchmarks/latency_budget.py`: shipped demo model "
         f"(yolov7-tiny, 6 classes, {IMG} px); sensitivity analysis on {args.analysis_images} training images; latency "
         f"table on {lt.runtime} {lt.runtime_version} ({lt.provider}, {args.threads} thread(s), {args.repeats} repeats "
-        f"per point, the fastest run; table built in {run.state.get('table_seconds', '?')} s); whole models timed in "
-        f"{args.measure_repeats} interleaved rounds (fastest run); mAP on the 200 validation images"
+        f"per point, each node's fastest run; table built in {run.state.get('table_seconds', '?')} s); whole models "
+        f"timed in {args.measure_repeats} interleaved rounds ({args.timing}: "
+        + ("the sum of every node's fastest kernel time from the ONNX Runtime profiler" if args.timing == "profile"
+           else "fastest session.run wall time") + "); mAP on the 200 validation images"
         + (f", also after {args.epochs} fine-tuning epochs on {args.train_images} images" if args.epochs else
            " as pruned (no fine-tuning)") + ". The GFLOPs selection is the one that measures as fast as the "
         "latency selection (never slower) among GFLOPs targets around the matching prediction.", "",

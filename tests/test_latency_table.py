@@ -40,10 +40,11 @@ def test_file_records_runtime_machine_settings_and_noise(measured):
     assert data["format"] == FORMAT and data["runtime"] == "onnxruntime"
     assert data["runtime_version"] == onnxruntime.__version__ and data["provider"] == "CPUExecutionProvider"
     assert {"platform", "processor", "cpu_count"} <= set(data["machine"])
-    assert data["settings"] | {} == {"img_size": [64, 64], "batch": 1, "threads": 1, "warmup": 1, "repeats": 3,
-                                     "rates": [0.5], "round_to": None, "statistic": "min"}
+    assert data["settings"] == {"img_size": [64, 64], "batch": 1, "threads": 1, "warmup": 1, "repeats": 3,
+                                "rates": [0.5], "round_to": None, "statistic": "min", "timing": "profile"}
     assert {"median_rel_spread", "max_rel_spread", "base_rel_spread"} == set(data["noise"])
-    assert data["base"]["n"] >= 10 and data["base"]["min_ms"] <= data["base"]["median_ms"]
+    base = data["base"]
+    assert base["n"] >= 10 and base["wall_min_ms"] <= base["wall_median_ms"] and 0 < base["ms"] <= base["wall_min_ms"]
     assert [p["rate"] for p in data["calibration"]["points"]] == [0.0, 0.5]
 
 
@@ -84,16 +85,16 @@ def test_interrupted_table_resumes(tmp_path, monkeypatch):
     calls: list[str] = []
     real = lt.measure_op
 
-    def counting(graph, op, s):
+    def counting(graph, op, s, runtime=None):
         calls.append(op.name)
         if len(calls) == 4 and not (tmp_path / "stop").exists():
             (tmp_path / "stop").touch()
             raise KeyboardInterrupt
-        return real(graph, op, s)
+        return real(graph, op, s, runtime)
 
     monkeypatch.setattr(lt, "measure_op", counting)
     settings = lt.TableSettings(img_size=(64, 64), threads=1, warmup=0, repeats=3, rates=(0.5,))
-    monkeypatch.setattr(lt, "measure_models", lambda models, s: [_fake_stats() for _ in models])
+    monkeypatch.setattr(lt, "measure_models", lambda models, s, runtime=None: [_fake_stats() for _ in models])
     with pytest.raises(KeyboardInterrupt):
         lt.build_latency_table(model, settings, out)
     assert len(json.loads((tmp_path / "t.json.partial.json").read_text())["ops"]) == 3
@@ -103,9 +104,7 @@ def test_interrupted_table_resumes(tmp_path, monkeypatch):
 
 
 def _fake_stats():
-    from yolo_prune.bench.latency import LatencyStats
-
-    return LatencyStats(1, (2.0, 2.5, 3.0))
+    return lt.Timing((2.0, 2.5, 3.0), ({"a": 1.0}, {"a": 1.5}, {"a": 1.2}))
 
 
 def test_bad_tables_are_named(tmp_path, measured):

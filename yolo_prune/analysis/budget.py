@@ -129,7 +129,7 @@ def select_for_budget(table: SensitivityTable, base_cost: float, base_map: float
         exact = exact_cost(pairs)
         if exact <= target:
             break
-        required += (exact - target) * 1.02 + 1e-9  # interactions saved less than predicted: ask for more
+        required += (exact - target) * 1.02 + required / 4000  # interactions saved less: ask for more (>= a bin)
     else:
         raise YoloPruneError(f"could not meet the {metric} budget {target:g} (best found {exact:g})")
     cost = _pricer(metric, entry_cost)

@@ -14,6 +14,7 @@ latency (:class:`~yolo_prune.analysis.latency.LatencyTable`). Finished convoluti
 from __future__ import annotations
 
 import copy
+import math
 import io
 import json
 import os
@@ -39,6 +40,7 @@ from yolo_prune.prune.pruner import prune
 
 
 STATISTICS = ("min", "median")
+TIMINGS = ("profile", "wall")
 
 
 def statistic(times: list[float] | tuple[float, ...], name: str) -> float:
@@ -49,8 +51,10 @@ def statistic(times: list[float] | tuple[float, ...], name: str) -> float:
 @dataclass(frozen=True)
 class TableSettings:
     """Input size, batch, ONNX Runtime intra-op threads (None: its default), warm-up and timed runs, the pruning
-    rates whose widths are measured, the pruner's rounding, and the statistic of the timed runs that is stored:
-    ``min`` (the fastest run: timeit's advice where other work shares the CPU) or ``median``."""
+    rates whose widths are measured, the pruner's rounding, the statistic of the timed runs that is stored (``min``:
+    the fastest, timeit's advice where other work shares the CPU; or ``median``), and how whole models are timed:
+    ``profile`` (the sum of the nodes' kernel times from ONNX Runtime's profiler: robust on a busy machine) or
+    ``wall`` (``session.run`` end to end: use it on a dedicated machine)."""
 
     img_size: tuple[int, int] = (640, 640)
     batch: int = 1
@@ -60,10 +64,13 @@ class TableSettings:
     rates: tuple[float, ...] = (0.25, 0.5, 0.75)
     round_to: int | None = None
     statistic: str = "min"
+    timing: str = "profile"
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
             raise YoloPruneError(f"--statistic {self.statistic!r}: choose one of {', '.join(STATISTICS)}")
+        if self.timing not in TIMINGS:
+            raise YoloPruneError(f"--timing {self.timing!r}: choose one of {', '.join(TIMINGS)}")
         if self.warmup < 0 or self.repeats < 3:
             raise YoloPruneError(f"--warmup must be >= 0 and --repeats >= 3, got {self.warmup} and {self.repeats}")
         if not self.rates or any(not 0 < r < 1 for r in self.rates):
@@ -151,8 +158,59 @@ def _op_onnx(op: ConvOp, ci: int, co: int, batch: int) -> bytes:
     return buf.getvalue()
 
 
-def kernel_times(model_bytes: bytes, feed_shape: tuple[int, ...], s: TableSettings) -> list[float]:
-    """Per timed run: summed kernel time (ms) of the graph's nodes, from ONNX Runtime's profiler."""
+@dataclass(frozen=True)
+class Timing:
+    """Timed runs of one graph: the wall time of every ``session.run`` and, from ONNX Runtime's profiler, every
+    node's kernel time in every run (ms)."""
+
+    wall_ms: tuple[float, ...]
+    nodes_ms: tuple[dict[str, float], ...]
+
+    def kernel_sums(self) -> list[float]:
+        return [sum(run.values()) for run in self.nodes_ms]
+
+    def value(self, timing: str, stat: str) -> float:
+        """``wall``: the statistic of the wall times; ``profile``: with ``min``, every node's fastest run summed
+        (a run interrupted by other work on the CPU loses only that node's time), else the median kernel sum."""
+        if timing == "wall":
+            return statistic(self.wall_ms, stat)
+        if stat == "min":
+            names = set().union(*self.nodes_ms)
+            return sum(min(run.get(n, math.inf) for run in self.nodes_ms) for n in names)
+        return float(np.median(self.kernel_sums()))
+
+    def spread(self) -> float:
+        """(p90 - p10) / median of the per-run kernel sums."""
+        sums = self.kernel_sums()
+        med = float(np.median(sums))
+        return float((np.percentile(sums, 90) - np.percentile(sums, 10)) / med) if med > 0 else 0.0
+
+
+Timer = Callable[[list, list, "TableSettings", "int | None"], "list[Timing]"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where tables are measured: name, version and provider recorded in the file, and the function that times
+    graphs (ONNX models as bytes or paths, their input shapes, settings, rounds) -> one :class:`Timing` each.
+    ONNX Runtime's CPU provider by default (:func:`ort_runtime`); ``deploy/jetson/latency_table.py`` times with
+    TensorRT's ``trtexec`` instead and writes the same format."""
+
+    name: str
+    version: str
+    provider: str
+    time: Timer
+
+
+def ort_runtime() -> Runtime:
+    """ONNX Runtime, CPU execution provider, profiled (:func:`time_graphs`)."""
+    import onnxruntime as ort
+
+    return Runtime("onnxruntime", ort.__version__, "CPUExecutionProvider", time_graphs)
+
+
+def _session(source: bytes | str, s: TableSettings, prefix: str) -> Any:
+    """A profiling ONNX Runtime CPU session (all graph optimisations, ``s.threads`` intra-op threads)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -160,38 +218,59 @@ def kernel_times(model_bytes: bytes, feed_shape: tuple[int, ...], s: TableSettin
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if s.threads is not None:
         so.intra_op_num_threads, so.inter_op_num_threads = s.threads, 1
-    with tempfile.TemporaryDirectory() as tmp:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "op")
-        sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-        feed = {"x": np.random.default_rng(0).random(feed_shape, dtype=np.float32)}
-        for _ in range(s.warmup + s.repeats):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
+    so.enable_profiling, so.profile_file_prefix = True, prefix
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def _node_times(events: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per ``model_run`` event (in time order): kernel time (ms) of each node that ran inside it."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
-    nodes = [(e["ts"], e["dur"]) for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    per_run = [sum(d for t, d in nodes if a <= t <= b) / 1000.0 for a, b in runs]
-    return per_run[s.warmup:]
+    nodes = [(e["ts"], e["name"], e["dur"]) for e in events
+             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    out = []
+    for a, b in runs:
+        run: dict[str, float] = {}
+        for t, name, dur in nodes:
+            if a <= t <= b:
+                run[name] = run.get(name, 0.0) + dur / 1000.0
+        out.append(run)
+    return out
 
 
-def _stats(times: list[float], name: str) -> tuple[float, float]:
-    """The stored statistic and the relative p10-p90 spread (of the median)."""
-    med = float(np.median(times))
-    spread = float((np.percentile(times, 90) - np.percentile(times, 10)) / med) if med > 0 else 0.0
-    return statistic(times, name), spread
+def time_graphs(sources: list[bytes | str], shapes: list[tuple[int, ...]], s: TableSettings,
+                rounds: int | None = None) -> list[Timing]:
+    """Time graphs in interleaved rounds (one run of each per round, after ``s.warmup`` untimed rounds), so slow
+    drifts of the machine's load affect them alike; profiled."""
+    import time
+
+    rounds = rounds or s.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = [_session(src, s, str(Path(tmp) / f"g{k}")) for k, src in enumerate(sources)]
+        feeds = [{sess.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+                 for sess, shape in zip(sessions, shapes)]
+        wall: list[list[float]] = [[] for _ in sessions]
+        for round_ in range(s.warmup + rounds):
+            for k, (sess, feed) in enumerate(zip(sessions, feeds)):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                if round_ >= s.warmup:
+                    wall[k].append((time.perf_counter() - t0) * 1000.0)
+        runs = [_node_times(json.loads(Path(sess.end_profiling()).read_text()))[s.warmup:] for sess in sessions]
+    return [Timing(tuple(w), tuple(r)) for w, r in zip(wall, runs)]
 
 
-def measure_op(graph: PruningGraph, op: ConvOp, s: TableSettings) -> OpTiming:
+def measure_op(graph: PruningGraph, op: ConvOp, s: TableSettings, runtime: Runtime | None = None) -> OpTiming:
     """The op's kernel time at every grid point."""
+    runtime = runtime or ort_runtime()
     node = _owner(graph, op.name)
     node = node if node is not None and graph[node].kind != "linear" else None
     ins, outs = _grid(graph, node, op, s)
     ms, spread = [], []
     for ci in ins:
-        row = [_stats(kernel_times(_op_onnx(op, ci, co, s.batch), (s.batch, ci, *op.in_hw), s), s.statistic)
-               for co in outs]
-        ms.append(tuple(m for m, _ in row))
-        spread.append(tuple(sp for _, sp in row))
+        timings = runtime.time([_op_onnx(op, ci, co, s.batch) for co in outs],
+                               [(s.batch, ci, *op.in_hw)] * len(outs), s, None)
+        ms.append(tuple(t.value("profile", s.statistic) for t in timings))
+        spread.append(tuple(t.spread() for t in timings))
     inputs = tuple(tuple(slot) for slot in graph[node].inputs) if node is not None else ((None, op.conv.in_channels, 0, 1),)
     c = op.conv
     out_hw = tuple((size + 2 * p - d * (k - 1) - 1) // st + 1
@@ -200,38 +279,28 @@ def measure_op(graph: PruningGraph, op: ConvOp, s: TableSettings) -> OpTiming:
                     tuple(ins), tuple(outs), tuple(ms), tuple(spread), out_hw)
 
 
-def measure_models(models: list[nn.Module], s: TableSettings) -> list[Any]:
-    """End-to-end latency of each deployed model in ONNX Runtime, timed in interleaved rounds (one run of each per
-    round, after ``warmup`` rounds), so slow drifts of the machine's load affect every model alike."""
-    import time
-
-    from yolo_prune.bench.latency import LatencyStats
-    from yolo_prune.bench.runners import ort_runner
+def measure_models(models: list[nn.Module], s: TableSettings, runtime: Runtime | None = None) -> list[Timing]:
+    """Each deployed model end to end in ONNX Runtime (exported as ``yolo-prune export`` does), timed in
+    interleaved rounds; ``Timing.value(s.timing, s.statistic)`` is its latency."""
     from yolo_prune.export.onnx_export import export_onnx
     from yolo_prune.export.options import ExportOptions
 
     with tempfile.TemporaryDirectory() as tmp:
-        runners = []
+        paths = []
         for k, model in enumerate(models):
-            path = Path(tmp) / f"model{k}.onnx"
-            export_onnx(model, path, ExportOptions(img_size=s.img_size, batch_size=s.batch, opset=12), verify=False)
-            runners.append(ort_runner(path, s.batch, s.img_size, torch.device("cpu"), s.threads))
-        times: list[list[float]] = [[] for _ in runners]
-        for round_ in range(s.warmup + max(s.repeats, 10)):
-            for k, runner in enumerate(runners):
-                t0 = time.perf_counter()
-                runner.run()
-                if round_ >= s.warmup:
-                    times[k].append((time.perf_counter() - t0) * 1000.0)
-    return [LatencyStats(s.batch, tuple(t)) for t in times]
+            paths.append(str(Path(tmp) / f"model{k}.onnx"))
+            export_onnx(model, paths[-1], ExportOptions(img_size=s.img_size, batch_size=s.batch, opset=12),
+                        verify=False)
+        timer = (runtime or ort_runtime()).time
+        return timer(paths, [(s.batch, 3, *s.img_size)] * len(paths), s, max(s.repeats, 10))
 
 
 def measured_latency(model: nn.Module, settings: dict[str, Any]) -> tuple[float, Any]:
     """A model's latency measured as a table's whole-model points were (``settings`` of the table): the stored
     statistic and all the timed runs."""
     s = TableSettings(**{**settings, "img_size": tuple(settings["img_size"]), "rates": tuple(settings["rates"])})
-    (stats,) = measure_models([model], s)
-    return statistic(stats.times_ms, s.statistic), stats
+    (timing,) = measure_models([model], s)
+    return timing.value(s.timing, s.statistic), timing
 
 
 def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, float]], Any]]) -> dict[str, Any]:
@@ -240,12 +309,13 @@ def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, flo
     from scipy.optimize import nnls
 
     rows, measured, info = [], [], []
-    for rate, pairs, stats in points:
+    for rate, pairs, timing in points:
         conv, volume = table.terms(pairs)
         rows.append([conv, volume, 1.0])
-        measured.append(statistic(stats.times_ms, table.settings["statistic"]))
-        info.append({"rate": rate, "measured_ms": measured[-1], "median_ms": stats.median_ms, "p10_ms": stats.p10_ms,
-                     "p90_ms": stats.p90_ms, "conv_ms": conv, "volume": volume})
+        measured.append(timing.value(table.settings["timing"], table.settings["statistic"]))
+        wall = sorted(timing.wall_ms)
+        info.append({"rate": rate, "measured_ms": measured[-1], "wall_min_ms": wall[0],
+                     "wall_median_ms": float(np.median(wall)), "conv_ms": conv, "volume": volume})
     (scale, volume_ms, const_ms), _ = nnls(np.array(rows), np.array(measured))
     fit = {"conv_scale": float(scale), "volume_ms": float(volume_ms), "const_ms": float(const_ms), "points": info}
     for row, point in zip(rows, info):
@@ -287,21 +357,21 @@ def _layer_rows(table: LatencyTable, graph: PruningGraph, s: TableSettings) -> l
 
 
 def build_latency_table(model: nn.Module, s: TableSettings, out: str | Path, source: str = "",
-                        progress: Callable[[int, int, str], None] | None = None) -> LatencyTable:
+                        progress: Callable[[int, int, str], None] | None = None,
+                        runtime: Runtime | None = None) -> LatencyTable:
     """Measure ``model`` (eval, CPU) and return its table; ``out`` names the file (its partial results resume)."""
-    import onnxruntime as ort
-
     from yolo_prune.models.complexity import count_gflops, count_params
 
+    runtime = runtime or ort_runtime()
     out = Path(out)
     graph = derive_graph(model)
     ops = conv_ops(model, s.img_size)
-    key = json.loads(json.dumps({"fingerprint": graph.fingerprint(), "settings": asdict(s), "ort": ort.__version__,
-                                 "version": 1}))  # as stored (tuples become lists)
+    key = json.loads(json.dumps({"fingerprint": graph.fingerprint(), "settings": asdict(s), "runtime":
+                                 [runtime.name, runtime.version, runtime.provider], "version": 1}))  # as stored
     done = _partial(out, key)
     for k, op in enumerate(ops):
         if op.name not in done:
-            done[op.name] = asdict(measure_op(graph, op, s))
+            done[op.name] = asdict(measure_op(graph, op, s, runtime))
             _save_partial(out, key, done)
         if progress:
             progress(k + 1, len(ops), op.name)
@@ -312,13 +382,15 @@ def build_latency_table(model: nn.Module, s: TableSettings, out: str | Path, sou
     units = [u[0] for u in graph.prunable_units]
     uniform = [(0.0, [])] + [(r, [(u, r) for u in units]) for r in s.rates]
     models = [model] + [prune(model, pairs, "l1", round_to=s.round_to, summarize=False).model for _, pairs in uniform[1:]]
-    stats = measure_models(models, s)
-    base = {"ms": statistic(stats[0].times_ms, s.statistic), "median_ms": stats[0].median_ms, "min_ms": stats[0].min_ms,
-            "p10_ms": stats[0].p10_ms, "p90_ms": stats[0].p90_ms, "n": stats[0].n}
+    stats = measure_models(models, s, runtime)
+    wall = stats[0].wall_ms
+    base = {"ms": stats[0].value(s.timing, s.statistic), "wall_min_ms": min(wall), "wall_median_ms": float(np.median(wall)),
+            "wall_p10_ms": float(np.percentile(wall, 10)), "wall_p90_ms": float(np.percentile(wall, 90)), "n": len(wall),
+            "kernel_spread": stats[0].spread()}
     full = sum(op.ms[-1][-1] for op in timings)
     spreads = [v for op in timings for row in op.spread for v in row]
     table = LatencyTable(
-        runtime="onnxruntime", runtime_version=ort.__version__, provider="CPUExecutionProvider", machine=machine(),
+        runtime=runtime.name, runtime_version=runtime.version, provider=runtime.provider, machine=machine(),
         settings={**asdict(s), "img_size": list(s.img_size), "rates": list(s.rates)},
         model={"source": source, "fingerprint": graph.fingerprint(), "params": count_params(model),
                "gflops": count_gflops(model, s.img_size)},
@@ -327,7 +399,7 @@ def build_latency_table(model: nn.Module, s: TableSettings, out: str | Path, sou
                for n in graph.nodes],
         groups=[list(g) for g in graph.groups], ops=timings,
         noise={"median_rel_spread": float(np.median(spreads)), "max_rel_spread": float(np.max(spreads)),
-               "base_rel_spread": (base["p90_ms"] - base["p10_ms"]) / base["median_ms"]})
+               "base_rel_spread": stats[0].spread()})
     table.calibration = calibrate(table, [(r, pairs, st) for (r, pairs), st in zip(uniform, stats)])
     table.layers = _layer_rows(table, graph, s)
     return table

@@ -12,9 +12,10 @@ from yolo_prune.models.model import Model
 def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--cfg NAME|PATH [--nc N]`` or ``--weights FILE`` (exactly one)."""
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--cfg", help="shipped cfg name (e.g. yolov7-tiny, deploy/yolov7), a cfg .yaml path, or a "
-                       "classification arch (scnnb, vgg16_bn, resnet18, resnet50: random init, 3x32x32 input)")
-    group.add_argument("--weights", help="checkpoint: an official YOLOv7 .pt or a yolo-prune checkpoint")
+    group.add_argument("--cfg", help="shipped cfg name (e.g. yolov7-tiny, deploy/yolov7), a cfg .yaml path, a Darknet "
+                       ".cfg, or a classification arch (scnnb, vgg16_bn, resnet18, resnet50: random init, 3x32x32 input)")
+    group.add_argument("--weights", help="checkpoint: an official YOLOv7 .pt, a yolo-prune checkpoint, or Darknet "
+                       ".weights (read with the .cfg of the same name beside it)")
     parser.add_argument("--nc", type=int, default=None, help="number of classes (overrides the cfg's nc; with --cfg)")
 
 

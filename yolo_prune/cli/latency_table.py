@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--statistic", choices=("min", "median"), default="min",
                    help="of the timed runs, store the fastest (default; robust where other work shares the CPU) or "
                    "the median")
+    p.add_argument("--timing", choices=("profile", "wall"), default="profile",
+                   help="whole models: sum of the nodes' kernel times from ONNX Runtime's profiler (default; robust "
+                   "on a busy machine) or session.run wall time (on a dedicated machine)")
     p.add_argument("--json", action="store_true", help="print the per-layer summary as JSON")
     p.set_defaults(func=run, parser=p)
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if img % stride:
         args.parser.error(f"--img-size {img} is not a multiple of the model's max stride {stride}")
     settings = TableSettings((img, img), args.batch_size, args.threads, args.warmup, args.repeats, rates,
-                             args.round_to, args.statistic)
+                             args.round_to, args.statistic, args.timing)
     with tqdm(desc="latency table", unit="conv", disable=args.json) as bar:
         def progress(done: int, total: int, name: str) -> None:
             bar.total = total
@@ -64,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
           f"{settings.threads or 'default'} threads, {img}x{img}, batch {settings.batch}; warm-up {settings.warmup}, "
           f"{settings.repeats} repeats per point")
     c = table.calibration
-    print(f"whole model: {table.base['ms']:.3f} ms ({settings.statistic} of {table.base['n']}; median "
-          f"{table.base['median_ms']:.3f}, p10-p90 {table.base['p10_ms']:.3f}-{table.base['p90_ms']:.3f}); "
-          f"convolutions {table.base['ms'] - table.rest_ms:.3f} ms, rest {table.rest_ms:.3f} ms")
+    b = table.base
+    print(f"whole model: {b['ms']:.3f} ms ({settings.timing}, {settings.statistic} of {b['n']} runs; wall clock min "
+          f"{b['wall_min_ms']:.3f}, median {b['wall_median_ms']:.3f}, p10-p90 {b['wall_p10_ms']:.3f}-"
+          f"{b['wall_p90_ms']:.3f}); convolutions {b['ms'] - table.rest_ms:.3f} ms, rest {table.rest_ms:.3f} ms")
     print(f"noise (p10-p90 / median): {100 * table.noise['median_rel_spread']:.1f}% per point (median), "
-          f"{100 * table.noise['max_rel_spread']:.1f}% (max), {100 * table.noise['base_rel_spread']:.1f}% whole model")
+          f"{100 * table.noise['max_rel_spread']:.1f}% (max), {100 * table.noise['base_rel_spread']:.1f}% whole model "
+          f"(kernel sums)")
     print(f"calibration: latency = {c['conv_scale']:.3f} x conv + {c['volume_ms']:.3f} ms x volume + "
           f"{c['const_ms']:.3f} ms; " + ", ".join(f"rate {p['rate']:g}: measured {p['measured_ms']:.3f} predicted "
                                                   f"{p['predicted_ms']:.3f}" for p in c["points"]))

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         "--criterion 0 --output pruned.pt"))
     add_model_source(p)
     add_pruning_flags(p)
-    p.add_argument("--output", required=True, help="where to write the pruned checkpoint (.pt)")
+    p.add_argument("--output", required=True, help="where to write the pruned checkpoint (.pt); for a model read from "
+                   "a Darknet .cfg, a .weights path writes Darknet files (the .cfg beside it)")
     p.add_argument("--img", type=positive_int, default=None,
                    help="image size for the GFLOPs summary (default: 640, a classifier's own input size)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -41,7 +42,14 @@ def run(args: argparse.Namespace) -> int:
     given = read_published(args.pruning_config) if args.pruning_config else None
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                    graph=given, inplace=True, img_size=args.img)
-    save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
+    if str(args.output).endswith(".weights"):
+        from pathlib import Path
+
+        from yolo_prune.checkpoint.darknet import save_darknet
+
+        save_darknet(result.model, Path(args.output).with_suffix(".cfg"), args.output)
+    else:
+        save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
     if args.json:
         print_json({"output": args.output, **result.to_dict()})
     else:

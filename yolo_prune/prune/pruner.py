@@ -76,7 +76,7 @@ def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | i
     """Structurally prune ``model`` (a YOLOv7 ``Model`` or a traced network such as a ``Classifier``; a copy
     unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``; default: the model's own
     input size, ``model.img_size``, else 640)."""
-    img_size = img_size or int(getattr(model, "img_size", 640))
+    img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
     parsed = parse_pruning_params(params) if not isinstance(params, float) else params
