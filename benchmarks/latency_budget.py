@@ -36,6 +36,7 @@ from yolo_prune.bench.latency_table import TableSettings, build_latency_table, m
 from yolo_prune.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from yolo_prune.data.synth import generate_synthetic  # noqa: E402
 from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH  # noqa: E402
+from yolo_prune.errors import YoloPruneError  # noqa: E402
 from yolo_prune.fileio import write_text_atomic  # noqa: E402
 from yolo_prune.models.complexity import count_gflops  # noqa: E402
 from yolo_prune.models.fuse import fuse  # noqa: E402
@@ -119,8 +120,13 @@ def gflops_match(run: Run, target_ms: float, measured_latency: float) -> dict[st
     base = t.baseline
 
     def select(g: float) -> list[tuple[int, float]]:
-        return select_for_budget(t, base.gflops, base.map, g, "gflops",
-                                 lambda pairs: model_cost(model, pairs, "gflops", IMG)).pairs
+        for nudge in (1.0, 0.999, 0.995, 0.99):  # the search can miss a target by a hair: ask slightly lower
+            try:
+                return select_for_budget(t, base.gflops, base.map, g * nudge, "gflops",
+                                         lambda pairs: model_cost(model, pairs, "gflops", IMG)).pairs
+            except YoloPruneError:
+                continue
+        raise YoloPruneError(f"no GFLOPs selection near {g:g}")
 
     lo, hi = 0.15 * base.gflops, base.gflops
     for _ in range(14):  # predicted latency of the GFLOPs selection equal to the latency selection's prediction
