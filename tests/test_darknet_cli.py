@@ -57,6 +57,18 @@ def test_info_graph_prune_export_test(files, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n_images"] == 8
 
 
+def test_raw_onnx_of_a_darknet_model_decodes_as_darknet(files, tmp_path):
+    """Evaluating a raw export through ONNX Runtime decodes with each [yolo] layer's own formula."""
+    from yolo_prune.export.ort_model import OrtDetector
+
+    root, _ = files
+    assert main(["export", "--weights", str(root / "model.weights"), "--output", str(tmp_path / "raw.onnx")]) == 0
+    model = load_model(root / "model.weights")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(OrtDetector(tmp_path / "raw.onnx")(x)[0], model(x)[0], rtol=1e-4, atol=1e-3)
+
+
 def test_pruning_darknet_workflow(files, tmp_path, capsys):
     """Two pruning iterations of L1 with fine-tuning on the .data file's lists; Darknet files after each step."""
     root, _ = files

@@ -24,8 +24,9 @@ from yolo_prune.models.model import Model
 from yolo_prune.models.spec import LayerSpec
 
 DARKNET_BN_EPS = 1e-5  # AlexeyAB/darknet normalises with sqrt(var + .00001f)
-UNSUPPORTED_CONV_OPTIONS = ("binary", "xnor", "antialiasing", "deform", "share_index", "sway", "rotate",
-                            "stretch", "stretch_sway", "assisted_excitation", "dilation")
+# [convolutional] options this builder cannot reproduce, with the value that means "off"
+UNSUPPORTED_CONV_OPTIONS = {**dict.fromkeys(("binary", "xnor", "antialiasing", "deform", "share_index", "sway", "rotate",
+                                            "stretch", "stretch_sway", "assisted_excitation"), 0), "dilation": 1}
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ def _is_head_conv(b: _Build, s: Section) -> bool:
 
 
 def _conv(b: _Build, s: Section) -> tuple[nn.Module, Any, Shape]:
-    for key in UNSUPPORTED_CONV_OPTIONS:
-        if s.int(key, 0 if key != "dilation" else 1) != (0 if key != "dilation" else 1):
+    for key, off in UNSUPPORTED_CONV_OPTIONS.items():
+        if s.int(key, off) != off:
             raise ConfigError(f"{s.where(key)}: {key}={s.options[key]} is not supported")
     size, stride = s.int("size", 1), s.int("stride", 1)
     if s.int("stride_x", stride) != stride or s.int("stride_y", stride) != stride:
