@@ -69,6 +69,7 @@ def test_raw_onnx_of_a_darknet_model_decodes_as_darknet(files, tmp_path):
         torch.testing.assert_close(OrtDetector(tmp_path / "raw.onnx")(x)[0], model(x)[0], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_pruning_darknet_workflow(files, tmp_path, capsys):
     """Two pruning iterations of L1 with fine-tuning on the .data file's lists; Darknet files after each step."""
     root, _ = files

@@ -167,6 +167,7 @@ PY
 """
 
 
+@pytest.mark.slow
 def test_latency_table_script_writes_the_same_format_with_trtexec(tmp_path):
     """The Jetson script drives trtexec (a stub here: times grow with the graph's size) into a latency table that
     yolo-prune reads like its own."""
