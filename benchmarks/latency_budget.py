@@ -63,13 +63,13 @@ class Run:
         self.device = select_device("cpu")
         self.data = generate_synthetic(self.work / "synth", **(DEMO_SYNTH | {"n_train": args.train_images}),
                                        exist_ok=True).data_yaml
-        self.state_path = self.work / "state.json"
+        self.state_path = self.work / f"state{args.suffix}.json"
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         analysis = DataSettings(str(self.data), "train", IMG, 16, args.workers, args.analysis_images)
         sensitivity_on_data(demo_model(), analysis, AnalysisSettings([0.25, 0.5, 0.75]), self.work / "sensitivity",
                             device=self.device, progress=True)
         self.table = read_table(self.work / "sensitivity")
-        out = self.work / "latency.json"
+        out = self.work / f"latency{args.suffix}.json"
         if not out.exists():
             settings = TableSettings((IMG, IMG), 1, args.threads, args.warmup, args.repeats, (0.25, 0.5, 0.75),
                                      timing=args.timing)
@@ -211,6 +211,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs for both models (0: evaluate as pruned)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--work", default="runs/bench_latency")
+    p.add_argument("--suffix", default="", help="name suffix of the table/state files (several settings, one work folder)")
     p.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -242,7 +243,7 @@ def main() -> None:
         f"in the text). Total {round(time.time() - started)} s for this invocation.", "",
         *provenance(sys.argv[1:], machine(("onnxruntime",)), ("onnxruntime",))])
     print(text)
-    write_text_atomic(Path(args.work) / "latency_budget.md", text + "\n")
+    write_text_atomic(Path(args.work) / f"latency_budget{args.suffix}.md", text + "\n")
     if args.write:
         write_section(REPO / "BENCHMARKS.md", text)
 

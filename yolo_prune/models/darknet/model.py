@@ -264,7 +264,8 @@ def _build(cfg: DarknetCfg, nc: int, widths: Sequence[int] | None) -> _Build:
         if fn is None:
             raise ConfigError(f"{s.where()}: layer type [{s.kind}] is not supported; known: {', '.join(SECTIONS)}")
         module, from_, shape = fn(b, s)
-        b.specs.append(LayerSpec(s.index, from_, 1, s.kind, ()))
+        kind = f"{s.kind} (head)" if s.index in b.head_layers else s.kind  # its work is done by the head layer
+        b.specs.append(LayerSpec(s.index, from_, 1, kind, ()))
         b.modules.append(module)
         b.shapes.append(shape)
     if widths is not None and b.cursor != len(widths):
