@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                        epilog="example: yolo-prune info --cfg yolov7-tiny --img 640 --fuse")
     add_model_source(p)
     p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None,
-                   help="image size (default 640; a classifier's own input size)")
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width, a classifier's own input "
+                   "size)")
     p.add_argument("--fuse", action="store_true", help="fold BN into convs and merge RepConv branches first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run, parser=p)
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_summary(summary))
         return 0
+    if not args.img_given:  # 1280 for P6 models, a Darknet cfg's width, else 640
+        args.img = getattr(model, "default_img_size", 640)
     stride = int(model.stride.max())
     if args.img % stride:
         args.parser.error(f"--img {args.img} is not a multiple of the model's max stride {stride}")
