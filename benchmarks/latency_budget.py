@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import REPO, machine, provenance, write_section  # noqa: E402
 
-from yolo_prune.analysis.budget import model_cost, select_for_budget, select_for_latency  # noqa: E402
+from yolo_prune.analysis.budget import select_for_budget, select_for_latency  # noqa: E402
 from yolo_prune.analysis.latency import read_latency_table  # noqa: E402
 from yolo_prune.analysis.table import read_table  # noqa: E402
 from yolo_prune.bench.latency_table import TableSettings, build_latency_table, measure_models  # noqa: E402
@@ -118,14 +118,15 @@ def gflops_match(run: Run, target_ms: float, lat_pairs: list[tuple[int, float]])
     """The GFLOPs-selected model measuring closest to, and not above, the latency-selected one (both timed in the
     same interleaved rounds); GFLOPs targets start where the table predicts equal latency and step down until one
     measures as fast."""
-    model, t = demo_model(), run.table
-    base = t.baseline
+    from yolo_prune.prune.cost import fused_cost_model
+
+    t = run.table
+    base, costs = t.baseline, fused_cost_model(demo_model(), IMG)
 
     def select(g: float) -> list[tuple[int, float]]:
         for nudge in (1.0, 0.999, 0.995, 0.99):  # the search can miss a target by a hair: ask slightly lower
             try:
-                return select_for_budget(t, base.gflops, base.map, g * nudge, "gflops",
-                                         lambda pairs: model_cost(model, pairs, "gflops", IMG)).pairs
+                return select_for_budget(t, base.gflops, base.map, g * nudge, "gflops", costs).pairs
             except YoloPruneError:
                 continue
         raise YoloPruneError(f"no GFLOPs selection near {g:g}")

@@ -85,18 +85,19 @@ def _params(n_layers):
     layer_rates = st.dictionaries(st.integers(0, n_layers - 1), st.sampled_from([0.1, 0.25, 0.5, 0.75, 0.9]),
                                   min_size=1, max_size=n_layers)
     return st.tuples(layer_rates, st.sampled_from(["l1", "l2", "bn", "random", "l2-largest", "linf"]),
-                     st.sampled_from([None, None, 8]), st.integers(0, 3))
+                     st.sampled_from([None, None, 8]), st.integers(0, 3), st.sampled_from(["sequential", "independent"]))
 
 
 def check_pruned_equals_masked(model, params, x, fused=False):
-    layer_rates, criterion, round_to, seed = params
+    layer_rates, criterion, round_to, seed, *scoring = params
     if fused:
         criterion = "bn" if criterion == "bn" else criterion
     graph = derive_graph(model)
     groups = {}
     for layer, rate in sorted(layer_rates.items()):  # one entry per coupled group
         groups.setdefault(graph.group_of(layer), (layer, rate))
-    result = prune(model, sorted(groups.values()), criterion, round_to=round_to, seed=seed, summarize=False)
+    result = prune(model, sorted(groups.values()), criterion, round_to=round_to, seed=seed, summarize=False,
+                   scoring=scoring[0] if scoring else "sequential")
     expected = masked_output(model, graph, result.plan, x)
     with torch.no_grad():
         got = _first(result.model(x))
@@ -209,11 +210,11 @@ def test_darknet_pruned_equals_masked(darknet_model, params):
     """Darknet cfgs: grouped routes (a split layer keeps the same number of filters in every chunk, so Darknet's
     cut stays in place), [shortcut]/[sam]/[scale_channels] (coupled groups), padded max-pools, no-BN convs."""
     graph = derive_graph(darknet_model)
-    rates, criterion, round_to, seed = params.draw(_params(graph.nconv))
+    rates, criterion, round_to, seed, scoring = params.draw(_params(graph.nconv))
     no_bn = [i for i in rates if not isinstance(darknet_model.get_submodule(graph[i].name).bn, torch.nn.BatchNorm2d)]
     if criterion == "bn" and no_bn:  # BN-scale criteria refuse layers without BatchNorm (tested in test_prune_cli)
         criterion = "l1"
-    check_pruned_equals_masked(darknet_model, (rates, criterion, round_to, seed),
+    check_pruned_equals_masked(darknet_model, (rates, criterion, round_to, seed, scoring),
                                torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(8)))
 
 

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from yolo_prune.errors import ConfigError
 from yolo_prune.prune.params import kept_count
 
@@ -142,6 +144,62 @@ class LatencyTable:
         from yolo_prune.fileio import write_text_atomic
 
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+class LatencyCosts:
+    """A latency table as the budget search's pricer: the interface of ``prune.cost.CostModel`` (``base_widths``,
+    ``graph.group_of``, ``widths(pairs)``, ``metric(widths[K, n], "latency")``), vectorised over selections."""
+
+    def __init__(self, table: LatencyTable):
+        self.table, self.graph = table, table
+        n = len(table.nodes)
+        self.base_widths = np.array([int(node["out"]) for node in table.nodes], dtype=np.int64)
+        self._in = np.zeros((len(table.ops), n))  # ci = widths @ _in[k] + _in_const[k]
+        self._in_const = np.zeros(len(table.ops))
+        for k, op in enumerate(table.ops):
+            for p, size, _, _ in op.inputs:
+                if p is None:
+                    self._in_const[k] += size
+                else:
+                    self._in[k, p] += size / float(table.nodes[p]["out"])
+        self._area = np.array([op.out_hw[0] * op.out_hw[1] for op in table.ops], dtype=np.float64)
+
+    def widths(self, pairs: Iterable[tuple[int, float]] = (), round_to: int | None = None) -> np.ndarray:
+        return np.array(self.table.widths(pairs, round_to), dtype=np.int64)
+
+    def metric(self, widths: np.ndarray, name: str = "latency") -> np.ndarray:
+        """Predicted latency (ms) of each width vector [K, n]."""
+        w = np.atleast_2d(np.asarray(widths, dtype=np.float64))
+        ci = w @ self._in.T + self._in_const  # [K, ops]
+        conv = np.zeros(len(w))
+        volume = np.zeros(len(w))
+        for k, op in enumerate(self.table.ops):
+            co = w[:, op.node] if op.node is not None else np.full(len(w), float(op.outs[-1]))
+            conv += _bilinear(op, ci[:, k], co)
+            volume += co * self._area[k]
+        full = float(sum(op.outs[-1] * a for op, a in zip(self.table.ops, self._area)))
+        c = self.table.calibration or {"conv_scale": 1.0, "volume_ms": 0.0, "const_ms": self.table.rest_ms}
+        return c["conv_scale"] * conv + c["volume_ms"] * volume / full + c["const_ms"]
+
+
+def _axis(grid: Sequence[int], x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised :func:`_bracket`: lower and upper grid indices and fractions for every value of ``x``."""
+    g = np.asarray(grid, dtype=np.float64)
+    if len(g) == 1:
+        zero = np.zeros(len(x), dtype=np.int64)
+        return zero, zero, np.zeros(len(x))
+    k = np.clip(np.searchsorted(g, x, side="left"), 1, len(g) - 1)
+    return k - 1, k, (x - g[k - 1]) / (g[k] - g[k - 1])
+
+
+def _bilinear(op: OpTiming, ci: np.ndarray, co: np.ndarray) -> np.ndarray:
+    """``op.at`` for arrays of (in, out) channel counts."""
+    ms = np.asarray(op.ms, dtype=np.float64)
+    i0, i1, fi = _axis(op.ins, ci)
+    o0, o1, fo = _axis(op.outs, co)
+    row0 = ms[i0, o0] + (ms[i0, o1] - ms[i0, o0]) * fo
+    row1 = ms[i1, o0] + (ms[i1, o1] - ms[i1, o0]) * fo
+    return row0 + (row1 - row0) * fi
 
 
 def read_latency_table(path: str | Path) -> LatencyTable:

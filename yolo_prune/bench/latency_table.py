@@ -35,7 +35,7 @@ from yolo_prune.graph.derive import derive_graph
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.aux import aux_only_layers, has_aux_heads
 from yolo_prune.models.fuse import fuse
-from yolo_prune.prune.params import kept_count
+from yolo_prune.prune.plan import pruned_width
 from yolo_prune.prune.pruner import prune
 
 
@@ -129,11 +129,8 @@ def _owner(graph: PruningGraph, name: str) -> int | None:
 def _grid(graph: PruningGraph, node: int | None, op: ConvOp, s: TableSettings) -> tuple[list[int], list[int]]:
     """Input and output channel counts to measure: unpruned, and every rate (producers all at that rate)."""
     def width(i: int, rate: float | None) -> int:
-        n = graph[i]
-        if rate is None or not n.prunable:
-            return n.out_channels
-        parts = graph.parts_of(i)
-        return kept_count(n.out_channels // parts, rate, s.round_to) * parts
+        return graph[i].out_channels if rate is None or not graph[i].prunable else pruned_width(graph, i, rate,
+                                                                                                s.round_to)
 
     rates: list[float | None] = [None, *s.rates]
     if node is None:
