@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import positive_int, print_json
+from yolo_prune.cli.common import float_in, img_int, input_file, output_dir, positive_int, print_json
 
 EPILOG = """examples (Pruning-Darknet's flags):
   yolo-prune darknet-prune --cfg yolo.cfg --weights yolo.weights --technique L1 --pruning-rate 0.6 --pruning-iter 2 \\
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--technique", "--method", dest="technique", default="L2",
                    help="L0, L1, L2, L-Inf, Random, From-Scratch, PLS-VIP-Single, PLS-VIP-Multi, CCA-CV-Multi, "
                    "PLS-LC-Multi, HAC (the data-driven ones where their criteria are installed); default L2")
-    p.add_argument("--pruning-rate", type=float, required=True, help="share of every prunable layer's filters removed")
+    p.add_argument("--pruning-rate", type=float_in(0.0, 1.0, low_open=True, high_open=True), required=True,
+                   help="share of every prunable layer's filters removed, in (0, 1)")
     p.add_argument("--pruning-iter", type=positive_int, default=1, help="pruning iterations (default 1)")
     p.add_argument("--tuning", action="store_true", help="fine-tune after every pruning iteration")
     p.add_argument("--tuning-iter", type=positive_int, default=30000,
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--from-scratch", action="store_true", help="re-initialise the pruned model's weights before tuning")
     p.add_argument("--data", default=None, help="Darknet .data file (classes/train/valid/names) or a data YAML")
     p.add_argument("--names", default=None, help="class names file (overrides the .data file's names=)")
-    p.add_argument("--img-size", type=positive_int, default=416, help="fine-tuning image size (default 416)")
+    p.add_argument("--img-size", "--img", dest="img_size", type=img_int, default=416,
+                   help="fine-tuning image size (default 416)")
     p.add_argument("--pool-type", default="max", choices=("max", "avg"), help="data-driven techniques: pooling")
     p.add_argument("--n-components", type=positive_int, default=2, help="projection techniques: components")
     p.add_argument("--num-classes", type=positive_int, default=3, help="projection techniques: output classes")
@@ -50,6 +52,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.pipeline.darknet_workflow import DarknetPruneSettings, run_darknet_workflow
 
+    for flag, value in (("--cfg", args.cfg), ("--weights", args.weights), ("--data", args.data),
+                        ("--names", args.names)):
+        if value:
+            input_file(value, flag)
+    output_dir(args.output, "--output")
     settings = DarknetPruneSettings(
         cfg=args.cfg, weights=args.weights, output=args.output, technique=args.technique,
         pruning_rate=args.pruning_rate, pruning_iter=args.pruning_iter, tuning=args.tuning, tuning_iter=args.tuning_iter,

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, load_model_from_args, positive_int, print_json
+from yolo_prune.cli.common import (add_model_source, check_model_source, fit_img, img_int, int_at_least,
+                                   literal_numbers, load_model_from_args, non_negative_int, output_file, positive_int,
+                                   print_json)
+from yolo_prune.errors import YoloPruneError
 
 EPILOG = """examples:
   yolo-prune latency-table --weights best.pt --img-size 640 --threads 2 --output latency.json
@@ -17,12 +20,12 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
     p.add_argument("--output", required=True, help="the table to write (JSON)")
-    p.add_argument("--img-size", type=positive_int, default=None,
+    p.add_argument("--img-size", "--img", dest="img_size", type=img_int, default=None,
                    help="square input size (default: 1280 for P6 models, a Darknet cfg's width, else 640)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing each point (default 5)")
-    p.add_argument("--repeats", type=positive_int, default=20, help="timed runs per point (default 20)")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs before timing each point (default 5)")
+    p.add_argument("--repeats", type=int_at_least(3), default=20, help="timed runs per point (default 20, at least 3)")
     p.add_argument("--rates", default="[0.25, 0.5, 0.75]",
                    help="pruning rates whose widths are measured (default '[0.25, 0.5, 0.75]', as the analysis)")
     p.add_argument("--round-to", type=positive_int, default=None, help="the pruner's --round-to, if you use one")
@@ -40,14 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from yolo_prune.bench.latency_table import TableSettings, build_latency_table
-    from yolo_prune.cli.test import _literal_list
 
-    rates = tuple(_literal_list(args.rates, "--rates", float))
+    check_model_source(args)
+    rates = tuple(literal_numbers(args.rates, "--rates", float, 0.0, 1.0, open_interval=True))
+    output_file(args.output, "--output")
     model = load_model_from_args(args).float().eval()
-    img = args.img_size or getattr(model, "default_img_size", 640)
-    stride = int(model.stride.max()) if hasattr(model, "stride") else 1
-    if img % stride:
-        args.parser.error(f"--img-size {img} is not a multiple of the model's max stride {stride}")
+    if not hasattr(model, "stride"):
+        raise YoloPruneError("latency-table: only detection models (YOLOv7 cfgs, checkpoints, Darknet) are supported")
+    img = fit_img(args.img_size or getattr(model, "default_img_size", 640), int(model.stride.max()), "--img-size")
     settings = TableSettings((img, img), args.batch_size, args.threads, args.warmup, args.repeats, rates,
                              args.round_to, args.statistic, args.timing)
     with tqdm(desc="latency table", unit="conv", disable=args.json) as bar:
