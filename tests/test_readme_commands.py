@@ -136,14 +136,19 @@ def _flag(argv: list[str], name: str) -> str:
 # Budgets written for 640 px full-size models, made relative to the small model the command runs on.
 RELATIVE: dict[str, Callable[[list[str], Path], str]] = {
     "--target-gflops": lambda argv, cwd: f"{0.97 * _reference_gflops(argv, cwd):.6g}",
-    "--target-latency": lambda argv, cwd: f"{0.9 * _table_latency(argv, cwd):.6g}",
+    "--target-latency": lambda argv, cwd: f"{_table_latency(argv, cwd):.6g}",
 }
 
 
 def _table_latency(argv: list[str], cwd: Path) -> float:
+    """Halfway between the unpruned model's predicted latency and the floor of the analysed layers."""
     from yolo_prune.analysis.latency import read_latency_table
+    from yolo_prune.analysis.table import read_table
 
-    return read_latency_table(cwd / _flag(argv, "--latency-table")).predict([])
+    table = read_latency_table(cwd / _flag(argv, "--latency-table"))
+    analysis = read_table(cwd / _flag(argv, "--output"))
+    floor = table.predict([(layer, max(analysis.rates)) for layer in analysis.layers])
+    return (table.predict([]) + floor) / 2
 
 
 def _reference_gflops(argv: list[str], cwd: Path) -> float:
@@ -254,6 +259,8 @@ def _write_files(root: Path) -> None:
         export_onnx(m, root / name, ExportOptions(img_size=(64, 64)))
     (root / "path" / "to").mkdir(parents=True)
     shutil.copy(REPO / "yolo_prune" / "models" / "cfg" / "training" / "yolov7-tiny.yaml", root / "path" / "to" / "custom.yaml")
+    shared = Path(os.environ.get("YOLO_PRUNE_SHARED", REPO.parent / "shared")) / "fixtures" / "official-cfg"
+    shutil.copy(shared / "training" / "yolov7-w6.yaml", root / "path" / "to" / "yolov7-w6.yaml")
     shutil.copy(REPO / "pruning_config" / "yolov7_pruning_cfg.yaml", root / "my_pruning_cfg.yaml")
     (root / "calib").mkdir()
     for img in sorted((root / "data" / "images" / "val").iterdir())[:3]:
