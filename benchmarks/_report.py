@@ -21,6 +21,8 @@ independently. Every section states its exact command, machine, library versions
 
 """
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 def package_version(name: str) -> str:
     """Installed distribution version of ``name``, or ``n/a``."""
@@ -39,8 +41,9 @@ def machine(packages: Sequence[str] = (), extra: dict[str, str] | None = None) -
     """
     import torch
 
+    quiet_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}  # nproc obeys OMP_NUM_THREADS
     try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True, env=quiet_env).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     cpu = platform.processor() or "unknown"
@@ -59,7 +62,8 @@ def machine(packages: Sequence[str] = (), extra: dict[str, str] | None = None) -
     env = {"nproc": nproc, "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__}
     env.update({name.replace("-", "_"): package_version(name) for name in packages})
     env.update(extra or {})
-    env.update(commit=rev, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    env.update(commit=rev, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               load="/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a")
     return env
 
 
@@ -70,7 +74,8 @@ def command_line(argv: list[str]) -> str:
             return os.path.relpath(Path(p).absolute(), REPO) if Path(p).absolute().is_relative_to(REPO) else p
         except ValueError:
             return p
-    return " ".join([rel(sys.executable), rel(sys.argv[0])] + [shlex.quote(a) for a in argv])
+    threads = [f"{k}={os.environ[k]}" for k in THREAD_VARS if k in os.environ]  # they change what is measured
+    return " ".join(threads + [rel(sys.executable), rel(sys.argv[0])] + [shlex.quote(a) for a in argv])
 
 
 def provenance(argv: list[str], env: dict[str, str], libs: Sequence[str] = ()) -> list[str]:
@@ -78,7 +83,8 @@ def provenance(argv: list[str], env: dict[str, str], libs: Sequence[str] = ()) -
     versions = "".join(f", {name} {env[name.replace('-', '_')]}" for name in libs)
     return [f"Command: `{command_line(argv)}`", "",
             f"Machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}; Python {env['python']}, torch {env['torch']}"
-            f"{versions}; commit {env['commit']}; {env['date']}.", ""]
+            f"{versions}; commit {env['commit']}; {env['date']}; load average (1/5/15 min) {env.get('load', 'n/a')} "
+            f"when the section was written.", ""]
 
 
 def write_section(path: Path, section: str, first: bool = False) -> None:

@@ -65,6 +65,7 @@ SECTION = "## Sensitivity analysis speed"
 LIBS = ("torchvision", "numpy", "pycocotools")
 DEMO_WEIGHTS = REPO / "yolo_prune" / "assets" / "yolov7-tiny-synth.pt"
 METRICS = ("mp", "mr", "map50", "map")
+MAPS = ("map50", "map")  # what the goal compares (issue #15: "same mAP per configuration to 1e-6")
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -261,12 +262,12 @@ def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[i
                     t_image_cache=parts.get("image_cache", 0.0), results=saved["results"])
 
 
-def max_metric_difference(ref: dict, other: dict) -> float:
-    """Largest |difference| of mp, mr, mAP@.5, mAP@.5:.95 of any configuration (inf if the configurations differ;
-    the per-configuration ``speed`` timings are not compared)."""
+def max_metric_difference(ref: dict, other: dict, metrics: tuple[str, ...] = METRICS) -> float:
+    """Largest |difference| of ``metrics`` of any configuration (inf if the configurations differ; the
+    per-configuration ``speed`` timings are not compared)."""
     if set(ref) != set(other):
         return math.inf
-    return max(abs(float(other[k][m]) - float(ref[k][m])) for k in ref for m in METRICS)
+    return max(abs(float(other[k][m]) - float(ref[k][m])) for k in ref for m in metrics)
 
 
 @dataclass
@@ -285,15 +286,22 @@ class Attempt:
         return self.reference.seconds / (self.reference.n_configs * self.plain) if self.reference else math.nan
 
     def identical(self, tolerance: float) -> bool:
-        """Every configuration's metrics within ``tolerance`` of the reference (True without a reference)."""
+        """Every configuration's mAP@.5 and mAP@.5:.95 within ``tolerance`` of the reference (True without one)."""
         return self.reference is None or self.max_map_difference <= tolerance
 
     @property
     def max_map_difference(self) -> float:
-        """Largest |difference| of mp, mr, mAP@.5, mAP@.5:.95 of any configuration between fast and reference."""
+        """Largest |difference| of mAP@.5 and mAP@.5:.95 of any configuration between fast and reference."""
         if self.reference is None:
             return math.nan
-        return max_metric_difference(self.reference.results, self.analysis.results)
+        return max_metric_difference(self.reference.results, self.analysis.results, MAPS)
+
+    @property
+    def max_pr_difference(self) -> float:
+        """Largest |difference| of mp and mr (test.py's precision/recall at the best mean F1) of any configuration."""
+        if self.reference is None:
+            return math.nan
+        return max_metric_difference(self.reference.results, self.analysis.results, ("mp", "mr"))
 
     @property
     def runs(self) -> list[PlainRun]:
@@ -464,8 +472,8 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
         "",
         "| model | images | img size | configs | plain eval (s) | analysis (s) | per config (s) | ratio | goal "
         "| ratio of CPU times | plain-eval spread | analysis slowdown | reference ratio | max abs mAP difference "
-        "vs reference |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "vs reference | max abs mp/mr difference vs reference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         a = r.best
@@ -473,10 +481,13 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
         lines.append(f"| {r.name} | {n_img} | {args.img_size} | {a.analysis.n_configs} | {a.plain:.2f} | "
                      f"{a.analysis.seconds:.1f} | {a.analysis.seconds / a.analysis.n_configs:.2f} | "
                      f"**{a.ratio:.3f}** | <= {args.goal:g}: **{verdict}** | {a.ratio_cpu:.3f} | {a.spread:.2f} | "
-                     f"{a.slowdown:.2f} | {a.ratio_reference:.3f} | {a.max_map_difference:.1e} |")
+                     f"{a.slowdown:.2f} | {a.ratio_reference:.3f} | {a.max_map_difference:.1e} | {a.max_pr_difference:.1e} |")
     lines += ["", "Reference = today's path in the same run: `AnalysisSettings(..., stack_bytes=0, "
               "coco_backend='pycocotools')` (one downstream pass per configuration, pycocotools COCOeval); the goal "
-              f"also needs every configuration's mp, mr, mAP@.5 and mAP@.5:.95 within {args.tolerance:g} of it."]
+              f"also needs every configuration's mAP@.5 and mAP@.5:.95 within {args.tolerance:g} of it. mp and mr "
+              "(test.py's precision and recall at the best mean F1, read off curves interpolated in the scores) may "
+              "move by ~1e-6: a stacked pass sums the convolutions in another order, so scores differ in their last "
+              "float bits (not the COCO backend: faster-coco-eval equals pycocotools on the same detections, tested)."]
     lines += [
         "",
         "CPU time = this process + its data-loader workers. Two checks that the host stayed quiet (with 2 "

@@ -10,7 +10,7 @@ would: gradients still accumulated at the end of an epoch are applied there (nev
 epoch), and warm-up lasts at most half of the run. Under ``torchrun`` (or an initialised process group) the
 model is wrapped in DistributedDataParallel; ``batch_size`` is the total over ranks; only rank 0 evaluates
 and writes files. Weights never change shape silently: loading is strict, and a model whose class count
-differs from the data YAML's is an error.
+differs from the data YAML's is an error unless ``--cfg`` asks for transfer learning (:mod:`.model_source`).
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ from yolo_prune.engine import accel
 from yolo_prune.engine.ddp import DistInfo, ShardSampler, broadcast_path, start_distributed, stop_distributed, wrap_ddp
 from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
 from yolo_prune.engine.ema import ModelEMA, unwrap
+from yolo_prune.engine.model_source import source_model
 from yolo_prune.engine.optim import Schedule, build_optimizer
 from yolo_prune.engine.train_state import (STATE_KEY, STATE_VERSION, TrainResult, TrainSettings, TrainState,
                                            find_last, fitness, lock_run_dir, new_run_dir, read_train_state,
                                            strip_checkpoint,
                                            train_entry, write_records, write_run_files)
-from yolo_prune.errors import CheckpointError, ConfigError, DataError, YoloPruneError
+from yolo_prune.errors import ConfigError, DataError, YoloPruneError
 
 __all__ = ["TrainResult", "TrainSettings", "train"]
 
@@ -70,57 +71,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:
-    """The model named by --weights (strict load), --cfg (nc from the data), or both (built from --cfg, matching
-    tensors transferred from --weights: YOLOv7's transfer learning), named after the data's classes."""
-    from yolo_prune.checkpoint import load_checkpoint
-    from yolo_prune.models.cfgs import build_model
-
-    if settings.weights and settings.cfg:
-        return _transferred_model(settings, data)
-    if settings.weights:
-        loaded = load_checkpoint(settings.weights)
-        model, history = loaded.model, list(loaded.history)
-        _check_finite(model, settings.weights)
-        if model.nc != data.nc:
-            from yolo_prune.data.config import class_count_error
-
-            raise class_count_error(model.nc, settings.weights, settings.data, data.nc, "layers are never "
-                                    "re-initialised silently (use --cfg to train a new head from scratch, or "
-                                    "--cfg and --weights together to transfer every matching tensor)")
-    else:
-        model, history = build_model(settings.cfg, nc=data.nc), []
-    model.names = list(data.names)
-    return model, history
-
-
-def _transferred_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:
-    """--cfg built for the data's nc, with every tensor of --weights whose name and shape match; the transfer is
-    printed and recorded in the history (what was re-initialised, and why)."""
-    from yolo_prune.checkpoint import load_checkpoint
-    from yolo_prune.checkpoint.transfer import transfer_weights
-    from yolo_prune.models.cfgs import build_model
-
-    loaded = load_checkpoint(settings.weights)
-    _check_finite(loaded.model, settings.weights)
-    model = build_model(settings.cfg, nc=data.nc)
-    report = transfer_weights(loaded.model, model, settings.weights)
-    if report.transferred == 0:
-        raise CheckpointError(f"--weights {settings.weights}: no tensor matches --cfg {settings.cfg} by name and "
-                              f"shape; nothing to transfer (check that both describe the same architecture)")
-    print(report.summary(data.nc))
-    model.names = list(data.names)
-    return model, list(loaded.history) + [report.history_entry(settings.cfg, data.nc)]
-
-
-def _check_finite(model: nn.Module, weights: str) -> None:
-    """NaN or infinite weights cannot train (the loss is NaN at once): say so, instead of blaming ``lr0`` later."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"--weights {weights}: {name} holds NaN or infinite values; the checkpoint is "
-                                  f"damaged and cannot be fine-tuned")
-
-
 def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     """Hyp, data, model; pruned (history entry kept) and/or re-initialised as the settings ask."""
     from yolo_prune.data import load_data_config
@@ -130,7 +80,7 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
         load_hyp(settings.hyp)  # a bad hyp file is reported before the model is read
     data = load_data_config(settings.data)
     _seed_everything(settings.seed)
-    model, history = _source_model(settings, data)
+    model, history = source_model(settings, data)
     settings = replace(settings, hyp=settings.hyp or default_hyp_name(model),
                        img_size=settings.img_size or getattr(model, "default_img_size", 640))
     hyp = load_hyp(settings.hyp)
