@@ -65,12 +65,13 @@ class Model(nn.Module):
         head = self.detect
         strides = self._layer_strides()
         head_inputs = self.specs[-1].sources()[: head.nl]
-        head.stride = torch.tensor([strides[s] for s in head_inputs], dtype=torch.float32)
+        level_strides = [strides[s] for s in head_inputs]  # python floats: no tensor reads (meta builds)
+        head.stride = torch.tensor(level_strides, dtype=torch.float32)
         _check_anchor_order(head)
         head.anchors /= head.stride.view(-1, 1, 1)
         self.stride = head.stride
         for convs in ([head.m] + ([head.m2] if isinstance(head, IAuxDetect) else [])):
-            for conv, s in zip(convs, head.stride):
+            for conv, s in zip(convs, level_strides):
                 b = conv.bias.detach().view(head.na, -1)
                 b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
                 b[:, 5:] += math.log(0.6 / (head.nc - 0.99))
@@ -178,7 +179,10 @@ def _module_stride(m: nn.Module) -> float:
 
 
 def _check_anchor_order(head: Detect) -> None:
-    """Flip anchors if their order disagrees with the stride order (official check_anchor_order)."""
+    """Flip anchors if their order disagrees with the stride order (official check_anchor_order); a shape-only
+    build on the meta device (a checkpoint's dry run) has no values to compare."""
+    if head.anchor_grid.is_meta:
+        return
     a = head.anchor_grid.prod(-1).view(-1)
     da, ds = a[-1] - a[0], head.stride[-1] - head.stride[0]
     if da.sign() != ds.sign():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +110,37 @@ def _check_row(row: Any, index: int, source: str) -> tuple[Any, int, str, list]:
     return f, n, m, args
 
 
-def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
-    """Turn ``backbone + head`` rows into LayerSpecs, resolving symbols and checking references."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_header(cfg: dict, source: str) -> None:
+    """``nc``, ``anchors`` and the depth/width multiples have the types and ranges the builder relies on."""
     for key in ("nc", "anchors", "backbone", "head"):
         if key not in cfg:
             raise ConfigError(f"{source}: missing key '{key}'")
+    for key in ("backbone", "head"):
+        if not isinstance(cfg[key], list):
+            raise ConfigError(f"{source}: '{key}' must be a list of [from, number, module, args] rows")
+    nc = cfg["nc"]
+    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+        raise ConfigError(f"{source}: 'nc' must be a positive integer (number of classes), got {nc!r}")
+    anchors = cfg["anchors"]
+    levels_ok = isinstance(anchors, list) and anchors and all(
+        isinstance(a, list) and a and len(a) % 2 == 0 and all(_is_number(v) and v > 0 for v in a) for a in anchors)
+    count_ok = isinstance(anchors, int) and not isinstance(anchors, bool) and anchors >= 1
+    if not (levels_ok or count_ok):
+        raise ConfigError(f"{source}: 'anchors' must be a list of [w, h, w, h, ...] lists of positive numbers "
+                          f"(one per detection level) or a positive anchor count, got {str(anchors)[:80]}")
+    for key in ("depth_multiple", "width_multiple"):
+        value = cfg.get(key, 1.0)
+        if not _is_number(value) or value <= 0:
+            raise ConfigError(f"{source}: '{key}' must be a positive number, got {value!r}")
+
+
+def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
+    """Turn ``backbone + head`` rows into LayerSpecs, resolving symbols and checking references."""
+    check_header(cfg, source)
     symbols = {"nc": cfg["nc"], "anchors": cfg["anchors"]}
     gd = float(cfg.get("depth_multiple", 1.0))
     specs: list[LayerSpec] = []
