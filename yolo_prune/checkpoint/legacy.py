@@ -16,6 +16,7 @@ while ``'ema'`` keeps the unpruned one.
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +33,9 @@ from yolo_prune.models.model import Model
 def read_official(path: str | Path) -> dict:
     """Unpickle an official checkpoint into a dict whose model entries are stand-ins."""
     try:
-        ckpt = torch.load(path, map_location="cpu", pickle_module=restricted_pickle_module, weights_only=False)
+        with warnings.catch_warnings():  # legacy-format files store module source that stand-ins cannot match
+            warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+            ckpt = torch.load(path, map_location="cpu", pickle_module=restricted_pickle_module, weights_only=False)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except Exception as exc:  # corrupt zip, truncated file, not a pickle
