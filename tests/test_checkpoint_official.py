@@ -96,20 +96,21 @@ def test_opt_namespace_or_dict_is_carried_inertly(tmp_path, official, opt):
 
 
 def test_published_pruner_checkpoint_loads_the_pruned_model(tmp_path, official, fixtures_dir):
-    """prune.py stores the pruned model (with ``pruning_cfg``) under 'model' and leaves the unpruned 'ema'."""
+    """prune.py prunes ckpt['ema'] in place (adding ``pruning_cfg``) and stores it as 'model' too: one object."""
     import yaml
 
     from yolo_prune.prune import prune
 
     tree, ours = official
     pruned = prune(ours, "[(3, 0.5), (10, 0.25), (30, 0.5)]", "l2", summarize=False).model
-    ckpt = trainer_checkpoint(copy.deepcopy(tree), ema=copy.deepcopy(tree))
-    set_state(ckpt["model"], {k: v.half() if v.is_floating_point() else v for k, v in pruned.state_dict().items()})
+    ckpt = trainer_checkpoint(copy.deepcopy(tree), ema=copy.deepcopy(tree), epoch=12)
+    set_state(ckpt["ema"], {k: v.half() if v.is_floating_point() else v for k, v in pruned.state_dict().items()})
     cfg_file = fixtures_dir / "published-pruning-config" / "yolov7-tiny_pruning_cfg.yaml"
-    ckpt["model"].pruning_cfg = yaml.safe_load(cfg_file.read_text())["pruning_cfg"]
+    ckpt["ema"].pruning_cfg = yaml.safe_load(cfg_file.read_text())["pruning_cfg"]
+    ckpt["model"] = ckpt["ema"]
     path = save_official(ckpt, tmp_path / "pruned.pt")
     loaded = yp.load_checkpoint(path)
-    assert loaded.extra["pruned_by_published_code"] is True
+    assert loaded.extra["pruned_by_published_code"] is True and loaded.extra["epoch"] == 12
     assert loaded.model.widths() == pruned.widths() != ours.widths()
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():

@@ -11,8 +11,8 @@ What the official ``train.py`` writes (``best.pt``, ``last.pt``, ``epoch_*.pt``)
     {'epoch', 'best_fitness': numpy array, 'training_results': str, 'model': Model (fp16),
      'ema': Model (fp16) or None, 'updates', 'optimizer': state dict or None, 'wandb_id'}
 
-and the published ``prune.py`` stores its pruned model (with a ``pruning_cfg`` attribute) under ``'model'``
-while ``'ema'`` keeps the unpruned one.
+The published ``prune.py`` prunes the ``ema`` (or ``model``) object in place, gives it a ``pruning_cfg``
+attribute and saves the dict again: both entries then hold the same pruned model.
 """
 from __future__ import annotations
 
@@ -44,23 +44,11 @@ def read_official(path: str | Path) -> dict:
 
 
 def pick_model(ckpt: Any, path: str | Path) -> StandIn:
-    """The pickled ``models.yolo.Model`` to load.
-
-    ``model`` when the published pruner put its pruned model there (it carries ``pruning_cfg``; ``ema`` still
-    holds the unpruned one), else ``ema`` when set (as the official ``attempt_load``), else ``model`` (or the
-    pickled object itself, as ``torch.save(model)`` writes it).
-    """
-    def is_model(obj: Any) -> bool:
-        return isinstance(obj, StandIn) and obj.qualname.endswith(".Model")
-
-    if not isinstance(ckpt, dict):
-        candidates = [ckpt]
-    elif is_model(ckpt.get("model")) and "pruning_cfg" in ckpt["model"].state:
-        candidates = [ckpt["model"]]
-    else:
-        candidates = [ckpt.get("ema"), ckpt.get("model")]
+    """The pickled ``models.yolo.Model``: ``ema`` when present, else ``model`` (as the official ``attempt_load``),
+    or the pickled object itself (``torch.save(model)``, e.g. the trainer's ``init.pt``)."""
+    candidates = [ckpt.get("ema"), ckpt.get("model")] if isinstance(ckpt, dict) else [ckpt]
     for obj in candidates:
-        if is_model(obj):
+        if isinstance(obj, StandIn) and obj.qualname.endswith(".Model"):
             return obj
     raise CheckpointError(f"{path}: no YOLOv7 model in this checkpoint (expected a 'model' or 'ema' entry "
                           f"holding models.yolo.Model)")
