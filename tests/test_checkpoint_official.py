@@ -264,7 +264,8 @@ def test_official_checkpoint_with_broadcast_weights_fails_without_allocating(tmp
     ("anchors", [[10, "x"]], r"'anchors' must be a list"),
     ("width_multiple", -1.0, r"'width_multiple' must be a positive number, got -1\.0"),
     ("depth_multiple", "1", r"'depth_multiple' must be a positive number, got '1'"),
-    ("ch", 10**7, r"weights do not fit the architecture: model\.0\.conv\.weight"),
+    ("ch", 10**9, r"weights do not fit the architecture: model\.0\.conv\.weight: checkpoint \(32, 3, 3, 3\) vs "
+                  r"model \(32, 1000000000, 3, 3\)"),
 ])
 def test_official_checkpoint_with_malformed_embedded_cfg(tmp_path, official, field, value, message):
     tree = copy.deepcopy(official[0])

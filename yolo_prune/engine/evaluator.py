@@ -31,7 +31,8 @@ from yolo_prune.engine.postprocess import non_max_suppression
 from yolo_prune.errors import DataError, YoloPruneError
 
 Names = Sequence[str] | Mapping[int, str] | None
-HEADER = ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
+HEADER = ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")  # YOLOv7 test.py's table
+COCO_HEADER = ("COCO@.5", "COCO@.5:.95")  # pycocotools, appended on the right
 
 
 @dataclass
@@ -297,21 +298,30 @@ def summarize(
     )
 
 
+def official_metrics(result: EvalResult) -> dict[str, float]:
+    """test.py's own summary (P, R and its interpolated mAPs), keyed as in ``yolo-prune test --json``."""
+    return {"mp": result.mp, "mr": result.mr, "map50": result.map50_yolo, "map": result.map_yolo}
+
+
 def format_results(
     result: EvalResult, names: Names = None, verbose: bool = False, file: TextIO | None | str = "stdout",
 ) -> str:
-    """The YOLOv7 ``test.py`` printout: header, 'all' row, per-class rows when ``verbose``, speed line.
+    """The YOLOv7 ``test.py`` printout with the pycocotools mAPs appended: header, 'all' row, per-class rows
+    when ``verbose``, speed line.
 
-    mAP@.5 and mAP@.5:.95 are the pycocotools numbers; P and R are YOLOv7's. ``names`` overrides the row
-    names. Printed to ``file`` (default: ``sys.stdout`` at call time, so redirections apply; None: not
+    Columns P, R, mAP@.5, mAP@.5:.95 are test.py's own numbers (what the official script prints for the same
+    predictions); COCO@.5 and COCO@.5:.95 are pycocotools' (the authoritative mAP). ``names`` overrides the
+    row names. Printed to ``file`` (default: ``sys.stdout`` at call time, so redirections apply; None: not
     printed); the text is returned.
     """
-    pf = "%20s" + "%12i" * 2 + "%12.3g" * 4
-    lines = [("%20s" + "%12s" * 6) % HEADER,
-             pf % ("all", result.n_images, result.n_labels, result.mp, result.mr, result.map50, result.map)]
+    pf = "%20s" + "%12i" * 2 + "%12.3g" * 6
+    lines = [("%20s" + "%12s" * 8) % (*HEADER, *COCO_HEADER),
+             pf % ("all", result.n_images, result.n_labels, result.mp, result.mr, result.map50_yolo,
+                   result.map_yolo, result.map50, result.map)]
     if verbose:
         label = (lambda r: _name_list(names, r.cls + 1)[r.cls]) if names is not None else (lambda r: r.name)
-        lines += [pf % (label(r), r.images, r.labels, r.p, r.r, r.ap50, r.ap) for r in result.rows]
+        lines += [pf % (label(r), r.images, r.labels, r.p, r.r, r.ap50_yolo, r.ap_yolo, r.ap50, r.ap)
+                  for r in result.rows]
     lines.append("Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g" % result.speed)
     text = "\n".join(lines)
     if file is not None:
