@@ -142,3 +142,4 @@ def test_cli_prints_and_reports_both_sets(tmp_path, capsys):
     assert lines[0].split()[3:] == ["P", "R", "mAP@.5", "mAP@.5:.95", "COCO@.5", "COCO@.5:.95"]
     expected = [official[k] for k in ("mp", "mr", "map50", "map")] + [report["map50"], report["map"]]
     assert lines[1].split()[3:] == ["%.3g" % v for v in expected]
+    assert "per 256x256 image at batch-size 3" in lines[-2]  # --img, as test.py (its rect batches vary in shape)

@@ -87,8 +87,9 @@ class EvalRun:
     dets: list[Tensor] = field(default_factory=list)  # [n, 6] (x1, y1, x2, y2, conf, cls)
     t_inf: float = 0.0
     t_nms: float = 0.0
-    hw: tuple[int, int] = (0, 0)
+    hw: tuple[int, int] = (0, 0)  # input size of the latest batch
     batch: int = 0
+    nominal_hw: tuple[int, int] | None = None  # reported instead of ``hw`` (test.py prints --img, not batch shapes)
 
     def add(self, path: str, hw0: tuple[int, int], labels: Tensor, dets: Tensor) -> None:
         """Record one image: labels [m, 5] (cls, xyxy), dets [n, 6] (xyxy, conf, cls) in NMS order."""
@@ -252,6 +253,7 @@ def evaluate(
     save_json: str | Path | None = None,
     verbose: bool = False,
     progress: bool = True,
+    img_size: int | None = None,
 ) -> EvalResult:
     """Evaluate a detector like YOLOv7 ``test.py`` (multi-label NMS, max 300 detections per image).
 
@@ -259,12 +261,15 @@ def evaluate(
     back in its training mode afterwards. ``coco_gt`` is a COCO json/dict/object (images matched by
     file name or numeric stem, class i -> i-th category id); by default ground truth is built from the
     labels. ``save_json`` is a ``.json`` path or a folder for ``predictions.json``. ``verbose`` prints the
-    per-class table and pycocotools' summary. Raises DataError when no image was evaluated.
+    per-class table and pycocotools' summary. ``img_size`` is the input size the speed line names (test.py
+    prints ``--img`` although its rectangular batches vary); default: the last batch's. Raises DataError when
+    no image was evaluated.
     """
     device = torch.device(device)
     half = bool(half) and device.type == "cuda"
     net, restore = _prepare_model(model, device, half)
     run, names_l = EvalRun(StatsAccumulator()), _name_list(names, nc)
+    run.nominal_hw = (img_size, img_size) if img_size else None
     try:
         with torch.inference_mode():
             for batch in _batches(dataloader, max_images, progress):
@@ -290,7 +295,8 @@ def summarize(
     coco, cat_ids, json_path = _coco_metrics(run, nc, names, coco_gt, save_json, verbose)
     ap, ap50 = _class_coco_ap(coco, cat_ids)
     n = len(run.paths)
-    speed = (run.t_inf / n * 1e3, run.t_nms / n * 1e3, (run.t_inf + run.t_nms) / n * 1e3, *run.hw, run.batch)
+    speed = (run.t_inf / n * 1e3, run.t_nms / n * 1e3, (run.t_inf + run.t_nms) / n * 1e3, *(run.nominal_hw or run.hw),
+             run.batch)
     return EvalResult(
         mp=yolo.mp, mr=yolo.mr, map50=coco.map50, map=coco.map, map50_yolo=yolo.map50, map_yolo=yolo.map,
         class_ap=ap, class_ap50=ap50, rows=_rows(yolo, ap, ap50, names, n), speed=speed, n_images=n,

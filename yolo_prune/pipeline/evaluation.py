@@ -71,7 +71,7 @@ def evaluate_on_data(model: torch.nn.Module, settings: DataSettings, *, device: 
     loader, cfg = make_loader(settings, stride, rect=getattr(model, "input_hw", None) is None)
     return evaluate(model, loader, nc=cfg.nc, names=cfg.names, conf_thres=conf_thres, iou_thres=iou_thres,
                     device=device, half=half, max_images=settings.max_images, save_json=save_json,
-                    verbose=verbose, progress=progress)
+                    verbose=verbose, progress=progress, img_size=settings.img_size)
 
 
 def cached_batches(settings: DataSettings, stride: int, device: torch.device) -> tuple[list, Any]:
