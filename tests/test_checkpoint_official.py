@@ -283,3 +283,17 @@ def test_malformed_embedded_cfg_exits_2_through_the_cli(tmp_path, official):
     res = _cli_info(path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{path} (embedded cfg): 'nc' must be a positive integer" in res.stderr
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("widths", "abc", r"'widths' must be a list of integers"),
+    ("state_dict", {"model.0.conv.weight": [1.0, 2.0]}, r"'state_dict' must map names to tensors"),
+    ("cfg", {"nc": "3"}, r"missing key 'anchors'"),
+])
+def test_native_checkpoint_with_malformed_fields(tmp_path, tiny_model, field, value, message):
+    ckpt = torch.load(yp.save_checkpoint(tiny_model, tmp_path / "m.pt"), weights_only=True)
+    ckpt[field] = value
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message) as err:
+        yp.load_model(tmp_path / "bad.pt")
+    assert str(tmp_path / "bad.pt") in str(err.value)

@@ -138,8 +138,12 @@ def model_from_native(ckpt: dict, source: str) -> Model:
     missing = [k for k in ("cfg", "widths", "state_dict") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks '{missing[0]}'")
-    check_widths(ckpt["widths"], ckpt["state_dict"], source)
-    model = rebuild(ckpt["cfg"], list(ckpt["widths"]), ckpt.get("fused") or {}, ckpt["state_dict"], source)
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: 'state_dict' must map names to tensors")
+    check_widths(ckpt["widths"], state, source)
+    fused = ckpt.get("fused") if isinstance(ckpt.get("fused"), dict) else {}
+    model = rebuild(ckpt["cfg"], list(ckpt["widths"]), fused, state, source)
     if len(ckpt.get("names") or []) == model.nc:
         model.names = [str(n) for n in ckpt["names"]]
     return model.float().eval()
