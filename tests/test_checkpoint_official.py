@@ -260,10 +260,10 @@ def test_official_checkpoint_with_broadcast_weights_fails_without_allocating(tmp
     ("nc", "80", r"'nc' must be a positive integer.*got '80'"),
     ("nc", 10**9, r"nc=1000000000 with 3 anchors per level needs 3000000015 filters in the head, but "
                   r"model\.77\.m\.0\.weight holds 255"),
-    ("anchors", "3", r"'anchors' must be a list of \[w, h, w, h, \.\.\.\] lists"),
+    ("anchors", "3", r"'anchors' must be a list of levels"),
     ("anchors", [[10, "x"]], r"'anchors' must be a list"),
-    ("width_multiple", -1.0, r"'width_multiple' must be a positive number, got -1\.0"),
-    ("depth_multiple", "1", r"'depth_multiple' must be a positive number, got '1'"),
+    ("width_multiple", -1.0, r"'width_multiple' must be a number in \(0, 16\], got -1\.0"),
+    ("depth_multiple", "1", r"'depth_multiple' must be a number in \(0, 16\], got '1'"),
     ("ch", 10**9, r"weights do not fit the architecture: model\.0\.conv\.weight: checkpoint \(32, 3, 3, 3\) vs "
                   r"model \(32, 1000000000, 3, 3\)"),
 ])

@@ -77,6 +77,7 @@ class _Recorder:
     """A stand-in detector that records the input shapes it is given (and detects nothing)."""
 
     stride = torch.tensor([8.0, 16.0, 32.0])
+    nc = 1
 
     def __init__(self):
         self.shapes = []

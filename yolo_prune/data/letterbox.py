@@ -29,6 +29,11 @@ def as_hw(shape: ShapeLike) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def round_up_to_stride(size: int, stride: int) -> int:
+    """The smallest multiple of ``stride`` >= ``size``: YOLOv7's rule for image sizes (``check_img_size``)."""
+    return -(-int(size) // int(stride)) * int(stride)
+
+
 def resize(img: np.ndarray, size_wh: tuple[int, int], interpolation: str = LINEAR) -> np.ndarray:
     """Resize an HWC uint8 image to ``(w, h)`` with OpenCV, as YOLOv7 does; returns the input if unchanged.
 

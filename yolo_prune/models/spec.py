@@ -114,28 +114,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_header(cfg: dict, source: str) -> None:
-    """``nc``, ``anchors`` and the depth/width multiples have the types and ranges the builder relies on."""
+def check_header(cfg: dict, source: str = "<cfg>") -> None:
+    """``nc``, ``anchors``, ``depth_multiple``, ``width_multiple`` and the row lists have usable types and values
+    (a string ``nc`` or a negative ``width_multiple`` would otherwise fail deep inside the builder)."""
     for key in ("nc", "anchors", "backbone", "head"):
         if key not in cfg:
             raise ConfigError(f"{source}: missing key '{key}'")
-    for key in ("backbone", "head"):
-        if not isinstance(cfg[key], list):
-            raise ConfigError(f"{source}: '{key}' must be a list of [from, number, module, args] rows")
     nc = cfg["nc"]
-    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
         raise ConfigError(f"{source}: 'nc' must be a positive integer (number of classes), got {nc!r}")
     anchors = cfg["anchors"]
     levels_ok = isinstance(anchors, list) and anchors and all(
-        isinstance(a, list) and a and len(a) % 2 == 0 and all(_is_number(v) and v > 0 for v in a) for a in anchors)
-    count_ok = isinstance(anchors, int) and not isinstance(anchors, bool) and anchors >= 1
-    if not (levels_ok or count_ok):
-        raise ConfigError(f"{source}: 'anchors' must be a list of [w, h, w, h, ...] lists of positive numbers "
-                          f"(one per detection level) or a positive anchor count, got {str(anchors)[:80]}")
+        isinstance(a, list) and a and len(a) % 2 == 0 and len(a) == len(anchors[0])
+        and all(_is_number(v) and v > 0 for v in a) for a in anchors)
+    if not (levels_ok or (isinstance(anchors, int) and not isinstance(anchors, bool) and anchors >= 1)):
+        raise ConfigError(f"{source}: 'anchors' must be a list of levels [w1, h1, w2, h2, ...] of positive numbers "
+                          f"(the same count per level) or a positive anchor count, got {anchors!r}")
     for key in ("depth_multiple", "width_multiple"):
         value = cfg.get(key, 1.0)
-        if not _is_number(value) or value <= 0:
-            raise ConfigError(f"{source}: '{key}' must be a positive number, got {value!r}")
+        if not _is_number(value) or not 0 < value <= 16:
+            raise ConfigError(f"{source}: '{key}' must be a number in (0, 16], got {value!r}")
+    for key in ("backbone", "head"):
+        if not isinstance(cfg[key], list):
+            raise ConfigError(f"{source}: '{key}' must be a list of [from, number, module, args] rows")
 
 
 def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
@@ -159,12 +160,11 @@ def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
 
 def load_cfg(path: str | Path) -> dict:
     """Read a cfg YAML file into a dict (no symbol resolution yet)."""
+    from yolo_prune.fileio import read_text
+
     path = Path(path)
     try:
-        with path.open() as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"model cfg not found: {path}") from exc
+        data = yaml.safe_load(read_text(path, "model cfg", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
