@@ -6,6 +6,9 @@ Layout (a plain dict of primitives and tensors)::
      "cfg": <model cfg dict>, "widths": [out channels of every Conv/RepConv, module order],
      "fused": {"conv_bn": bool, "repconv": bool, "implicit": bool},
      "names": [...], "state_dict": {...}, "history": [ {event dict}, ... ], "extra": {...}}
+
+Classification CNNs use the same dict with ``"task": "classify"`` and their ``arch`` spec instead of ``cfg``
+(:mod:`.classify`).
 """
 from __future__ import annotations
 
@@ -42,7 +45,14 @@ def fused_state(model: Model) -> dict[str, bool]:
 
 def to_checkpoint(model: Model, history: list[dict] | None = None, extra: dict | None = None,
                   half: bool = False) -> dict[str, Any]:
-    """The checkpoint dict for ``model`` (tensors copied to CPU; ``half`` stores floats as fp16)."""
+    """The checkpoint dict for ``model`` (tensors copied to CPU; ``half`` stores floats as fp16); classifiers are
+    written by :mod:`.classify`."""
+    from yolo_prune.models.classify import Classifier
+
+    if isinstance(model, Classifier):
+        from yolo_prune.checkpoint.classify import classifier_checkpoint
+
+        return classifier_checkpoint(model, history, extra, half)
     sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone())
           for k, v in model.state_dict().items()}
     return {"format": FORMAT, "version": VERSION, "cfg": model.yaml, "widths": model.widths(),
@@ -93,6 +103,17 @@ def _check_head(cfg: dict, state: Mapping[str, torch.Tensor], source: str) -> No
                                   f"{expected} filters in the head, but {key} holds {t.shape[0]}")
 
 
+def _reparameterise(model: nn.Module, fused: Mapping[str, bool]) -> nn.Module:
+    """Apply the re-parameterisations a checkpoint records (RepConv merge, Conv+BN folding, implicit folding)."""
+    if fused.get("repconv"):
+        fuse_repconv(model)
+    if fused.get("conv_bn"):
+        fuse_conv_bn(model)
+    if fused.get("implicit"):
+        fold_implicit(model)
+    return model
+
+
 def rebuild(cfg: Any, widths: Any, fused: Mapping[str, bool], state: Mapping[str, torch.Tensor], source: str,
             ch: Any = 3) -> Model:
     """The recorded architecture, re-parameterised as recorded, with ``state`` loaded strictly.
@@ -111,14 +132,7 @@ def rebuild(cfg: Any, widths: Any, fused: Mapping[str, bool], state: Mapping[str
     _check_head(cfg, state, source)
 
     def build() -> Model:
-        model = Model(cfg, ch=ch, widths=widths, source=f"{source} (embedded cfg)")
-        if fused.get("repconv"):
-            fuse_repconv(model)
-        if fused.get("conv_bn"):
-            fuse_conv_bn(model)
-        if fused.get("implicit"):
-            fold_implicit(model)
-        return model
+        return _reparameterise(Model(cfg, ch=ch, widths=widths, source=f"{source} (embedded cfg)"), fused)
 
     try:
         model = build_within(build, state, source)
@@ -135,15 +149,26 @@ def model_from_native(ckpt: dict, source: str) -> Model:
     """Rebuild the (possibly pruned and fused) model recorded in ``ckpt`` and load its weights strictly."""
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{source}: written by a newer yolo-prune (format version {ckpt['version']})")
+    if ckpt.get("task") == "classify":
+        from yolo_prune.checkpoint.classify import classifier_from_native
+
+        return classifier_from_native(ckpt, source)
     missing = [k for k in ("cfg", "widths", "state_dict") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks '{missing[0]}'")
     state = ckpt["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source}: 'state_dict' must map names to tensors")
-    check_widths(ckpt["widths"], state, source)
     fused = ckpt.get("fused") if isinstance(ckpt.get("fused"), dict) else {}
-    model = rebuild(ckpt["cfg"], list(ckpt["widths"]), fused, state, source)
+    cfg = ckpt["cfg"]
+    if isinstance(cfg, dict) and "darknet" in cfg:  # a model built from a Darknet .cfg
+        from yolo_prune.models.darknet import build_darknet
+
+        model = _reparameterise(build_darknet(cfg, widths=ckpt["widths"]), fused)
+        load_state_strict(model, state, source)
+    else:
+        check_widths(ckpt["widths"], state, source)
+        model = rebuild(cfg, list(ckpt["widths"]), fused, state, source)
     if len(ckpt.get("names") or []) == model.nc:
         model.names = [str(n) for n in ckpt["names"]]
     return model.float().eval()

@@ -79,9 +79,11 @@ threshold = float_in(0.0, 1.0)  # confidence / IoU thresholds
 def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--cfg NAME|PATH [--nc N]`` or ``--weights FILE`` (exactly one)."""
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--cfg", help="shipped cfg name (e.g. yolov7-tiny, deploy/yolov7) or a cfg .yaml path")
+    group.add_argument("--cfg", help="shipped cfg name (e.g. yolov7-tiny, deploy/yolov7), a cfg .yaml path, a Darknet "
+                       ".cfg, or a classification arch (scnnb, vgg16_bn, resnet18, resnet50: random init, 3x32x32 input)")
     group.add_argument("--weights", nargs="+", action=OneWeights, metavar="FILE",
-                       help="checkpoint: an official YOLOv7 .pt or a yolo-prune checkpoint")
+                       help="checkpoint: an official YOLOv7 .pt, a yolo-prune checkpoint, or Darknet .weights (read "
+                       "with the .cfg of the same name beside it)")
     parser.add_argument("--nc", type=positive_int, default=None,
                         help="number of classes (overrides the cfg's nc; with --cfg)")
 
@@ -113,9 +115,12 @@ def load_model_from_args(args: argparse.Namespace) -> Model:
     """Build or load the model named by ``--cfg``/``--weights``."""
     from yolo_prune.checkpoint import load_model
     from yolo_prune.models.cfgs import build_model
+    from yolo_prune.models.classify import build_classifier, is_arch
 
     if getattr(args, "weights", None):
         return load_model(args.weights)
+    if is_arch(args.cfg):
+        return build_classifier(args.cfg, nc=args.nc or 10).eval()
     return build_model(args.cfg, nc=args.nc).eval()
 
 

@@ -37,9 +37,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     add_model_source(p)
     add_pruning_flags(p)
     p.add_argument("--output", "--name", dest="output", default=None,
-                   help="where to write the pruned checkpoint (.pt); --name as in the published prune.py")
-    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=640,
-                   help="image size for the GFLOPs summary (default 640)")
+                   help="where to write the pruned checkpoint (.pt); --name as in the published prune.py; for a model "
+                   "read from a Darknet .cfg, a .weights path writes Darknet files (the .cfg beside it)")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
+                   help="image size for the GFLOPs summary (default 640; a Darknet cfg's width, 1280 for P6 models)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -68,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     given = read_published(args.pruning_config) if args.pruning_config else None
     model, history = load_model_and_history(args)
-    img = fit_img(args.img, int(model.stride.max()))
+    img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                    graph=given, inplace=True, img_size=img, scoring=args.scoring)
-    save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
+    if str(args.output).endswith(".weights"):
+        from pathlib import Path
+
+        from yolo_prune.checkpoint.darknet import save_darknet
+
+        save_darknet(result.model, Path(args.output).with_suffix(".cfg"), args.output)
+    else:
+        save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
     if args.json:
         print_json({"output": args.output, **result.to_dict()})
     else:

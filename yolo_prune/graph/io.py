@@ -19,6 +19,7 @@ class PublishedGraph:
     nconv: int
     entries: list[Entry]
     path: str
+    coupled: list[list[int]] | None = None  # the optional ``coupled`` key (residual-add groups)
 
 
 def _int_list(value: object, where: str) -> list[int]:
@@ -50,7 +51,12 @@ def read_published(path: str | Path) -> PublishedGraph:
         if consumers and len(consumers) != len(slices):
             raise ConfigError(f"{where}: {len(consumers)} consumers but {len(slices)} slices")
         entries.append((consumers, slices if consumers else [], sizes))
-    return PublishedGraph(int(data["nconv"]), entries, str(path))
+    coupled = data.get("coupled")
+    if coupled is not None:
+        if not isinstance(coupled, list):
+            raise ConfigError(f"{path}: 'coupled' must be a list of layer lists, e.g. [[3, 7, 12]]")
+        coupled = [sorted(_int_list(g, f"{path}: coupled group {i}")) for i, g in enumerate(coupled)]
+    return PublishedGraph(int(data["nconv"]), entries, str(path), coupled)
 
 
 def check_against(published: PublishedGraph, graph: PruningGraph) -> list[str]:
@@ -67,4 +73,8 @@ def check_against(published: PublishedGraph, graph: PruningGraph) -> list[str]:
                             ("sizes", theirs[2], ours[2])):
             if a != b:
                 problems.append(f"layer {i} ({node.name}): file says {label} {a}, the model says {b}")
+    ours = sorted(list(g) for g in graph.groups)
+    theirs = sorted(published.coupled or [])
+    if theirs != ours:
+        problems.append(f"coupled groups: file says {theirs}, the model says {ours}")
     return problems

@@ -11,10 +11,10 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.graph.io import PublishedGraph, check_against
 from yolo_prune.errors import PruningError
 from yolo_prune.models.complexity import count_gflops, count_params
-from yolo_prune.models.model import Model
 from yolo_prune.prune.params import LayerRates, parse_pruning_params
 from yolo_prune.prune.plan import PruningPlan, make_plan
 from yolo_prune.prune.surgery import apply_plan
+from yolo_prune.prune.units import module_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LayerChange:
 class PruneResult:
     """The pruned model, the plan that made it, and a summary (params/GFLOPs before and after)."""
 
-    model: Model
+    model: nn.Module
     plan: PruningPlan
     layers: list[LayerChange] = field(default_factory=list)
     params_before: int = 0
@@ -55,7 +55,7 @@ class PruneResult:
                 "params_after": self.params_after}
 
 
-def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningGraph:
+def resolve_graph(model: nn.Module, given: PublishedGraph | None = None) -> PruningGraph:
     """The model's derived graph; a user-supplied published graph must agree with it."""
     graph = derive_graph(model)
     if given is not None:
@@ -66,34 +66,43 @@ def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningG
     return graph
 
 
-def prune(model: Model, params: str | float | LayerRates, criterion: str | int = "l2", *,
-          round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
-          inplace: bool = False, summarize: bool = True, img_size: int = 640,
-          scoring: str = "sequential") -> PruneResult:
-    """Structurally prune ``model`` (a copy unless ``inplace``) and return the result with a summary.
+def _cost(model: nn.Module, img_size: int) -> tuple[int, float]:
+    return count_params(model), count_gflops(model, img_size, getattr(model, "ch_in", 3))
 
-    ``scoring``: ``sequential`` (default, the published pruner's choices) or ``independent`` (see ``make_plan``).
-    """
+
+def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | int = "l2", *,
+          round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
+          inplace: bool = False, summarize: bool = True, img_size: int | None = None,
+          scoring: str = "sequential") -> PruneResult:
+    """Structurally prune ``model`` (a YOLOv7 ``Model``, a Darknet model, or a traced network such as a
+    ``Classifier``; a copy unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``;
+    default: the model's own input size). ``scoring``: ``sequential`` (default, the published pruner's choices) or
+    ``independent`` (see ``make_plan``)."""
+    img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
     parsed = parse_pruning_params(params) if not isinstance(params, float) else params
     if not isinstance(graph, PruningGraph):
         graph = resolve_graph(model, graph)
     plan = make_plan(model, graph, parsed, criterion, round_to, seed, scoring)
-    before = (count_params(model), count_gflops(model, img_size)) if summarize else (0, 0.0)
+    before = _cost(model, img_size) if summarize else (0, 0.0)
     target = model if inplace else copy.deepcopy(model)
-    convs = target.conv_modules()
-    params_before_layer = [sum(p.numel() for p in m.parameters()) for m in convs] if summarize else []
+
+    def layer_params(layer: int) -> int:
+        return sum(p.numel() for m in graph.group_of(layer) for p in module_of(target, graph[m]).parameters())
+
+    params_before_layer = {lp.layer: layer_params(lp.layer) for lp in plan.layers} if summarize else {}
     apply_plan(target, graph, plan)
     result = PruneResult(target, plan, img_size=img_size)
     if summarize:
         result.params_before, result.gflops_before = before
-        result.params_after, result.gflops_after = count_params(target), count_gflops(target, img_size)
+        result.params_after, result.gflops_after = _cost(target, img_size)
         for lp in plan.layers:
             node = graph[lp.layer]
-            removed = params_before_layer[lp.layer] - sum(p.numel() for p in convs[lp.layer].parameters())
+            removed = params_before_layer[lp.layer] - layer_params(lp.layer)
             result.layers.append(LayerChange(lp.layer, node.name, lp.rate, lp.before, len(lp.kept), removed,
-                                             tuple(sorted({c for c, _ in node.consumers}))))
+                                             tuple(sorted({c for m in graph.group_of(lp.layer)
+                                                           for c, _ in graph[m].consumers}))))
     return result
 
 
