@@ -337,10 +337,11 @@ class Sessions:
             if re.search(pattern, cmd.text):
                 prepare(cwd)
         argv = small(cmd, cwd)
-        if argv[0] == "torchrun":  # the same launcher, run with this interpreter
+        if argv[0] == "torchrun":  # the same launcher, run with this interpreter; the workspace has a
+            # yolo_prune/assets folder (README paths), which must not shadow the package: no cwd on sys.path
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], cwd=cwd,
                                   capture_output=True, text=True, timeout=600,
-                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                  env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONSAFEPATH="1"))
             return proc.returncode, proc.stdout, proc.stderr, argv
         code, out, err = run_cli(argv[1:], cwd=cwd)
         return code, out, err, argv
