@@ -35,7 +35,8 @@ class Scorer(Protocol):
     def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
 
     def finish(self, state: Any) -> dict[str, Any]:
-        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95)."""
+        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95); may add
+        ``official`` ({mp, mr, map50, map} as YOLOv7 test.py computes them), which is stored alongside."""
 
     # optional, for EarlyStop: ``partial_map50(state) -> float``, a cheap mAP@.5 of the images seen so far
 
@@ -192,8 +193,9 @@ def _update(ctx: _Chunk, cfg: _Config, pred: torch.Tensor, meta: Any, seconds: f
 def _metrics(scorer: Scorer, cfg: _Config, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
     t_inf, t_nms = 1e3 * cfg.seconds / max(cfg.images, 1), 1e3 * cfg.nms_seconds / max(cfg.images, 1)
+    official = {k: float(v) for k, v in m["official"].items()} if "official" in m else {}
     out = {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
-           "per_class": [float(v) for v in m["per_class"]],
+           **({"official": official} if official else {}), "per_class": [float(v) for v in m["per_class"]],
            "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
            "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
     if cfg.stopped is not None:
