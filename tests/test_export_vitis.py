@@ -20,7 +20,7 @@ from yolo_prune.errors import CheckFailed
 from yolo_prune.export.onnx_export import export_onnx
 from yolo_prune.export.options import ExportOptions
 from yolo_prune.export.ort_model import OrtDetector
-from yolo_prune.export.vitis import stack_large_pools
+from yolo_prune.models.pools import stack_large_pools
 from yolo_prune.export.vitis_checks import DPU_LEAKY_SLOPE, check_xint8, dpu_warnings
 from yolo_prune.models.cfgs import build_model
 from yolo_prune.prune import prune
@@ -75,9 +75,13 @@ def test_every_scale_is_a_power_of_two_with_zero_point_0(int8):
     assert check_xint8(proto).concats == sum(n.op_type == "Concat" for n in proto.graph.node) > 0
 
 
-def test_graph_ends_at_head_convs_and_pools_fit_the_dpu(int8):
+def test_graph_ends_at_split_head_convs_and_pools_fit_the_dpu(int8):
     proto = onnx.load(str(int8))
-    assert [o.name for o in proto.graph.output] == ["conv0", "conv1", "conv2"]
+    # each head conv split into box / obj / cls convs, each output with its own power-of-two scale
+    assert [o.name for o in proto.graph.output] == [f"conv{i}_{g}" for i in range(3) for g in ("box", "obj", "cls")]
+    head = [n for n in proto.graph.node if n.op_type == "Conv" and n.output[0] not in
+            {i for m in proto.graph.node if m.op_type == "LeakyRelu" for i in m.input}]
+    assert len(head) == 9
     assert not {"Reshape", "Transpose", "Sigmoid", "ScatterND"} & {n.op_type for n in proto.graph.node}
     kernels = [a.ints[0] for n in proto.graph.node if n.op_type == "MaxPool" for a in n.attribute
                if a.name == "kernel_shape"]
@@ -113,7 +117,8 @@ def test_keep_head_float_leaves_head_convs_unquantized(tmp_path, synth):
 
     files = [p for p in split_images(DataSettings(str(synth), "train"))[0]][:4]
     model = prune(build_model("yolov7-tiny", nc=2), 0.5, "l2", inplace=True, summarize=False).model.eval()
-    result = export_vitis_int8(model, tmp_path / "p.onnx", 64, files, VitisOptions(calib_count=4, keep_head_float=True))
+    opts = VitisOptions(calib_count=4, keep_head_float=True, split_head=False)
+    result = export_vitis_int8(model, tmp_path / "p.onnx", 64, files, opts)
     assert len(result.check.float_convs) == 3 and result.calib_images == 4
     assert any("kept in float" in w for w in result.warnings)
     assert OrtDetector(tmp_path / "p.onnx")(torch.rand(1, 3, 64, 64))[0].shape[-1] == 7

@@ -55,12 +55,23 @@ def _literal_list(text: str, flag: str, kind: type) -> list:
 
 
 def _load(args: argparse.Namespace):
-    from yolo_prune.checkpoint import load_model
+    """(model to evaluate, float model its parameters and GFLOPs are counted on)."""
+    from yolo_prune.checkpoint import load_checkpoint
 
     if str(args.weights).endswith(".onnx"):
         from yolo_prune.export.ort_model import OrtDetector  # evaluated through ONNX Runtime
-        return OrtDetector(args.weights)
-    model = load_model(args.weights)
+        detector = OrtDetector(args.weights)
+        return detector, detector
+    loaded = load_checkpoint(args.weights)
+    model = loaded.model
+    if args.task != "pruning_sensitivity_analysis" and args.modification != "prune-structured":
+        from yolo_prune.quant.state import restore, stored_scheme
+
+        if stored_scheme(loaded.extra) is not None:  # a `train --qat` checkpoint: evaluate what it trained
+            model = restore(model, loaded.extra, str(args.weights)).model
+            if not args.json:
+                print(f"{args.weights}: quantization-aware trained checkpoint, evaluated fake-quantized (int8)")
+            return model, loaded.model
     if args.modification == "prune-structured":
         if not args.pruning_params:
             args.parser.error("--modification prune-structured needs --pruning-params")
@@ -68,7 +79,7 @@ def _load(args: argparse.Namespace):
 
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                       inplace=True, summarize=False).model
-    return model
+    return model, model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     split = "test" if args.task == "test" else "val"
     data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images)
-    model = _load(args)
+    model, counted = _load(args)
     if args.task == "pruning_sensitivity_analysis":
         return _analyse(args, model, data, device)
-    return _evaluate(args, model, data, device)
+    return _evaluate(args, model, data, device, counted)
 
 
-def _evaluate(args, model, data, device) -> int:
+def _evaluate(args, model, data, device, counted) -> int:
     from yolo_prune.engine.evaluator import format_results
     from yolo_prune.models.complexity import count_gflops, count_params
     from yolo_prune.pipeline.evaluation import evaluate_on_data
@@ -96,8 +107,8 @@ def _evaluate(args, model, data, device) -> int:
                               half=args.half, save_json=str(out_dir / "predictions.json") if args.save_json else None,
                               verbose=False, progress=not args.json)
     is_torch = hasattr(model, "parameters")
-    params = count_params(model) if is_torch else None
-    gflops = count_gflops(model.cpu(), args.img) if is_torch else None
+    params = count_params(counted) if is_torch else None
+    gflops = count_gflops(counted.cpu(), args.img) if is_torch else None
     if args.json:
         print_json({"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
                     "per_class": result.class_ap, "speed": list(result.speed), "params": params, "gflops": gflops,

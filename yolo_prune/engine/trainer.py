@@ -31,6 +31,7 @@ from tqdm import tqdm
 from yolo_prune.engine.ddp import DistInfo, ShardSampler, broadcast_path, start_distributed, stop_distributed, wrap_ddp
 from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
 from yolo_prune.engine.ema import ModelEMA, unwrap
+from yolo_prune.engine.hooks import ModelHook, apply_hook
 from yolo_prune.engine.optim import Schedule, build_optimizer
 from yolo_prune.engine.train_state import (STATE_KEY, STATE_VERSION, TrainResult, TrainSettings, TrainState,
                                            find_last, fitness, new_run_dir, read_train_state, strip_checkpoint,
@@ -59,6 +60,7 @@ class _Inputs:
     state: dict[str, Any] | None = None
     ema_model: nn.Module | None = None
     run_dir: Path | None = None
+    extra: dict[str, Any] | None = None  # the resumed checkpoint's ``extra`` (for a ModelHook)
 
 
 def _seed_everything(seed: int) -> None:
@@ -133,7 +135,7 @@ def _resumed_inputs(settings: TrainSettings) -> _Inputs:
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     return _Inputs(stored, dict(state["hyp"]), data, model, list(state.get("base_history", [])), teacher,
-                   state, loaded.model, path.parent.parent)
+                   state, loaded.model, path.parent.parent, dict(loaded.extra))
 
 
 def _load_inputs(settings: TrainSettings) -> _Inputs:
@@ -160,6 +162,7 @@ class _Run:
     state: TrainState
     run_dir: Path
     img_size: int
+    hook: ModelHook | None = None
 
     @property
     def settings(self) -> TrainSettings:
@@ -209,10 +212,12 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.ema.updates = run.state.updates
 
 
-def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _Run:
-    """Model on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder (created on rank 0)."""
+def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device, hook: ModelHook | None = None) -> _Run:
+    """Model (as ``hook`` prepares it) on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder
+    (created on rank 0)."""
     from yolo_prune.engine.loss import YoloLoss, scale_loss_gains
 
+    inputs.model, inputs.ema_model = apply_hook(hook, inputs.model, inputs.ema_model, inputs.data, inputs.extra)
     s, model = inputs.settings, inputs.model.float().to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -226,7 +231,7 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _R
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # AMP on CUDA only
     schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size)
     run = _Run(inputs, dist_info, device, model, loss, optimizer, scaler, schedule, train_loader, val_loader, ema,
-               teacher, TrainState(), broadcast_path(run_dir, dist_info), img)
+               teacher, TrainState(), broadcast_path(run_dir, dist_info), img, hook)
     if inputs.state is not None:
         _restore(run, inputs.state)
     if dist_info.world > 1:
@@ -323,7 +328,8 @@ def _checkpoint(run: _Run) -> dict[str, Any]:
 
     model = unwrap(run.model)
     history = run.inputs.history + [train_entry(run.settings, run.state, run.img_size)]
-    ckpt = to_checkpoint(run.ema.ema, history, {"source": run.settings.weights or run.settings.cfg,
+    extra = run.hook.checkpoint_extra(run.ema.ema) if run.hook is not None else {}
+    ckpt = to_checkpoint(run.ema.ema, history, {**extra, "source": run.settings.weights or run.settings.cfg,
                                                 "epoch": run.state.epoch})
     ckpt[STATE_KEY] = {"version": STATE_VERSION, **run.state.to_dict(), "base_history": run.inputs.history,
                        "settings": run.settings.to_dict(), "hyp": dict(run.inputs.hyp),
@@ -370,18 +376,21 @@ def _header(run: _Run) -> None:
 
 
 # ------------------------------------------------------------------------------------------- API
-def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None,
+          model_hook: ModelHook | None = None) -> TrainResult:
     """Train (or resume) as ``settings`` say; returns where the results are.
 
     Every input is read and checked (hyp keys, data paths, weights, pruning parameters) before the run
     folder is created, so a bad input leaves earlier runs untouched. ``on_epoch_end(epoch, row)`` is called
     after each epoch's files are written (an exception raised there stops the run like an interruption:
-    ``last.pt`` can be resumed). Seeds Python/NumPy/torch global RNGs with ``settings.seed``.
+    ``last.pt`` can be resumed). ``model_hook`` (:class:`~yolo_prune.engine.hooks.ModelHook`) swaps in the model
+    to train, e.g. a fake-quantized one (``yolo-prune train --qat``). Seeds Python/NumPy/torch global RNGs with
+    ``settings.seed``.
     """
     started = time.time()
     dist_info, device = start_distributed(settings.device)
     try:
-        run = _build_run(_load_inputs(settings), dist_info, device)
+        run = _build_run(_load_inputs(settings), dist_info, device, model_hook)
         if dist_info.main and run.inputs.state is None:
             write_run_files(run.run_dir, run.inputs.hyp, run.settings)
         _header(run)
