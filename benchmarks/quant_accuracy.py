@@ -1,7 +1,7 @@
 """INT8 accuracy: float vs every PTQ variant vs QAT, for Vitis AI DPUs and TensorRT Q/DQ, measured with the CLI.
 
 Every row is a list of `yolo-prune` commands (an export, then `yolo-prune test` on the val split); the mAP comes
-from the test's ``all`` line (pycocotools mAP@.5:.95 on the data YAML's val images). One invocation measures one
+from `yolo-prune test --json` (pycocotools mAP@.5:.95 on the data YAML's val images). One invocation measures one
 model (``--label``); rows accumulate in ``--results`` (JSON, resumable: a row whose commands did not change is not
 run again), so models trained at different times share one table. ``--write`` renders every model of the JSON
 into BENCHMARKS.md's "INT8 accuracy" section. QAT checkpoints come from `yolo-prune train --qat` (their
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -43,7 +42,7 @@ def rows_for(a: argparse.Namespace) -> list[dict[str, Any]]:
 
     def test(weights: str | Path) -> list[str]:
         return ["test", "--weights", str(weights), "--data", a.data, "--img", str(a.img), "--batch-size", "8",
-                "--workers", "0"]
+                "--workers", "0", "--json"]
 
     def export(name: str, weights: str, *flags: str) -> list[list[str]]:
         out = work / name
@@ -78,9 +77,9 @@ def run_row(row: dict[str, Any]) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-m", "yolo_prune", *cmd], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             return {**row, "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
-    lines = [ln for ln in done.stdout.splitlines() if re.match(r"\s+all\s", ln)]
-    p, r, map50, map5095 = (float(v) for v in lines[-1].split()[-4:])
-    return {**row, "P": p, "R": r, "mAP@.5": map50, "mAP@.5:.95": map5095, "seconds": round(time.time() - started)}
+    res = json.loads(done.stdout[done.stdout.index("{"):])  # `yolo-prune test --json`
+    return {**row, "P": res["mp"], "R": res["mr"], "mAP@.5": res["map50"], "mAP@.5:.95": res["map"],
+            "seconds": round(time.time() - started)}
 
 
 def render(results: list[dict[str, Any]], notes: dict[str, str], argv: list[str]) -> str:

@@ -28,7 +28,7 @@ class QatHook:
     """Fake-quantize the trained model for ``scheme``; calibrate on ``calib_images`` training images at
     ``img_size`` (the training size)."""
 
-    scheme: QuantScheme
+    scheme: QuantScheme | str
     img_size: int = 640
     calib_images: int = 64
     progress: bool = True
