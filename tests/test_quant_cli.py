@@ -63,9 +63,9 @@ def test_engine_int8_qdq_without_tensorrt_writes_the_qdq_onnx_and_the_trtexec_co
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert code == 2 and f"trtexec --onnx={tmp_path / 'demo.onnx'}" in err and "--int8" in err
+        assert code == 2 and f"trtexec --onnx={tmp_path / 'demo.engine.onnx'}" in err and "--int8" in err
         assert "--calib" not in err and "dummy" not in err  # explicit quantization: no calibrator, no cache
-    lint_trt_qdq(onnx.load(str(tmp_path / "demo.onnx")))
+    lint_trt_qdq(onnx.load(str(tmp_path / "demo.engine.onnx")))  # named after the engine, as every engine ONNX
 
 
 def test_qat_checkpoints_export_with_their_own_scales(tmp_path, qat_ckpt, capsys):
@@ -93,7 +93,7 @@ def test_qat_checkpoints_export_with_their_own_scales(tmp_path, qat_ckpt, capsys
     (["--format", "vitis-int8", "--int8", "--data", "{data}"], "--int8: only valid with --format engine or --format onnx"),
     (["--int8"], "needs calibration images"),
     (["--int8", "--data", "{data}", "--fp16"], "--fp16: not valid with --int8"),
-    (["--int8", "--data", "{data}", "--calib-images", "{data}"], "give --data or --calib-images, not both"),
+    (["--int8", "--data", "{data}", "--calib-images", "{images}"], "give --data or --calib-images, not both"),
     (["--quark-algo", "cle"], "--quark-algo: only valid with --format vitis-int8"),
     (["--data", "{data}"], "--data: only valid with --format vitis-int8, --format onnx --int8"),
     (["--format", "engine", "--int8", "--data", "{data}"], "--data: only valid with"),
@@ -102,7 +102,7 @@ def test_qat_checkpoints_export_with_their_own_scales(tmp_path, qat_ckpt, capsys
 ])
 def test_bad_int8_flags_exit_2_without_files(tmp_path, synth, capsys, argv, message):
     out = tmp_path / "x.onnx"
-    argv = [a.format(data=synth) for a in argv]
+    argv = [a.format(data=synth, images=synth.parent / "images" / "val") for a in argv]
     try:
         code = main(["export", "--cfg", "yolov7-tiny", "--img-size", str(IMG), "--output", str(out), *argv])
     except SystemExit as exc:  # argparse's own choice check

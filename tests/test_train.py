@@ -184,7 +184,7 @@ def test_state_records_best_and_csv():
     ({"cfg": "yolov7-tiny"}, "exactly one of --weights"),
     ({"weights": None}, "exactly one of --weights"),
     ({"epochs": 0}, "epochs must be an integer >= 1"),
-    ({"img_size": 16}, "img_size"),
+    ({"img_size": 0}, "img_size"),
     ({"distill": True, "weights": None, "cfg": "yolov7-tiny"}, "--distill needs --weights"),
 ])
 def test_settings_are_validated(kwargs, match):
@@ -260,13 +260,14 @@ def test_pruned_distilled_training_via_cli(synth_yaml, tiny_weights, tmp_path):
     rc = main(["train", "--weights", str(tiny_weights), "--data", str(synth_yaml), "--hyp", "scratch.tiny",
                "--epochs", "1", "--batch-size", "4", "--img", str(IMG), "--device", "cpu", "--workers", "0",
                "--project", str(tmp_path), "--name", "pruned", "--pruning-params", params, "--criterion", "0",
-               "--distill"])
+               "--distill", "--scoring", "independent"])
     assert rc == 0
     expected = prune(load_model(tiny_weights), params, 0, summarize=False).model.widths()
     best = load_checkpoint(tmp_path / "pruned" / "weights" / "best.pt")
     assert best.model.widths() == expected != load_model(tiny_weights).widths()
     assert [h["event"] for h in best.history] == ["prune", "train"]
     assert best.history[0]["criterion"] == "l2" and best.history[-1]["distill"] is True
+    assert best.history[0]["scoring"] == "independent"
     row = (tmp_path / "pruned" / "results.csv").read_text().splitlines()[1].split(",")
     assert float(row[5]) > 0  # the distillation column
 
@@ -346,7 +347,7 @@ def bad_data(tmp_path: Path) -> list[str]:
     (bad_hyp, "missing required hyp key(s): lr0"),
     (lambda tmp: ["--pruning-params", "[(500, 0.5)]"], "layer 500 is out of range"),
     (bad_data, "key 'train': path '/nonexistent/images/train' does not exist"),
-    (lambda tmp: ["--weights", str(tmp / "missing.pt")], "checkpoint not found"),
+    (lambda tmp: ["--weights", str(tmp / "missing.pt")], "missing.pt: file not found"),
     (lambda tmp: ["--resume", str(tmp / "nothing_here")], "checkpoint not found"),
 ], ids=["hyp-missing-key", "pruning-wrong-model", "data-wrong-paths", "weights-missing", "resume-missing"])
 @pytest.mark.parametrize("exist_ok", [False, True])

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from yolo_prune.errors import CheckFailed, YoloPruneError
-from yolo_prune.data.calibration import calibration_batches
+from yolo_prune.data.calibration import calibration_batches, readable_files
 from yolo_prune.export.files import atomic_path
 from yolo_prune.export.onnx_export import annotate, build_onnx, max_stride
 from yolo_prune.export.options import ExportOptions, as_hw, check_img_size
@@ -215,7 +215,7 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
         float_path, q_path = Path(tmp).resolve() / "float.onnx", Path(tmp).resolve() / "int8.onnx"
         onnx.save(float_proto, str(float_path))
         exclude = head_conv_nodes(float_proto) if opts.keep_head_float else []
-        files = [Path(f).resolve() for f in list(calib_files)[: opts.calib_count]]
+        files = readable_files([Path(f).resolve() for f in list(calib_files)[: opts.calib_count]])
         arrays = calibration_batches(files, 1, export.img_size, stride)  # the inference pre-processing
         used = quantize(float_path, q_path, arrays, exclude, opts)
         proto = onnx.load(str(q_path))

@@ -11,10 +11,10 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.graph.io import PublishedGraph, check_against
 from yolo_prune.errors import PruningError
 from yolo_prune.models.complexity import count_gflops, count_params
-from yolo_prune.models.model import Model
 from yolo_prune.prune.params import LayerRates, parse_pruning_params
 from yolo_prune.prune.plan import PruningPlan, make_plan
 from yolo_prune.prune.surgery import apply_plan
+from yolo_prune.prune.units import module_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LayerChange:
 class PruneResult:
     """The pruned model, the plan that made it, and a summary (params/GFLOPs before and after)."""
 
-    model: Model
+    model: nn.Module
     plan: PruningPlan
     layers: list[LayerChange] = field(default_factory=list)
     params_before: int = 0
@@ -44,8 +44,8 @@ class PruneResult:
     img_size: int = 640
 
     def to_dict(self) -> dict:
-        return {"criterion": self.plan.criterion, "round_to": self.plan.round_to, "seed": self.plan.seed,
-                "img_size": self.img_size, "params_before": self.params_before, "params_after": self.params_after,
+        return {"criterion": self.plan.criterion, "scoring": self.plan.scoring, "round_to": self.plan.round_to,
+                "seed": self.plan.seed, "img_size": self.img_size, "params_before": self.params_before, "params_after": self.params_after,
                 "gflops_before": self.gflops_before, "gflops_after": self.gflops_after,
                 "layers": [vars(c) | {"consumers": list(c.consumers)} for c in self.layers]}
 
@@ -55,7 +55,7 @@ class PruneResult:
                 "params_after": self.params_after}
 
 
-def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningGraph:
+def resolve_graph(model: nn.Module, given: PublishedGraph | None = None) -> PruningGraph:
     """The model's derived graph; a user-supplied published graph must agree with it."""
     graph = derive_graph(model)
     if given is not None:
@@ -66,30 +66,43 @@ def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningG
     return graph
 
 
-def prune(model: Model, params: str | float | LayerRates, criterion: str | int = "l2", *,
+def _cost(model: nn.Module, img_size: int) -> tuple[int, float]:
+    return count_params(model), count_gflops(model, img_size, getattr(model, "ch_in", 3))
+
+
+def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | int = "l2", *,
           round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
-          inplace: bool = False, summarize: bool = True, img_size: int = 640) -> PruneResult:
-    """Structurally prune ``model`` (a copy unless ``inplace``) and return the result with a summary."""
+          inplace: bool = False, summarize: bool = True, img_size: int | None = None,
+          scoring: str = "sequential") -> PruneResult:
+    """Structurally prune ``model`` (a YOLOv7 ``Model``, a Darknet model, or a traced network such as a
+    ``Classifier``; a copy unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``;
+    default: the model's own input size). ``scoring``: ``sequential`` (default, the published pruner's choices) or
+    ``independent`` (see ``make_plan``)."""
+    img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
     parsed = parse_pruning_params(params) if not isinstance(params, float) else params
     if not isinstance(graph, PruningGraph):
         graph = resolve_graph(model, graph)
-    plan = make_plan(model, graph, parsed, criterion, round_to, seed)
-    before = (count_params(model), count_gflops(model, img_size)) if summarize else (0, 0.0)
+    plan = make_plan(model, graph, parsed, criterion, round_to, seed, scoring)
+    before = _cost(model, img_size) if summarize else (0, 0.0)
     target = model if inplace else copy.deepcopy(model)
-    convs = target.conv_modules()
-    params_before_layer = [sum(p.numel() for p in m.parameters()) for m in convs] if summarize else []
+
+    def layer_params(layer: int) -> int:
+        return sum(p.numel() for m in graph.group_of(layer) for p in module_of(target, graph[m]).parameters())
+
+    params_before_layer = {lp.layer: layer_params(lp.layer) for lp in plan.layers} if summarize else {}
     apply_plan(target, graph, plan)
     result = PruneResult(target, plan, img_size=img_size)
     if summarize:
         result.params_before, result.gflops_before = before
-        result.params_after, result.gflops_after = count_params(target), count_gflops(target, img_size)
+        result.params_after, result.gflops_after = _cost(target, img_size)
         for lp in plan.layers:
             node = graph[lp.layer]
-            removed = params_before_layer[lp.layer] - sum(p.numel() for p in convs[lp.layer].parameters())
+            removed = params_before_layer[lp.layer] - layer_params(lp.layer)
             result.layers.append(LayerChange(lp.layer, node.name, lp.rate, lp.before, len(lp.kept), removed,
-                                             tuple(sorted({c for c, _ in node.consumers}))))
+                                             tuple(sorted({c for m in graph.group_of(lp.layer)
+                                                           for c, _ in graph[m].consumers}))))
     return result
 
 
@@ -99,7 +112,8 @@ def format_result(result: PruneResult) -> str:
     for c in result.layers:
         lines.append(f"{c.layer:>5} {c.name:<16} {c.rate:>5.2f} {c.filters_before:>6} -> {c.filters_after:<4} "
                      f"{c.params_removed:>10,}  {list(c.consumers)}")
-    lines.append(f"criterion {result.plan.criterion}; params {result.params_before:,} -> {result.params_after:,} "
-                 f"({100 * result.params_after / max(result.params_before, 1):.1f}%), GFLOPs@{result.img_size} "
+    share = 100 * result.params_after / max(result.params_before, 1)
+    lines.append(f"criterion {result.plan.criterion} ({result.plan.scoring} scoring); params "
+                 f"{result.params_before:,} -> {result.params_after:,} ({share:.1f}%), GFLOPs@{result.img_size} "
                  f"{result.gflops_before:.3f} -> {result.gflops_after:.3f}")
     return "\n".join(lines)

@@ -42,12 +42,12 @@ def import_modelopt() -> Any:
 @torch.no_grad()
 def modelopt_ptq(model: nn.Module, files: Sequence[Path], img_size: tuple[int, int]) -> tuple[nn.Module, int]:
     """(ModelOpt-quantized re-parameterised copy of ``model``, images used); ``model`` is not modified."""
-    from yolo_prune.data.calibration import calibration_batches
+    from yolo_prune.data.calibration import calibration_batches, readable_files
 
     mtq = import_modelopt()
     fused = deployable_copy(model)
     stride = int(fused.detect.stride.max())
-    batches = [torch.from_numpy(a) for a in calibration_batches(list(files), 1, img_size, stride)]
+    batches = [torch.from_numpy(a) for a in calibration_batches(readable_files(files), 1, img_size, stride)]
     if not batches:
         raise YoloPruneError("calibration set is empty: no images")
 

@@ -20,9 +20,9 @@ def calibrated(model: nn.Module, scheme: str | QuantScheme, files: Sequence[Path
                progress: bool = False) -> tuple[Prepared, CalibrationReport]:
     """A fake-quantized copy of ``model`` (not modified) calibrated on image ``files`` letterboxed to ``img_size``
     exactly as at inference; YoloPruneError for an empty file list."""
-    from yolo_prune.data.calibration import calibration_batches
+    from yolo_prune.data.calibration import calibration_batches, readable_files
 
     prepared = quantize_model(model, scheme, max(img_size))
     stride = int(prepared.model.detect.stride.max())
-    batches = (torch.from_numpy(a) for a in calibration_batches(list(files), 1, img_size, stride))
+    batches = (torch.from_numpy(a) for a in calibration_batches(readable_files(files), 1, img_size, stride))
     return prepared, calibrate(prepared.model, batches, progress)

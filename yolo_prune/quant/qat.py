@@ -26,10 +26,10 @@ from yolo_prune.quant.state import KEY, load_quant_state, quant_state, stored_sc
 @dataclass
 class QatHook:
     """Fake-quantize the trained model for ``scheme``; calibrate on ``calib_images`` training images at
-    ``img_size`` (the training size)."""
+    ``img_size`` (the training size; None: the model's default)."""
 
     scheme: QuantScheme | str
-    img_size: int = 640
+    img_size: int | None = None  # None: the model's default training size
     calib_images: int = 64
     progress: bool = True
 
@@ -41,7 +41,8 @@ class QatHook:
 
     def prepare(self, model: nn.Module, data: Any, saved: dict[str, Any] | None) -> nn.Module:
         """The fake-quantized model: scales restored from ``saved`` (resume) or calibrated on ``data.train``."""
-        prepared = quantize_model(model, self.scheme, self.img_size)
+        size = self.img_size or getattr(model, "default_img_size", 640)
+        prepared = quantize_model(model, self.scheme, size)
         stored = stored_scheme(saved or {})
         if stored is not None:
             if stored != self.scheme:
@@ -49,25 +50,26 @@ class QatHook:
             load_quant_state(prepared.model, saved[KEY], "resumed checkpoint")
             self._used = int(saved[KEY].get("calib_images", 0))
             return prepared.model
-        report = calibrate(prepared.model, self._batches(list(data.train), int(model.stride.max())), self.progress)
+        report = calibrate(prepared.model, self._batches(list(data.train), int(model.stride.max()), size),
+                           self.progress)
         self._used = report.images
         if self.progress:
             print(f"qat ({self.scheme.name}): {report}; {prepared.quantizers} activation quantizers after sharing "
                   "scales across concatenations")
         return prepared.model
 
-    def _batches(self, paths: list[str], stride: int):
-        from yolo_prune.data.calibration import calibration_batches
+    def _batches(self, paths: list[str], stride: int, size: int):
+        from yolo_prune.data.calibration import calibration_batches, readable_files
 
-        files = [Path(p) for p in paths[: self.calib_images]]
-        return (torch.from_numpy(a) for a in calibration_batches(files, 1, (self.img_size, self.img_size), stride))
+        files = readable_files([Path(p) for p in paths[: self.calib_images]])
+        return (torch.from_numpy(a) for a in calibration_batches(files, 1, (size, size), stride))
 
     def checkpoint_extra(self, model: nn.Module) -> dict[str, Any]:
         """``{"quant": scales + scheme}`` for the checkpoint of ``model``."""
         return {KEY: quant_state(model, self.scheme, self._used)}
 
 
-def resume_hook(checkpoint: str | Path, img_size: int = 640) -> QatHook | None:
+def resume_hook(checkpoint: str | Path, img_size: int | None = None) -> QatHook | None:
     """The hook that continues the QAT run whose ``last.pt`` is ``checkpoint`` (None for a float run)."""
     raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
     scheme = stored_scheme(raw.get("extra", {}) if isinstance(raw, dict) else {})
