@@ -27,7 +27,8 @@ from yolo_prune.export.files import atomic_path
 from yolo_prune.export.onnx_export import annotate, build_onnx, max_stride
 from yolo_prune.export.options import ExportOptions, as_hw, check_img_size
 from yolo_prune.export.verify import ort_session, run_ort, sample_images, torch_reference
-from yolo_prune.export.vitis_checks import DPU_MAXPOOL_KERNEL, QuantCheck, check_xint8, dpu_warnings
+from yolo_prune.export.vitis_checks import (DPU_MAXPOOL_KERNEL, QuantCheck, check_xint8, dpu_warnings,
+                                            fit_bias_shifts)
 from yolo_prune.export.wrappers import assemble_head_maps
 from yolo_prune.models.pools import stack_large_pools
 
@@ -220,6 +221,7 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
         used = quantize(float_path, q_path, arrays, exclude, opts)
         proto = onnx.load(str(q_path))
     keep_outputs(proto, [o.name for o in float_proto.graph.output])
+    fit_bias_shifts(proto)
     check = check_xint8(proto)
     onnx.checker.check_model(proto)
     meta["quantization"] = {"tool": "amd-quark", "config": "XINT8 (power-of-two, symmetric int8, per-tensor)",

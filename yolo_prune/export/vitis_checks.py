@@ -144,6 +144,45 @@ def _check_shifts(proto: "onnx.ModelProto", scale_of: dict[str, float], init: di
     return checked
 
 
+def fit_bias_shifts(proto: "onnx.ModelProto") -> int:
+    """Move each int8 conv bias whose ``shift_bias`` is outside the compiler's range to the nearest allowed scale,
+    re-rounding its values (Quark's ``adjust_shift_bias`` rule). Quark cannot satisfy it for a bias tensor that
+    the ONNX export shares between convs (identical biases, e.g. the zeros of untrained models): such a conv gets
+    its own bias here. Returns how many biases moved."""
+    from onnx import helper, numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq_of = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    added: dict[str, Any] = {}  # conv name -> its own bias DequantizeLinear
+    for conv in (n for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 2):
+        dqs = [dq_of.get(name) for name in conv.input[:3]]
+        out = _output_scale(conv, consumers, arrays)
+        if out is None or None in dqs or any(dq.input[1] not in arrays for dq in dqs) or dqs[2].input[0] not in arrays:
+            continue
+        ipos, wpos, bpos = (-int(round(np.log2(float(arrays[dq.input[1]].reshape(-1)[0])))) for dq in dqs)
+        cut = wpos + ipos + int(round(np.log2(out[0])))
+        shift = min(max(wpos + ipos - bpos, 0 if out[1] else min(0, cut - 16)), 15)
+        if shift == wpos + ipos - bpos:
+            continue
+        values, scale = arrays[dqs[2].input[0]].astype(np.float64) * 2.0 ** -bpos, 2.0 ** -(wpos + ipos - shift)
+        q = np.clip(np.round(values / scale), -128, 127).astype(arrays[dqs[2].input[0]].dtype)
+        stem = f"{conv.name}_bias_fit"
+        proto.graph.initializer.extend([numpy_helper.from_array(q, f"{stem}_quantized"),
+                                        numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{stem}_scale")])
+        added[conv.name] = helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale",
+                                                                 *dqs[2].input[2:]], [stem], name=stem)
+        conv.input[2] = stem
+    if added:  # each new DequantizeLinear just before its conv (topological order)
+        nodes = [m for n in proto.graph.node for m in ([added[n.name]] if n.name in added else []) + [n]]
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return len(added)
+
+
 def dpu_warnings(model: nn.Module, target: str = "DPUCZDX8G", check: QuantCheck | None = None) -> list[str]:
     """What ``target`` would run on the CPU (or approximate), from the model's modules and the graph check."""
     found: dict[str, int] = {}
