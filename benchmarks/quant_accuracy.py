@@ -124,13 +124,16 @@ def main() -> None:
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "quant_accuracy.json"))
     ap.add_argument("--jobs", type=int, default=2, help="rows run at once (one CPU thread each)")
     ap.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
+    ap.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
+                    help="leave rows whose method contains TEXT for a later run (their stored results are kept)")
     a = ap.parse_args()
     path = Path(a.results)
     store = json.loads(path.read_text()) if path.exists() else {"results": [], "notes": {}, "models": []}
     if a.label not in store["models"]:
         store["models"].append(a.label)
     done = {(r["model"], r["method"]): r for r in store["results"] if "error" not in r}
-    todo = [r for r in rows_for(a) if done.get((r["model"], r["method"]), {}).get("commands") != r["commands"]]
+    todo = [r for r in rows_for(a) if done.get((r["model"], r["method"]), {}).get("commands") != r["commands"]
+            and not any(text in r["method"] for text in a.skip)]
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
         for res in pool.map(run_row, todo):
             print(json.dumps({k: res.get(k) for k in ("method", "mAP@.5", "mAP@.5:.95", "error", "seconds")}),
