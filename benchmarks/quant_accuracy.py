@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import REPO, machine, provenance, write_section  # noqa: E402
+from _report import REPO, command_line, machine, provenance, write_section  # noqa: E402
 
 from yolo_prune.fileio import write_text_atomic  # noqa: E402
 
@@ -82,7 +82,21 @@ def run_row(row: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.time() - started)}
 
 
-def render(results: list[dict[str, Any]], notes: dict[str, str], argv: list[str]) -> str:
+def invocation(argv: list[str]) -> list[str]:
+    """``argv`` without ``--note TEXT`` and ``--write`` (what measured the rows, not how the table was written)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg == "--write":
+            skip = False
+            continue
+        skip = arg == "--note"
+        if not skip:
+            out.append(arg)
+    return out
+
+
+def render(results: list[dict[str, Any]], notes: dict[str, str], argv: list[str],
+           runs: dict[str, list[str]] | None = None) -> str:
     """The markdown section: one table per model, deltas against its float row."""
     out = [SECTION, "", "Every number below is `yolo-prune test` (pycocotools mAP@.5:.95) of the exported file on the "
            "model's full val split (ONNX Runtime 1.32 CPU for ONNX files). Every INT8 row quantizes every conv, the "
@@ -103,6 +117,9 @@ def render(results: list[dict[str, Any]], notes: dict[str, str], argv: list[str]
     for r in results:
         out.append(f"- {r['model']} / {r['method']}: " + " && ".join(f"`yolo-prune {shlex.join(c)}`" for c in r["commands"]))
     out.append("")
+    if runs:
+        out += ["Benchmark invocations (the last one per model; rows it skipped were measured by an earlier one):", ""]
+        out += [f"- {label}: `{command_line(args)}`" for label, args in runs.items()] + [""]
     env = machine(["onnxruntime", "onnx", "amd-quark", "nvidia-modelopt"])
     return "\n".join(out + provenance(argv, env, ["onnxruntime", "amd-quark", "nvidia-modelopt"]))
 
@@ -143,11 +160,13 @@ def main() -> None:
             write_text_atomic(path, json.dumps(store, indent=1))
     if a.note:
         store["notes"][a.label] = a.note
+    if todo:
+        store.setdefault("runs", {})[a.label] = invocation(sys.argv[1:])
     order = {r["method"]: i for i, r in enumerate(rows_for(argparse.Namespace(**{**vars(a), "control": "c",
                                                   "qat_dpu": "q", "qat_trt": "q", "quark_variants": True})))}
     store["results"].sort(key=lambda r: (store["models"].index(r["model"]), order.get(r["method"], 99)))
     write_text_atomic(path, json.dumps(store, indent=1))
-    section = render(store["results"], store["notes"], sys.argv[1:])
+    section = render(store["results"], store["notes"], sys.argv[1:], store.get("runs"))
     print(section)
     if a.write:
         write_section(REPO / "BENCHMARKS.md", section)
