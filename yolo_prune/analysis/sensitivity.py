@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
+import torch.nn as nn
 
 from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked, run_all, run_from
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.complexity import count_gflops, count_params
 from yolo_prune.models.fuse import fuse
-from yolo_prune.models.model import Model
 from yolo_prune.prune.plan import make_plan
 from yolo_prune.prune.surgery import apply_plan
 
@@ -33,7 +33,8 @@ class Scorer(Protocol):
     def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
 
     def finish(self, state: Any) -> dict[str, Any]:
-        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95)."""
+        """Metric name -> float (or list of floats). Detection: ``mp, mr, map50, map`` and ``per_class`` (what the
+        published output files hold); classification: ``top1, top5, loss``."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,19 @@ class _Config:
     nms_seconds: float = 0.0
 
 
-def fused_cost(model: Model, img_size: int) -> tuple[int, float]:
-    """Params and GFLOPs as the published analysis reports them: of the BN+RepConv-fused model."""
+def fused_cost(model: nn.Module, img_size: int) -> tuple[int, float]:
+    """Params and GFLOPs as the published analysis reports them: of the BN+RepConv-fused model (classifiers' plain
+    BNs are not folded, so their parameters count)."""
     fused = fuse(copy.deepcopy(model).to("meta"), conv_bn=True, repconv=True, implicit=False)
-    return count_params(fused), count_gflops(fused, img_size)
+    return count_params(fused), count_gflops(fused, img_size, getattr(model, "ch_in", 3))
 
 
-def pruned_cost(meta_model: Model, graph: PruningGraph, layer: int, rate: float, criterion: str,
+def _prediction(out: Any) -> torch.Tensor:
+    """The scored output: a detector's eval predictions (first of its tuple) or a classifier's logits."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def pruned_cost(meta_model: nn.Module, graph: PruningGraph, layer: int, rate: float, criterion: str,
                 round_to: int | None, seed: int, kept: Sequence[int], img_size: int) -> tuple[int, float]:
     """``fused_cost`` of the model with ``layer`` pruned (computed on a meta-device copy)."""
     from yolo_prune.prune.plan import LayerPlan, PruningPlan
@@ -85,7 +92,7 @@ def pruned_cost(meta_model: Model, graph: PruningGraph, layer: int, rate: float,
     return fused_cost(apply_plan(copy.deepcopy(meta_model), graph, plan), img_size)
 
 
-def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
+def _configs(model: nn.Module, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
              round_to: int | None, seed: int) -> list[_Config]:
     deps = downstream_layers(model)
     out = []
@@ -94,11 +101,11 @@ def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Se
             plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed)
             kept = set(plan.layers[0].kept)
             removed = [i for i in range(graph[layer].out_channels) if i not in kept]
-            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)]))
+            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)] if deps else []))
     return out
 
 
-def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], scorer: Scorer,
+def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Iterable[Batch], scorer: Scorer,
                  configs: list[_Config], baseline: _Config | None, sync: Callable[[], None]) -> None:
     """Run every batch once through the model and once per configuration's downstream layers."""
     for cfg in configs + ([baseline] if baseline else []):
@@ -112,11 +119,11 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], sc
             sync()
             full_time = time.perf_counter() - t0
             if baseline is not None:
-                _update(scorer, baseline, cache[-1][0], batch.meta, full_time, sync)
+                _update(scorer, baseline, _prediction(cache[-1]), batch.meta, full_time, sync)
             for cfg in configs:
                 t0 = time.perf_counter()
                 with masked(model, graph, cfg.layer, cfg.removed):
-                    pred = run_from(model, cache, cfg.downstream, x)[0]
+                    pred = _prediction(run_from(model, cache, cfg.downstream, x))
                 sync()
                 _update(scorer, cfg, pred, batch.meta, time.perf_counter() - t0, sync)
 
@@ -132,8 +139,7 @@ def _update(scorer: Scorer, cfg: _Config, pred: torch.Tensor, meta: Any, seconds
 def _metrics(scorer: Scorer, cfg: _Config, n_images: int, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
     t_inf, t_nms = 1e3 * cfg.seconds / max(n_images, 1), 1e3 * cfg.nms_seconds / max(n_images, 1)
-    return {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
-            "per_class": [float(v) for v in m["per_class"]],
+    return {**{k: [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v) for k, v in m.items()},
             "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
             "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
 
@@ -145,7 +151,7 @@ def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
     return lambda: None
 
 
-def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
+def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,

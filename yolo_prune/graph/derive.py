@@ -20,6 +20,7 @@ from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.graph.node import NodeDraft, Slot
 from yolo_prune.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, ReOrg, RepConv, Shortcut
+from yolo_prune.models.gating import GatedConv
 from yolo_prune.models.heads import Detect, IAuxDetect
 from yolo_prune.models.model import Model, conv_out_channels
 
@@ -193,6 +194,7 @@ SAME_LAYOUT = (nn.Upsample, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn
 TRACERS: dict[type, Tracer] = {
     Conv: _conv, RepConv: _conv, SPPCSPC: _sppcspc, DownC: _downc, Concat: _concat, Shortcut: _shortcut,
     ReOrg: _reorg, MP: _same, SP: _same, nn.Conv2d: _plain_conv, nn.BatchNorm2d: _batch_norm, nn.Linear: _linear,
+    GatedConv: _plain_conv,
     **{cls: _same for cls in SAME_LAYOUT},
 }
 

@@ -1,0 +1,144 @@
+"""Run-time channel gating: Feature Boosting and Suppression (FBS; Gao et al., ICLR 2019).
+
+A :class:`GatedConv` replaces a conv + BatchNorm pair. A small saliency predictor (global average pool of the
+conv's *input* -> Linear -> ReLU) scores every output channel for this input; k-winners-take-all keeps the
+``k = ceil(density * C)`` most salient channels and zeroes the rest; the kept saliencies scale the normalised
+output (they replace the BN affine: ``y = s * (norm(conv(x)) + beta)``). Converted from a trained conv + BN
+with a zero predictor weight and bias |gamma|, the gated conv equals the plain one at density 1.0.
+
+``fast`` mode (eval, batch 1) computes only the selected output channels, from the input channels that are not
+all zero (upstream gates' suppressed channels), with gathered weights; outputs are identical to the dense path.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def winners(saliency: torch.Tensor, density: float) -> torch.Tensor:
+    """k-winners-take-all per row of ``saliency`` [B, C]: the top ``ceil(density * C)`` entries kept, others 0."""
+    c = saliency.shape[1]
+    k = max(1, min(c, math.ceil(density * c - 1e-6)))
+    if k == c:
+        return saliency
+    keep = torch.zeros_like(saliency).scatter_(1, saliency.topk(k, dim=1).indices, 1.0)
+    return saliency * keep
+
+
+class GatedConv(nn.Module):
+    """FBS gated convolution. Input [B, Cin, H, W] -> output [B, C, H', W'] with suppressed channels exactly 0.
+
+    After each forward: ``saliency`` [B, C] (for the L1 term) and ``active`` [B] (channels computed per image).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, density: float = 1.0,
+                 source: tuple[str, str] = ("", "")) -> None:
+        super().__init__()
+        if conv.groups != 1:
+            raise ValueError(f"{source[0]}: FBS gating needs an ungrouped conv (groups={conv.groups})")
+        c = conv.out_channels
+        gamma = bn.weight.detach().clone()
+        sign = torch.where(gamma < 0, -1.0, 1.0).to(gamma)
+        self.conv = copy.deepcopy(conv)
+        self.norm = nn.BatchNorm2d(c, bn.eps, bn.momentum, affine=False)
+        with torch.no_grad():  # fold gamma's sign into the conv so the gate (>= 0) can carry |gamma|
+            self.conv.weight.mul_(sign.view(-1, 1, 1, 1))
+            if self.conv.bias is not None:
+                self.conv.bias.mul_(sign)
+            self.norm.running_mean.copy_(bn.running_mean * sign)
+            self.norm.running_var.copy_(bn.running_var)
+            self.norm.num_batches_tracked.copy_(bn.num_batches_tracked)
+        scale = gamma.abs().clamp_min(1e-6)
+        self.beta = nn.Parameter(bn.bias.detach() / scale)
+        self.predictor = nn.Linear(conv.in_channels, c)
+        nn.init.zeros_(self.predictor.weight)
+        with torch.no_grad():
+            self.predictor.bias.copy_(scale)
+        self.density, self.source, self.fast = float(density), tuple(source), False
+        self.saliency: torch.Tensor | None = None
+        self.active: torch.Tensor | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    @property
+    def groups(self) -> int:
+        return 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.relu(self.predictor(x.mean(dim=(2, 3))))  # [B, C]
+        gate = winners(s, self.density)
+        self.saliency, self.active = s, (gate > 0).sum(1)
+        if self.fast and not self.training and x.shape[0] == 1:
+            return self._gathered(x, gate[0])
+        y = self.norm(self.conv(x)) + self.beta.view(1, -1, 1, 1)
+        return y * gate[:, :, None, None]
+
+    def _gathered(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """Batch-1 path: only the selected filters, only over input channels that are not all zero."""
+        out_idx = gate.nonzero().squeeze(1)
+        in_idx = x[0].abs().amax(dim=(1, 2)).nonzero().squeeze(1)
+        conv, norm = self.conv, self.norm
+        weight = conv.weight.index_select(0, out_idx).index_select(1, in_idx)
+        bias = conv.bias.index_select(0, out_idx) if conv.bias is not None else None
+        y = F.conv2d(x.index_select(1, in_idx), weight, bias, conv.stride, conv.padding, conv.dilation)
+        inv = torch.rsqrt(norm.running_var.index_select(0, out_idx) + norm.eps)
+        g = gate.index_select(0, out_idx)
+        shift = (self.beta.index_select(0, out_idx) - norm.running_mean.index_select(0, out_idx) * inv) * g
+        y = y * (inv * g).view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        out = y.new_zeros((1, conv.out_channels, *y.shape[2:]))
+        return out.index_copy_(1, out_idx, y)
+
+
+def gated_convs(model: nn.Module) -> list[GatedConv]:
+    return [m for m in model.modules() if isinstance(m, GatedConv)]
+
+
+def gate_modules(model: nn.Module, pairs: Sequence[tuple[str, str]], density: float = 1.0) -> nn.Module:
+    """Replace each (conv path, BatchNorm path) pair by a GatedConv at the conv's place and Identity at the BN's
+    (in place; a YOLOv7 ``Conv`` block then computes ``act(gated(x))``). Returns the model."""
+    for conv_path, bn_path in pairs:
+        conv = model.get_submodule(conv_path)
+        gated = GatedConv(conv, model.get_submodule(bn_path), density, (conv_path, bn_path)).train(conv.training)
+        for path, module in ((conv_path, gated), (bn_path, nn.Identity())):
+            parent, _, attr = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, module)
+    return model
+
+
+def set_density(model: nn.Module, density: float) -> None:
+    """Set every gated conv's density (fraction of output channels computed per input), in (0, 1]."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    for m in gated_convs(model):
+        m.density = float(density)
+
+
+def set_fast(model: nn.Module, fast: bool = True) -> None:
+    """Switch the batch-1 gathered-weights path on or off."""
+    for m in gated_convs(model):
+        m.fast = fast
+
+
+def saliency_l1(model: nn.Module) -> torch.Tensor | None:
+    """Sum over gated convs of the mean |saliency| of the last forward (FBS's L1 term), or None without gates."""
+    terms = [m.saliency.abs().mean() for m in gated_convs(model) if m.saliency is not None]
+    return torch.stack(terms).sum() if terms else None
+
+
+def gating_state(model: nn.Module) -> dict | None:
+    """What a checkpoint records to rebuild the gates: ``{"layers": [[conv, bn], ...], "density": d}``."""
+    gates = gated_convs(model)
+    if not gates:
+        return None
+    return {"layers": [list(m.source) for m in gates], "density": gates[0].density}
