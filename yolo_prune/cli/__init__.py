@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("yolo_prune.cli.export", "export to ONNX (verified in ONNX Runtime) or a TensorRT engine"),
     "benchmark": ("yolo_prune.cli.benchmark", "measure latency and throughput of models"),
     "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
+    "mask": ("yolo_prune.cli.mask", "kernel-level pruning masks (global threshold), kept at zero when fine-tuning"),
     "classify": ("yolo_prune.cli.classify", "train, evaluate and analyse classification CNNs (vgg16_bn, resnet, SCNNB)"),
 }
 

@@ -34,8 +34,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="a yolo-prune classifier checkpoint, or (with --arch) a "
                    "state dict such as torchvision's .pth")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of a new network (default 1)")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=32,
-                   help="input size images are resized to (default 32)")
+    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None,
+                   help="input size images are resized to (default: a checkpoint's own, else 32)")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=64,
                    help="batch size (default 64)")

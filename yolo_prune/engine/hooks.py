@@ -27,6 +27,14 @@ class TrainHooks:
         weight = saliency_l1 if saliency_l1 is not None else float((raw.get("gating") or {}).get("l1", 0.0))
         return cls(getattr(loaded, "masks", None), weight)
 
+    def annotate(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        """Record the masks and the L1 weight in a checkpoint dict (so fine-tuning it again keeps both)."""
+        if self.masks:
+            ckpt["masks"] = {k: v.detach().cpu().bool().clone() for k, v in self.masks.items()}
+        if ckpt.get("gating") is not None:
+            ckpt["gating"]["l1"] = float(self.saliency_l1)
+        return ckpt
+
     def attach(self, model: nn.Module) -> None:
         """Zero the masked weights of ``model`` now (a model loaded from elsewhere may not be masked yet)."""
         if self.masks:

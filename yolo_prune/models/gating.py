@@ -63,6 +63,10 @@ class GatedConv(nn.Module):
         self.saliency: torch.Tensor | None = None
         self.active: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles drop the last forward's saliency (it holds an autograd graph)."""
+        return {**self.__dict__, "saliency": None, "active": None}
+
     @property
     def in_channels(self) -> int:
         return self.conv.in_channels

@@ -48,7 +48,9 @@ def classify_sensitivity(model: nn.Module, data_name: str, rates: Sequence[float
     from yolo_prune.graph.derive import derive_graph
     from yolo_prune.pipeline.scoring import ClassificationScorer
     from yolo_prune.prune.criteria import criterion_name
+    from yolo_prune.prune.params import _check_rate
 
+    rates = [_check_rate(r, "--pruning-rate") for r in rates]
     data = load_classification_data(data_name, getattr(model, "img_size", 32))
     check_fits(model, data, source or "model")
     graph = derive_graph(model)

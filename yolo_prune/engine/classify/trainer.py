@@ -42,7 +42,7 @@ class ClassifySettings:
     arch: str | None = None
     weights: str | None = None
     width: float = 1.0
-    img_size: int = 32
+    img_size: int | None = None  # default: a checkpoint's own input size, else 32
     epochs: int = 10
     batch_size: int = 64
     lr0: float = 0.05
@@ -68,6 +68,8 @@ class ClassifySettings:
     def __post_init__(self) -> None:
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 8), ("workers", 0), ("seed", 0)):
             value = getattr(self, name)
+            if name == "img_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
         for name in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs"):
@@ -100,26 +102,36 @@ class ClassifySettings:
         return cls(**({k: v for k, v in d.items() if k in cls.__dataclass_fields__} | overrides))
 
 
-def load_source(settings: ClassifySettings, in_ch: int, nc: int) -> tuple[nn.Module, list[dict], TrainHooks]:
-    """The model the settings name (checked against the data's channels and classes), its history and hooks."""
+def _checkpoint_source(settings: ClassifySettings) -> tuple[nn.Module | None, list[dict], TrainHooks]:
+    """A yolo-prune classifier checkpoint named by ``weights`` alone (else None: the network is built later)."""
+    if not settings.weights or settings.arch:
+        return None, [], TrainHooks(saliency_l1=settings.saliency_l1 or 0.0)
     from yolo_prune.checkpoint import load_checkpoint
-    from yolo_prune.checkpoint.classify import load_torchvision_weights
-    from yolo_prune.models.classify import ArchSpec, Classifier, build_classifier
+    from yolo_prune.models.classify import Classifier
 
-    spec = ArchSpec(settings.arch, nc, in_ch, settings.img_size, settings.width) if settings.arch else None
-    if spec and settings.weights:
-        return load_torchvision_weights(settings.weights, spec), [], TrainHooks(saliency_l1=settings.saliency_l1 or 0)
-    if spec:
-        return build_classifier(spec), [], TrainHooks(saliency_l1=settings.saliency_l1 or 0.0)
     loaded = load_checkpoint(settings.weights)
-    model = loaded.model
-    if not isinstance(model, Classifier):
+    if not isinstance(loaded.model, Classifier):
         raise ConfigError(f"--weights {settings.weights} is not a classifier checkpoint (use 'yolo-prune train' for "
-                          f"detectors)")
-    if (model.spec.in_ch, model.nc) != (in_ch, nc):
-        raise ConfigError(f"--weights {settings.weights} takes {model.spec.in_ch}-channel input with {model.nc} "
-                          f"classes but --data {settings.data} has {in_ch} channels and {nc} classes")
-    return model, list(loaded.history), TrainHooks.from_checkpoint(loaded, settings.saliency_l1)
+                          f"detectors, or --arch with a torchvision state dict)")
+    return loaded.model, list(loaded.history), TrainHooks.from_checkpoint(loaded, settings.saliency_l1)
+
+
+def load_source(settings: ClassifySettings) -> tuple[nn.Module, list[dict], TrainHooks, Any]:
+    """The model the settings name, its history, hooks and the data (resized to the model's input size); a model
+    must take the data's channels, classes and size (layers are never re-initialised silently)."""
+    from yolo_prune.checkpoint.classify import load_torchvision_weights
+    from yolo_prune.data.classify import load_classification_data
+    from yolo_prune.models.classify import ArchSpec, build_classifier
+    from yolo_prune.pipeline.classify import check_fits
+
+    model, history, hooks = _checkpoint_source(settings)
+    data = load_classification_data(settings.data, settings.img_size or (model.img_size if model else 32))
+    if model is None:
+        spec = ArchSpec(settings.arch, data.nc, data.in_ch, data.img_size, settings.width)
+        model = load_torchvision_weights(settings.weights, spec) if settings.weights else build_classifier(spec)
+        model.names = list(data.names)
+    check_fits(model, data, f"--weights {settings.weights}")
+    return model, history, hooks, data
 
 
 @dataclass
@@ -156,14 +168,13 @@ def _build(settings: ClassifySettings) -> _Run:
     from yolo_prune.pipeline.devices import select_device
 
     settings, state, loaded, run_dir = _prepare(settings)
-    data = load_classification_data(settings.data, settings.img_size)
     torch.manual_seed(settings.seed)
     if loaded is not None:
         model, history = loaded.model, list(state.get("base_history", []))
         hooks = TrainHooks.from_checkpoint(loaded, settings.saliency_l1)
+        data = load_classification_data(settings.data, model.img_size)
     else:
-        model, history, hooks = load_source(settings, data.in_ch, data.nc)
-        model.names = list(data.names)
+        model, history, hooks, data = load_source(settings)
         if settings.pruning_params is not None:
             from yolo_prune.graph.io import read_published
             from yolo_prune.prune import prune
@@ -211,7 +222,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     for i, (x, y) in enumerate(bar):
         ni = i + nb * epoch
         run.schedule.apply(run.optimizer, epoch, ni)
-        x = random_shift(x, gen, s.img_size // 16) if s.augment else x
+        x = random_shift(x, gen, x.shape[-1] // 16) if s.augment else x
         logits = model(x.to(run.device))
         loss = F.cross_entropy(logits, y.to(run.device))
         extra = run.hooks.extra_loss(model)
@@ -239,8 +250,8 @@ def _save(run: _Run, row: dict[str, float]) -> None:
     s = run.settings
     entry = {"event": "train", "task": "classify", "epochs_completed": run.state.epoch + 1, "epochs": s.epochs,
              "data": s.data, "best_epoch": run.state.best_epoch, "best_top1": run.state.best_fitness}
-    ckpt = to_checkpoint(run.model, run.history + [entry], {"source": s.weights or s.arch, "epoch": run.state.epoch},
-                         masks=run.hooks.masks)
+    ckpt = run.hooks.annotate(to_checkpoint(run.model, run.history + [entry],
+                                            {"source": s.weights or s.arch, "epoch": run.state.epoch}))
     ckpt[STATE_KEY] = {"version": STATE_VERSION, **run.state.to_dict(), "base_history": run.history,
                        "settings": s.to_dict(), "hyp": s.hyp(), "model": copy.deepcopy(ckpt["state_dict"]),
                        "optimizer": run.optimizer.state_dict(), "rng": torch.get_rng_state()}
