@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("yolo_prune.cli.benchmark", "measure latency and throughput of models"),
     "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
     "mask": ("yolo_prune.cli.mask", "kernel-level pruning masks (global threshold), kept at zero when fine-tuning"),
+    "fbs": ("yolo_prune.cli.fbs", "run-time channel gating (FBS): density schedule, MACs, accuracy, latency"),
+    "sweep": ("yolo_prune.cli.sweep", "Li et al.: parameters vs accuracy over filter percentages, with retraining"),
     "classify": ("yolo_prune.cli.classify", "train, evaluate and analyse classification CNNs (vgg16_bn, resnet, SCNNB)"),
 }
 

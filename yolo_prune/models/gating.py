@@ -93,14 +93,21 @@ class GatedConv(nn.Module):
         out_idx = gate.nonzero().squeeze(1)
         in_idx = x[0].abs().amax(dim=(1, 2)).nonzero().squeeze(1)
         conv, norm = self.conv, self.norm
-        weight = conv.weight.index_select(0, out_idx).index_select(1, in_idx)
+        hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+              zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+        out = x.new_zeros((1, conv.out_channels, *hw))
+        if len(out_idx) == 0:
+            return out
         bias = conv.bias.index_select(0, out_idx) if conv.bias is not None else None
-        y = F.conv2d(x.index_select(1, in_idx), weight, bias, conv.stride, conv.padding, conv.dilation)
+        if len(in_idx) == 0:  # an all-zero input: the conv gives its bias
+            y = (bias if bias is not None else x.new_zeros(len(out_idx))).view(1, -1, 1, 1).expand(1, -1, *hw)
+        else:
+            weight = conv.weight.index_select(0, out_idx).index_select(1, in_idx)
+            y = F.conv2d(x.index_select(1, in_idx), weight, bias, conv.stride, conv.padding, conv.dilation)
         inv = torch.rsqrt(norm.running_var.index_select(0, out_idx) + norm.eps)
         g = gate.index_select(0, out_idx)
         shift = (self.beta.index_select(0, out_idx) - norm.running_mean.index_select(0, out_idx) * inv) * g
         y = y * (inv * g).view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-        out = y.new_zeros((1, conv.out_channels, *y.shape[2:]))
         return out.index_copy_(1, out_idx, y)
 
 
