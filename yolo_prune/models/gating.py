@@ -62,10 +62,24 @@ class GatedConv(nn.Module):
         self.density, self.source, self.fast = float(density), tuple(source), False
         self.saliency: torch.Tensor | None = None
         self.active: torch.Tensor | None = None
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __getstate__(self) -> dict:
-        """Copies and pickles drop the last forward's saliency (it holds an autograd graph)."""
-        return {**self.__dict__, "saliency": None, "active": None}
+        """Copies and pickles drop the last forward's saliency (it holds an autograd graph) and the folded weights."""
+        return {**self.__dict__, "saliency": None, "active": None, "_folded": None}
+
+    def train(self, mode: bool = True) -> "GatedConv":
+        self._folded = None  # weights may change: fold again at the next fast call
+        return super().train(mode)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv weight and bias with the normalisation folded in: ``norm(conv(x)) + beta == conv'(x)`` (eval)."""
+        if self._folded is None:
+            conv, norm = self.conv, self.norm
+            inv = torch.rsqrt(norm.running_var + norm.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            self._folded = (conv.weight * inv.view(-1, 1, 1, 1), (bias - norm.running_mean) * inv + self.beta)
+        return self._folded
 
     @property
     def in_channels(self) -> int:
@@ -92,23 +106,20 @@ class GatedConv(nn.Module):
         """Batch-1 path: only the selected filters, only over input channels that are not all zero."""
         out_idx = gate.nonzero().squeeze(1)
         in_idx = x[0].abs().amax(dim=(1, 2)).nonzero().squeeze(1)
-        conv, norm = self.conv, self.norm
+        conv = self.conv
         hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
               zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
         out = x.new_zeros((1, conv.out_channels, *hw))
         if len(out_idx) == 0:
             return out
-        bias = conv.bias.index_select(0, out_idx) if conv.bias is not None else None
+        weight, bias = self.folded()
+        bias = bias.index_select(0, out_idx)
         if len(in_idx) == 0:  # an all-zero input: the conv gives its bias
-            y = (bias if bias is not None else x.new_zeros(len(out_idx))).view(1, -1, 1, 1).expand(1, -1, *hw)
+            y = bias.view(1, -1, 1, 1).expand(1, -1, *hw)
         else:
-            weight = conv.weight.index_select(0, out_idx).index_select(1, in_idx)
+            weight = weight.index_select(0, out_idx).index_select(1, in_idx)
             y = F.conv2d(x.index_select(1, in_idx), weight, bias, conv.stride, conv.padding, conv.dilation)
-        inv = torch.rsqrt(norm.running_var.index_select(0, out_idx) + norm.eps)
-        g = gate.index_select(0, out_idx)
-        shift = (self.beta.index_select(0, out_idx) - norm.running_mean.index_select(0, out_idx) * inv) * g
-        y = y * (inv * g).view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-        return out.index_copy_(1, out_idx, y)
+        return out.index_copy_(1, out_idx, y * gate.index_select(0, out_idx).view(1, -1, 1, 1))
 
 
 def gated_convs(model: nn.Module) -> list[GatedConv]:

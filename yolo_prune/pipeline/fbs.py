@@ -10,6 +10,7 @@ the first unfinished step; an interrupted fine-tune resumes from its last.pt), `
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,24 +106,34 @@ def _dense_macs(model: nn.Module, task: Any) -> float:
 
 
 @torch.no_grad()
-def batch1_latency_ms(model: nn.Module, task: Any, iters: int) -> float:
-    """Median batch-1 CPU latency over validation images taken in turn (gated models use the gathered path)."""
+def batch1_latency_ms(models: dict[str, nn.Module], task: Any, iters: int, rounds: int = 3,
+                      threads: int = 1) -> dict[str, float]:
+    """Median batch-1 CPU latency (``threads`` intra-op threads) of each model over validation images taken in
+    turn; ``rounds`` rounds visit every model in turn so a shared machine's drift hits all alike. Gated models run
+    the gathered-weights path."""
     from yolo_prune.bench.latency import time_callable
+    from yolo_prune.bench.runners import torch_threads
     from yolo_prune.models.gating import set_fast
 
-    model = model.cpu().eval()
-    set_fast(model, True)
     images = [x[i:i + 1] for x in task.batches() for i in range(len(x))][:16]
-    state = {"i": 0}
-
-    def run() -> None:
-        model(images[state["i"] % len(images)])
-        state["i"] += 1
-
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        set_fast(model.cpu().eval(), True)
     try:
-        return time_callable(run, warmup=5, iters=iters).median_ms
+        with torch_threads(threads):
+            for _ in range(rounds):
+                for name, model in models.items():
+                    state = {"i": 0}
+
+                    def run(model: nn.Module = model, state: dict = state) -> None:
+                        model(images[state["i"] % len(images)])
+                        state["i"] += 1
+
+                    times[name] += time_callable(run, warmup=3, iters=iters).times_ms
     finally:
-        set_fast(model, False)
+        for model in models.values():
+            set_fast(model, False)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 class _Store:
@@ -141,7 +152,11 @@ class _Store:
         return next((r for r in self.rows if r["name"] == name), None)
 
     def add(self, row: dict[str, Any]) -> dict[str, Any]:
-        self.rows = [r for r in self.rows if r["name"] != row["name"]] + [row]
+        names = [r["name"] for r in self.rows]
+        if row["name"] in names:
+            self.rows[names.index(row["name"])] = row
+        else:
+            self.rows.append(row)
         write_text_atomic(self.path, json.dumps({"settings": self.settings, "rows": self.rows}, indent=1))
         return row
 
@@ -237,8 +252,8 @@ def _latency_rows(settings: FbsSettings, store: _Store, base: nn.Module, gated: 
     models = {"base": base, f"step{settings.steps}": gated}
     if store.get("static") is not None:
         models["static"] = load_model(store.get("static")["weights"])
-    for name, model in models.items():
-        store.add({**store.get(name), "latency_ms": batch1_latency_ms(model, task, settings.latency_iters)})
+    for name, ms in batch1_latency_ms(models, task, settings.latency_iters).items():
+        store.add({**store.get(name), "latency_ms": ms})
 
 
 def write_tables(out: Path, rows: list[dict[str, Any]], primary: str) -> None:
