@@ -3,11 +3,8 @@
 inputs that exit 2."""
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -57,22 +54,10 @@ def test_image_folder(tmp_path):
     assert load_classification_data(str(tmp_path), 16).nc == 2  # a bare directory works too
 
 
-def _idx(path: Path, array: np.ndarray) -> None:
-    """An MNIST-format (IDX) gzip file: the layout Fashion-MNIST ships in."""
-    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_fashion_mnist_files_are_read_without_download(tmp_path):
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 6), ("t10k", 4)):
-        _idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    for f in raw.glob("*.gz"):  # torchvision reads the unpacked files
-        (raw / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
+    from _fakes import write_fashion_mnist
+
+    write_fashion_mnist(tmp_path, 6, 4)
     data = load_classification_data(f"fashion-mnist:{tmp_path}", 32)
     assert (len(data.train), len(data.val), data.nc, data.in_ch) == (6, 4, 10, 1)
     assert data.train[0][0].shape == (1, 32, 32) and int(data.train[3][1]) == 3
