@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ def export_classifier_onnx(model: nn.Module, path: str | Path, batch_size: int =
     ref = copy.deepcopy(model).float().cpu().eval()
     shape = (batch_size, ref.ch_in, ref.img_size, ref.img_size)
     buf = io.BytesIO()
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice (as in onnx_export)
         torch.onnx.export(ref, (torch.zeros(shape),), buf, dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=["logits"], do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
