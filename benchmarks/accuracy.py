@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from yolo_prune.analysis.budget import model_cost, select_for_budget
+from yolo_prune.analysis.budget import select_for_budget
 from yolo_prune.analysis.table import read_table
 from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
 from yolo_prune.data.synth import generate_synthetic
@@ -38,6 +38,7 @@ from yolo_prune.models.fuse import fuse
 from yolo_prune.pipeline.devices import select_device
 from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings, evaluate_on_data, sensitivity_on_data
 from yolo_prune.prune import prune
+from yolo_prune.prune.cost import CostModel, fused_cost_model
 
 IMG = DEMO_SYNTH["img_size"]
 
@@ -50,10 +51,11 @@ def fused_gflops(model: torch.nn.Module) -> float:
 def uniform_rate(model: torch.nn.Module, target: float) -> float:
     """The single rate whose uniform pruning lands at or just under ``target`` GFLOPs (bisection)."""
     layers = list(range(len(model.conv_modules())))
+    costs = CostModel.of(model, IMG)
     lo, hi = 0.0, 0.95
     for _ in range(20):
         mid = (lo + hi) / 2
-        cost = model_cost(model, [(i, mid) for i in layers], "gflops", IMG)
+        cost = costs.cost([(i, mid) for i in layers]).gflops
         lo, hi = (mid, hi) if cost > target else (lo, mid)
     return hi
 
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for budget in budgets:
         model = demo_model()
         choice = select_for_budget(table, table.baseline.gflops, table.baseline.map, budget * table.baseline.gflops,
-                                   "gflops", lambda pairs: model_cost(model, pairs, "gflops", IMG))
+                                   "gflops", fused_cost_model(model, IMG))
         selected = prune(model, choice.pairs, "l2", inplace=True, summarize=False).model
         rows.append(b.row(f"knapsack {budget:g}", lambda: b.finetune(f"knapsack-{budget:g}", selected)))
         if not args.no_uniform:

@@ -90,7 +90,7 @@ def main() -> None:
         analyse(False)  # resumes an interrupted demo
     except YoloPruneError:
         analyse(True)  # an earlier demo with other settings: replace it
-    banner(f"4/7 layer selection for {args.budget:.0%} of the GFLOPs (knapsack, exact cost checked)")
+    banner(f"4/7 layer selection for {args.budget:.0%} of the GFLOPs (knapsack on exact costs)")
     pairs = select(out, model, img, args.budget)
     banner("5/7 prune")
     from yolo_prune.prune import format_result, prune
@@ -108,14 +108,14 @@ def main() -> None:
 
 
 def select(out: Path, model: torch.nn.Module, img: int, budget: float) -> list[tuple[int, float]]:
-    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.budget import select_for_budget
     from yolo_prune.analysis.table import read_table
+    from yolo_prune.prune.cost import fused_cost_model
 
     table = read_table(out / "sensitivity")
     base = table.baseline
     target = budget * base.gflops
-    choice = select_for_budget(table, base.gflops, base.map, target, "gflops",
-                               lambda pairs: model_cost(model, pairs, "gflops", img))
+    choice = select_for_budget(table, base.gflops, base.map, target, "gflops", fused_cost_model(model, img))
     print(f"{len(choice.pairs)} layers: {choice.pairs}\npredicted mAP@.5:.95 {choice.predicted_map:.4f} "
           f"(analysis subset baseline {base.map:.4f}); GFLOPs {base.gflops:.3f} -> {choice.exact_cost:.3f}")
     return choice.pairs

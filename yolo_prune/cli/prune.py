@@ -17,6 +17,15 @@ def add_pruning_flags(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--pruning-config", default=None,
                    help="published-format graph YAML to check against the model (derived automatically if omitted)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random criterion (default 0)")
+    add_scoring_flag(p)
+
+
+def add_scoring_flag(p: argparse.ArgumentParser) -> None:
+    """--scoring: how a multi-layer plan scores its layers (prune, test, train, iterate)."""
+    p.add_argument("--scoring", choices=("sequential", "greedy", "independent"), default="sequential",
+                   help="sequential (default; alias greedy): layers in ascending order, each scored without the input "
+                        "channels earlier listed layers removed, as the published pruner; independent: every layer "
+                        "on its unpruned weights")
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -40,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     model, history = load_model_and_history(args)
     given = read_published(args.pruning_config) if args.pruning_config else None
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                   graph=given, inplace=True, img_size=args.img)
+                   graph=given, inplace=True, img_size=args.img, scoring=args.scoring)
     save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
     if args.json:
         print_json({"output": args.output, **result.to_dict()})

@@ -67,7 +67,7 @@ def _load(args: argparse.Namespace):
         from yolo_prune.prune import prune
 
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                      inplace=True, summarize=False).model
+                      inplace=True, summarize=False, scoring=args.scoring).model
     return model
 
 

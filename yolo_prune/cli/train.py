@@ -55,8 +55,8 @@ def settings_from_args(args: argparse.Namespace):
         batch_size=args.batch_size, img_size=args.img[0], device=args.device, workers=args.workers,
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
-        pruning_config=args.pruning_config, seed=args.seed, from_scratch=args.from_scratch, distill=args.distill,
-        distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn)
+        pruning_config=args.pruning_config, seed=args.seed, scoring=args.scoring, from_scratch=args.from_scratch,
+        distill=args.distill, distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -106,7 +106,8 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
 
         graph = read_published(settings.pruning_config) if settings.pruning_config else None
         result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
-                       seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size)
+                       seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size,
+                       scoring=settings.scoring)
         model, history = result.model, history + [result.history_entry()]
     if settings.from_scratch:
         from yolo_prune.models.cfgs import build_model

@@ -209,19 +209,26 @@ def _tracer_for(m: nn.Module, index: int) -> Tracer:
                        f"supported: {', '.join(c.__name__ for c in TRACERS)}, Detect heads")
 
 
+def trace_layouts(model: nn.Module) -> tuple[PruningGraph, list[list[Layout]]]:
+    """The graph, and for every cfg layer the layouts of its inputs (the slots each input tensor is made of);
+    networks without cfg rows are traced with ``torch.fx`` and have no per-layer inputs ([])."""
+    if not isinstance(model, Model):
+        from yolo_prune.graph.fx_trace import trace_network
+
+        return trace_network(model, _Tracer(), TRACERS), []
+    t = _Tracer()
+    outputs: list[Layout] = []
+    inputs: list[list[Layout]] = []
+    image: Layout = [(None, model.ch_in)]
+    for spec, m in zip(model.specs, model.model):
+        inputs.append([image if s == -1 else outputs[s] for s in spec.sources()])
+        outputs.append(_tracer_for(m, spec.index)(t, f"model.{spec.index}", m, inputs[-1]))
+    return t.freeze(), inputs
+
+
 def derive_graph(model: nn.Module) -> PruningGraph:
     """The connectivity graph of ``model`` (its current, possibly pruned, widths); the model is not changed.
 
     A YOLOv7 ``Model`` is walked row by row; any other network is traced with ``torch.fx``.
     """
-    if not isinstance(model, Model):
-        from yolo_prune.graph.fx_trace import trace_network
-
-        return trace_network(model, _Tracer(), TRACERS)
-    t = _Tracer()
-    outputs: list[Layout] = []
-    image: Layout = [(None, model.ch_in)]
-    for spec, m in zip(model.specs, model.model):
-        inp = [image if s == -1 else outputs[s] for s in spec.sources()]
-        outputs.append(_tracer_for(m, spec.index)(t, f"model.{spec.index}", m, inp))
-    return t.freeze()
+    return trace_layouts(model)[0]

@@ -120,10 +120,12 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     model = model.to(device).eval()
     if half and device.type == "cuda":
         model = model.half()
-    store = ResultStore.open(out_dir, settings, exist_ok=exist_ok)
+    graph = derive_graph(model)
+    store = ResultStore.open(out_dir, settings, exist_ok=exist_ok,
+                             model={"source": source, "graph_fingerprint": graph.fingerprint()})
     batches, cfg = cached_batches(data, int(model.stride.max()), device)
     scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres)
-    return run_sensitivity(model, derive_graph(model), batches, scorer, store, list(analysis.rates),
+    return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates),
                            layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
                            dist=dist, progress=progress, prefix=analysis.prefix)

@@ -44,6 +44,7 @@ class IterateSettings:
     epochs: int = 10
     hyp: str = "scratch.tiny"
     eval_images: int | None = None
+    scoring: str = "sequential"
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -85,7 +86,7 @@ def _row_for(weights: Path, settings: IterateSettings, iteration: int, epochs: i
 
 
 def _select(store_dir: Path, settings: IterateSettings, iteration: int, model) -> list[tuple[int, float]]:
-    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.budget import select_for_budget
     from yolo_prune.analysis.selection import published_selection
     from yolo_prune.analysis.table import read_table
 
@@ -99,8 +100,11 @@ def _select(store_dir: Path, settings: IterateSettings, iteration: int, model) -
         return [(p.layer, p.rate) for p in merged]
     g0 = base.gflops
     step_target = g0 * (sel.target_gflops / g0) ** (1.0 / (settings.iterations - iteration))
-    exact = lambda pairs: model_cost(model, pairs, "gflops", settings.data.img_size, settings.analysis.round_to)  # noqa: E731
-    return select_for_budget(table, g0, base.map, max(step_target, sel.target_gflops), "gflops", exact).pairs
+    from yolo_prune.prune.cost import fused_cost_model
+
+    costs = fused_cost_model(model, settings.data.img_size)
+    return select_for_budget(table, g0, base.map, max(step_target, sel.target_gflops), "gflops", costs,
+                             settings.analysis.round_to).pairs
 
 
 def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: TrainFn, device: torch.device,
@@ -118,7 +122,7 @@ def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: Train
     if not pairs:
         raise YoloPruneError(f"iteration {k}: selection chose no layers (budget already met?)")
     result = prune(model, pairs, settings.analysis.criterion, round_to=settings.analysis.round_to,
-                   seed=settings.analysis.seed, inplace=True, summarize=False)
+                   seed=settings.analysis.seed, inplace=True, summarize=False, scoring=settings.scoring)
     pruned = save_checkpoint(result.model, folder / "pruned.pt", history=loaded.history + [result.history_entry()])
     tuned = train_fn(pruned, folder / "train", settings.epochs, k) if settings.epochs > 0 else pruned
     row = _row_for(tuned, settings, k, settings.epochs, [list(p) for p in pairs], device)

@@ -1,4 +1,13 @@
-"""Decide, then do: a ``PruningPlan`` is data (layer -> kept filter indices) computed from the model."""
+"""Decide, then do: a ``PruningPlan`` is data (layer -> kept filter indices) computed from the model.
+
+Scoring strategies (plan-level, any model family): ``sequential`` scores the listed layers in ascending
+order, each on its weights as they are at that moment, i.e. without the input channels that earlier listed
+producers removed (the published ``prune_structured`` applies layers one after another; Li et al., ICLR 2017,
+call it "greedy"). ``independent`` scores every layer on its unpruned weights. Both are one pass over the
+layers: the visible input channels come from the graph's slot offsets, no model is rebuilt. A coupled group
+(layers joined by a residual add) is one decision: its members' scores are summed, each member seen through
+its own visible inputs, and all of them keep the same filters.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,13 +19,14 @@ from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.prune.criteria import criterion_name, get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
+from yolo_prune.prune.surgery import input_index
 from yolo_prune.prune.units import layer_filters, out_channels
 
 
 @dataclass(frozen=True)
 class LayerPlan:
     """One layer's decision: rate asked, filters before, kept indices (sorted). For a layer of a coupled group
-    the decision holds for every member of the group (scored jointly: summed criterion)."""
+    the decision holds for every member of the group."""
 
     layer: int
     rate: float
@@ -33,6 +43,7 @@ class PruningPlan:
     round_to: int | None
     seed: int
     graph_fingerprint: str
+    scoring: str = "sequential"
 
     def kept_map(self) -> dict[int, torch.Tensor]:
         return {lp.layer: torch.tensor(lp.kept, dtype=torch.long) for lp in self.layers}
@@ -41,6 +52,30 @@ class PruningPlan:
         d = asdict(self)
         d["layers"] = [{**lp, "kept": list(lp["kept"])} for lp in d["layers"]]
         return d
+
+
+SCORING = {"sequential": "sequential", "greedy": "sequential", "independent": "independent"}
+
+
+def scoring_name(value: str) -> str:
+    """Normalise a scoring strategy (``sequential``, alias ``greedy``; ``independent``)."""
+    name = SCORING.get(str(value).strip().lower())
+    if name is None:
+        raise PruningError(f"unknown scoring {value!r}; known: sequential (alias greedy: the published pruner's "
+                           f"order), independent (every layer on its unpruned weights)")
+    return name
+
+
+def layer_generator(seed: int, layer: int) -> torch.Generator:
+    """The random criterion's generator for one layer: independent of which other layers are listed."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + layer) % (2 ** 63))
+
+
+def visible_inputs(graph: PruningGraph, layer: int, decided: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """Input channels of ``layer`` left after the already decided producers removed theirs (None: all)."""
+    if not any(producer in decided for producer, _ in graph[layer].inputs):
+        return None
+    return input_index(graph, layer, decided)
 
 
 def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates:
@@ -65,22 +100,30 @@ def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates
 
 
 def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float, criterion: str | int = "l2",
-              round_to: int | None = None, seed: int = 0) -> PruningPlan:
-    """Choose the filters to keep in each listed layer (the model is not changed)."""
-    name = criterion_name(criterion)
+              round_to: int | None = None, seed: int = 0, scoring: str = "sequential") -> PruningPlan:
+    """Choose the filters to keep in each listed layer, in ascending layer order (the model is not changed).
+
+    ``scoring="sequential"`` gives the published pruner's choices (each layer scored after the earlier listed
+    layers removed their filters); ``"independent"`` scores every layer on the unpruned weights.
+    """
+    name, strategy = criterion_name(criterion), scoring_name(scoring)
     score_fn = get_criterion(name)
-    generator = torch.Generator().manual_seed(seed)
-    layers = []
+    layers, decided = [], {}
     for layer, rate in sorted(resolve_rates(graph, params)):
-        before = graph[layer].out_channels
-        for member in graph.group_of(layer):
+        before, group = graph[layer].out_channels, graph.group_of(layer)
+        scores = None
+        for member in group:
             node = graph[member]
             if out_channels(model, node) != before:
                 raise PruningError(f"layer {member} ({node.name}): graph says {before} filters, model has "
                                    f"{out_channels(model, node)}; derive the graph from this model")
-        scores = sum(score_fn(layer_filters(model, graph[m], generator)) for m in graph.group_of(layer))
+            inputs = visible_inputs(graph, member, decided) if strategy == "sequential" else None
+            s = score_fn(layer_filters(model, node, layer_generator(seed, member), inputs))
+            scores = s if scores is None else scores + s
         n_keep = kept_count(before, rate, round_to)
-        order = torch.sort(scores.cpu(), stable=True).indices  # ascending: removed first
+        order = torch.argsort(scores.cpu())  # ascending: removed first; ties as the published pruner
         kept = tuple(sorted(order[before - n_keep:].tolist()))
         layers.append(LayerPlan(layer, rate, before, kept))
-    return PruningPlan(tuple(layers), name, round_to, seed, graph.fingerprint())
+        for member in group:
+            decided[member] = torch.tensor(kept, dtype=torch.long)
+    return PruningPlan(tuple(layers), name, round_to, seed, graph.fingerprint(), strategy)

@@ -44,8 +44,8 @@ class PruneResult:
     img_size: int = 640
 
     def to_dict(self) -> dict:
-        return {"criterion": self.plan.criterion, "round_to": self.plan.round_to, "seed": self.plan.seed,
-                "img_size": self.img_size, "params_before": self.params_before, "params_after": self.params_after,
+        return {"criterion": self.plan.criterion, "scoring": self.plan.scoring, "round_to": self.plan.round_to,
+                "seed": self.plan.seed, "img_size": self.img_size, "params_before": self.params_before, "params_after": self.params_after,
                 "gflops_before": self.gflops_before, "gflops_after": self.gflops_after,
                 "layers": [vars(c) | {"consumers": list(c.consumers)} for c in self.layers]}
 
@@ -72,17 +72,22 @@ def _cost(model: nn.Module, img_size: int) -> tuple[int, float]:
 
 def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | int = "l2", *,
           round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
-          inplace: bool = False, summarize: bool = True, img_size: int | None = None) -> PruneResult:
+          inplace: bool = False, summarize: bool = True, img_size: int | None = None,
+          scoring: str = "sequential") -> PruneResult:
     """Structurally prune ``model`` (a YOLOv7 ``Model`` or a traced network such as a ``Classifier``; a copy
     unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``; default: the model's own
-    input size, ``model.img_size``, else 640)."""
+    input size, ``model.img_size``, else 640).
+
+    ``scoring``: ``sequential`` (default, the published pruner's choices; alias ``greedy``, Li et al.'s name) or
+    ``independent`` (see ``make_plan``).
+    """
     img_size = img_size or int(getattr(model, "img_size", 640))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
     parsed = parse_pruning_params(params) if not isinstance(params, float) else params
     if not isinstance(graph, PruningGraph):
         graph = resolve_graph(model, graph)
-    plan = make_plan(model, graph, parsed, criterion, round_to, seed)
+    plan = make_plan(model, graph, parsed, criterion, round_to, seed, scoring)
     before = _cost(model, img_size) if summarize else (0, 0.0)
     target = model if inplace else copy.deepcopy(model)
 
@@ -110,7 +115,8 @@ def format_result(result: PruneResult) -> str:
     for c in result.layers:
         lines.append(f"{c.layer:>5} {c.name:<16} {c.rate:>5.2f} {c.filters_before:>6} -> {c.filters_after:<4} "
                      f"{c.params_removed:>10,}  {list(c.consumers)}")
-    lines.append(f"criterion {result.plan.criterion}; params {result.params_before:,} -> {result.params_after:,} "
-                 f"({100 * result.params_after / max(result.params_before, 1):.1f}%), GFLOPs@{result.img_size} "
+    share = 100 * result.params_after / max(result.params_before, 1)
+    lines.append(f"criterion {result.plan.criterion} ({result.plan.scoring} scoring); params "
+                 f"{result.params_before:,} -> {result.params_after:,} ({share:.1f}%), GFLOPs@{result.img_size} "
                  f"{result.gflops_before:.3f} -> {result.gflops_after:.3f}")
     return "\n".join(lines)

@@ -7,13 +7,17 @@ coupled group (a residual add) applies to every member: they lose the same filte
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
 from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.prune.plan import PruningPlan
 from yolo_prune.prune.units import slice_bn, slice_conv_in, slice_conv_out, slice_in, slice_out
+
+if TYPE_CHECKING:
+    from yolo_prune.prune.plan import PruningPlan
 
 __all__ = ["apply_plan", "coupled_kept", "input_index", "slice_bn", "slice_conv_in", "slice_conv_out"]
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from yolo_prune.errors import PruningError
 from yolo_prune.graph.node import ConvNode
 from yolo_prune.models.blocks import Conv, RepConv
-from yolo_prune.prune.criteria import LayerFilters
+from yolo_prune.prune.criteria import LayerFilters, score_dtype
 
 
 def _take(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
@@ -68,20 +68,30 @@ def out_channels(model: nn.Module, node: ConvNode) -> int:
     return m.out_channels
 
 
-def layer_filters(model: nn.Module, node: ConvNode, generator: torch.Generator) -> LayerFilters:
-    """The weights and BN scales a criterion sees (both RepConv branches; a plain conv's recorded BN)."""
+def layer_filters(model: nn.Module, node: ConvNode, generator: torch.Generator,
+                  inputs: torch.Tensor | None = None) -> LayerFilters:
+    """The weights and BN scales a criterion sees (both RepConv branches; a plain conv's recorded BN), restricted
+    to the input channels ``inputs`` (None: all)."""
     m = module_of(model, node)
     if isinstance(m, Conv):
-        gammas = (m.bn.weight,) if isinstance(m.bn, nn.BatchNorm2d) else ()
-        return LayerFilters((m.conv.weight,), gammas, generator, node.name)
-    if isinstance(m, RepConv):
-        if m.rbr_reparam is not None:
-            return LayerFilters((m.rbr_reparam.weight,), (), generator, node.name)
+        convs, gammas = (m.conv,), ((m.bn.weight,) if isinstance(m.bn, nn.BatchNorm2d) else ())
+    elif isinstance(m, RepConv) and m.rbr_reparam is not None:
+        convs, gammas = (m.rbr_reparam,), ()
+    elif isinstance(m, RepConv):
         branches = (m.rbr_dense, m.rbr_1x1)
-        return LayerFilters(tuple(b[0].weight for b in branches), tuple(b[1].weight for b in branches), generator,
-                            node.name)
-    gammas = (model.get_submodule(node.bn).weight,) if node.bn else ()
-    return LayerFilters((m.weight,), tuple(g for g in gammas if g is not None), generator, node.name)
+        convs, gammas = tuple(b[0] for b in branches), tuple(b[1].weight for b in branches)
+    else:
+        bn = model.get_submodule(node.bn) if node.bn else None
+        convs, gammas = (m,), ((bn.weight,) if bn is not None and bn.weight is not None else ())
+    weights = tuple(c.weight if inputs is None else _input_slice(c.weight, inputs) for c in convs)
+    return LayerFilters(weights, gammas, generator, node.name, inputs, score_dtype(convs[0].weight))
+
+
+def _input_slice(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``weight[:, inputs]`` as a contiguous tensor (through a 3-D view: several times faster for 3x3 kernels)."""
+    out, _, kh, kw = weight.shape
+    flat = weight.detach().reshape(out, weight.shape[1], kh * kw)
+    return flat.index_select(1, inputs.to(weight.device)).view(out, len(inputs), kh, kw)
 
 
 def _branches(m: RepConv) -> list[nn.Sequential | nn.Conv2d]:
