@@ -92,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
         data=args.data, arch=args.arch, weights=args.weights, width=args.width, img_size=args.img,
         epochs=args.epochs, batch_size=args.batch_size, lr0=args.lr0, lrf=args.lrf, weight_decay=args.weight_decay,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
-        pruning_config=args.pruning_config, saliency_l1=args.saliency_l1, augment=not args.no_augment, seed=args.seed, device=args.device,
+        pruning_config=args.pruning_config, scoring=args.scoring, saliency_l1=args.saliency_l1, augment=not args.no_augment, seed=args.seed, device=args.device,
         workers=args.workers, project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume))
     best = result.best_row
     if best is not None:

@@ -8,10 +8,12 @@ from yolo_prune.cli.common import non_negative_int, positive_int
 EPILOG = """examples:
   yolo-prune sweep --arch scnnb --data digits --epochs 10 --retrain-epochs 3 --out runs/sweep/scnnb
   yolo-prune sweep --weights runs/classify/vgg/weights/best.pt --percents '[0, 0.25, 0.5, 0.75]' --retrain layerwise
+  yolo-prune sweep --arch scnnb --scoring independent --out runs/sweep/independent   (Li et al.: vs greedy)
   (writes sweep.md / sweep.csv / sweep.png / sweep.json in --out; re-running resumes)"""
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    from yolo_prune.cli.prune import add_scoring_flag
     from yolo_prune.models.classify import ARCHS
 
     p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    help="prune every layer then retrain (once), or prune and retrain layer by layer")
     p.add_argument("--retrain-epochs", type=positive_int, default=3, help="retraining epochs per model (default 3)")
     p.add_argument("--criterion", default="l1", help="filter criterion (default l1: Li et al.'s smallest L1)")
+    add_scoring_flag(p)
     p.add_argument("--layers", default=None, help="only these graph layers, e.g. '[0, 1]' (default: all prunable)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=64)
     p.add_argument("--lr0", type=float, default=0.05, help="base training LR (default 0.05)")
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     settings = SweepSettings(
         data=args.data, arch=None if args.weights else (args.arch or "scnnb"), weights=args.weights,
         width=args.width, img_size=args.img, epochs=args.epochs, percents=percents, retrain=args.retrain,
-        retrain_epochs=args.retrain_epochs, criterion=args.criterion, layers=layers, batch_size=args.batch_size,
+        retrain_epochs=args.retrain_epochs, criterion=args.criterion, scoring=args.scoring, layers=layers, batch_size=args.batch_size,
         lr0=args.lr0, retrain_lr0=args.retrain_lr0, out=args.out, seed=args.seed, device=args.device,
         workers=args.workers)
     run_sweep(settings)

@@ -5,6 +5,8 @@ For every filter percentage p (0 ... 0.9) the base model loses p of the filters 
 (coupled residual groups as one; ``layers`` restricts the set), is evaluated right away, retrained, and
 evaluated again. ``retrain="once"`` prunes all layers in one shot then retrains ``retrain_epochs``;
 ``"layerwise"`` prunes one layer at a time, each followed by its share of the retraining epochs (at least one).
+``scoring`` is the planner's option: ``"greedy"`` (= ``sequential``, the default: kernels of channels already removed
+upstream do not count) or ``"independent"`` (each layer scored on its own unpruned weights).
 p = 0 is the base retrained for the same epochs (the control). Results go to ``sweep.json`` after every
 percentage (a re-run resumes; an interrupted retraining resumes from its last.pt), ``sweep.csv``, ``sweep.md``
 and ``sweep.png`` (top-1 against parameters, before and after retraining).
@@ -37,6 +39,7 @@ class SweepSettings:
     retrain: str = "once"
     retrain_epochs: int = 3
     criterion: str = "l1"
+    scoring: str = "sequential"
     layers: Sequence[int] | None = None
     batch_size: int = 64
     lr0: float = 0.05
@@ -48,6 +51,9 @@ class SweepSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from yolo_prune.prune.plan import scoring_name
+
+        self.scoring = scoring_name(self.scoring)
         if self.retrain not in ("once", "layerwise"):
             raise ConfigError(f"--retrain must be 'once' or 'layerwise', got {self.retrain!r}")
         bad = [p for p in self.percents if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1]
@@ -98,7 +104,7 @@ def prune_then_retrain(s: SweepSettings, base: Path, rate: float, tag: str) -> t
     pruned = Path(s.out) / f"{tag}.pt"
     if not pruned.is_file():
         loaded = load_checkpoint(base)
-        result = prune(loaded.model, _params(s, loaded.model, rate), s.criterion)
+        result = prune(loaded.model, _params(s, loaded.model, rate), s.criterion, scoring=s.scoring)
         save_checkpoint(result.model, pruned, history=loaded.history + [result.history_entry()])
     return pruned, _train(s, tag, s.retrain_epochs, s.retrain_lr0, weights=str(pruned))
 

@@ -54,6 +54,7 @@ class ClassifySettings:
     criterion: str = "l1"
     round_to: int | None = None
     pruning_config: str | None = None
+    scoring: str = "sequential"
     saliency_l1: float | None = None
     augment: bool = True
     seed: int = 0
@@ -75,6 +76,9 @@ class ClassifySettings:
         for name in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        from yolo_prune.prune.plan import scoring_name
+
+        self.scoring = scoring_name(self.scoring)
         if self.resume:
             return
         if not self.arch and not self.weights:
@@ -181,7 +185,7 @@ def _build(settings: ClassifySettings) -> _Run:
 
             graph = read_published(settings.pruning_config) if settings.pruning_config else None
             result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
-                           seed=settings.seed, graph=graph)
+                           seed=settings.seed, graph=graph, scoring=settings.scoring)
             model, history = result.model, history + [result.history_entry()]
     device = select_device(settings.device)
     model = model.float().to(device).train()
