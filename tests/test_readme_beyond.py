@@ -17,6 +17,7 @@ from yolo_prune.cli import main
 REPO = Path(__file__).resolve().parents[1]
 SHRINK = [(r"--epochs \d+", "--epochs 1"), (r"--retrain-epochs \d+", "--retrain-epochs 1"), (r"--steps \d+", "--steps 1"),
           (r"--width 0.25", "--width 0.0625"), (r"--arch scnnb", "--arch scnnb --width 0.25"),
+          (r"--img 256", "--img 128"), (r"--img-size 256", "--img-size 128"),
           (r"yolo_prune/assets/", f"{REPO}/yolo_prune/assets/")]
 
 
