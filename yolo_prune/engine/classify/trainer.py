@@ -96,6 +96,11 @@ class ClassifySettings:
     def to_dict(self) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         out["weights"] = os.path.abspath(self.weights) if self.weights else None
+        kind, sep, rest = self.data.partition(":")
+        if sep and kind in ("imagefolder", "cifar10", "fashion-mnist"):
+            out["data"] = f"{kind}:{os.path.abspath(rest)}"
+        elif self.data != "digits":
+            out["data"] = os.path.abspath(self.data)  # a resumed run finds its data from any folder
         if self.pruning_params is not None and not isinstance(self.pruning_params, str):
             out["pruning_params"] = repr(self.pruning_params)
         out["resume"] = False
