@@ -15,6 +15,7 @@ Every run resumes from ``--out``. Latency: PyTorch eager, 1 thread, batch 1, 3 r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--skip-detector", action="store_true")
     ap.add_argument("--write", action="store_true", help="(re)write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
+    load_start = os.getloadavg()[1]
     out = Path(args.out)
     vgg_table, vgg_rows = classifier(args, out)
     lines = [SECTION, "",
@@ -83,6 +85,9 @@ def main(argv: list[str]) -> int:
                   f"{args.yolo_val} val images:", "", yolo_table]
     lines += ["Latency: PyTorch eager, batch 1, 1 thread, median over 3 interleaved rounds; gated models run the "
               "gathered-weights path (only the selected filters over the non-zero input channels).", ""]
+    lines += [f"Host load while measuring (5-min load average, 2 cores shared with other jobs): "
+              f"{load_start:.1f} at the start, {os.getloadavg()[1]:.1f} at the end; absolute times are inflated by "
+              f"it, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, machine())
     text = "\n".join(lines)
     print(text)

@@ -16,6 +16,7 @@ batch 1, ``--rounds`` rounds visiting every model in turn, ``--warmup`` + ``--it
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--write", action="store_true", help="(re)write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
+    load_start = os.getloadavg()[1]
     args.percents = [float(p) for p in args.percents.split(",")]
     torch.set_num_threads(args.threads)
     rows = []
@@ -161,6 +163,9 @@ def main(argv: list[str]) -> int:
              "", "| model | variant | non-zero conv params (of dense) | zeros in the ONNX conv weights | median ms "
              "| speed-up | how |", "|---|---|---|---|---:|---:|---|", *rows, "",
              finding(), ""]
+    lines += [f"Host load while measuring (5-min load average, 2 cores shared with other jobs): "
+              f"{load_start:.1f} at the start, {os.getloadavg()[1]:.1f} at the end; absolute times are inflated by "
+              f"it, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, machine(LIBS), LIBS)
     text = "\n".join(lines)
     print(text)

@@ -17,6 +17,7 @@ Runs resume from ``--out`` (each trained model is kept there), so a re-run only 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="(re)write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
+    load_start = os.getloadavg()[1]
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     once = SweepSettings(arch=args.arch, epochs=args.epochs, retrain_epochs=args.retrain_epochs,
@@ -96,6 +98,9 @@ def main(argv: list[str]) -> int:
               "| filters pruned | parameters | independent: top-1 | greedy: top-1 | layers whose kept filters differ |",
               "|---|---|---|---|---|"] + strategies(base, [p for p in PERCENTS if p > 0]) + [""]
     env = machine()
+    lines += [f"Host load while measuring (5-min load average, 2 cores shared with other jobs): "
+              f"{load_start:.1f} at the start, {os.getloadavg()[1]:.1f} at the end; absolute times are inflated by "
+              f"it, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, env)
     text = "\n".join(lines)
     print(text)
