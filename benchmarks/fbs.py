@@ -69,7 +69,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--skip-detector", action="store_true")
     ap.add_argument("--write", action="store_true", help="(re)write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
-    load_start = os.getloadavg()[1]
     out = Path(args.out)
     vgg_table, vgg_rows = classifier(args, out)
     lines = [SECTION, "",
@@ -85,9 +84,9 @@ def main(argv: list[str]) -> int:
                   f"{args.yolo_val} val images:", "", yolo_table]
     lines += ["Latency: PyTorch eager, batch 1, 1 thread, median over 3 interleaved rounds; gated models run the "
               "gathered-weights path (only the selected filters over the non-zero input channels).", ""]
-    lines += [f"Host load while measuring (5-min load average, 2 cores shared with other jobs): "
-              f"{load_start:.1f} at the start, {os.getloadavg()[1]:.1f} at the end; absolute times are inflated by "
-              f"it, ratios come from runs interleaved in the same rounds.", ""]
+    lines += [f"5-min load average when this section was written: {os.getloadavg()[1]:.1f} (2 cores shared with "
+              f"other jobs while the runs trained and were timed; resumed runs reuse stored results): absolute "
+              f"times are inflated, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, machine())
     text = "\n".join(lines)
     print(text)

@@ -60,7 +60,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="(re)write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
-    load_start = os.getloadavg()[1]
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     once = SweepSettings(arch=args.arch, epochs=args.epochs, retrain_epochs=args.retrain_epochs,
@@ -98,9 +97,9 @@ def main(argv: list[str]) -> int:
               "| filters pruned | parameters | independent: top-1 | greedy: top-1 | layers whose kept filters differ |",
               "|---|---|---|---|---|"] + strategies(base, [p for p in PERCENTS if p > 0]) + [""]
     env = machine()
-    lines += [f"Host load while measuring (5-min load average, 2 cores shared with other jobs): "
-              f"{load_start:.1f} at the start, {os.getloadavg()[1]:.1f} at the end; absolute times are inflated by "
-              f"it, ratios come from runs interleaved in the same rounds.", ""]
+    lines += [f"5-min load average when this section was written: {os.getloadavg()[1]:.1f} (2 cores shared with "
+              f"other jobs while the runs trained and were timed; resumed runs reuse stored results): absolute "
+              f"times are inflated, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, env)
     text = "\n".join(lines)
     print(text)
