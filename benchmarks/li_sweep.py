@@ -57,6 +57,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--retrain-epochs", type=int, default=3)
     ap.add_argument("--layerwise-percents", default="0.5,0.7,0.9")
     ap.add_argument("--out", default="/tmp/yolo-prune-bench/li_sweep")
+    ap.add_argument("--vgg-weights", default=None, help="also compare the strategies on this trained vgg16_bn "
+                    "classifier checkpoint (digits, 32 px; e.g. the one benchmarks/fbs.py trains)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="(re)write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -84,7 +86,7 @@ def main(argv: list[str]) -> int:
              f"![top-1 vs parameters](benchmarks/results/{plot.name})", "",
              "Prune-then-retrain (once) vs layer-by-layer prune-retrain (each conv pruned, then retrained "
              f"ceil({args.retrain_epochs}/2) epochs; later layers scored on retrained weights):", "",
-             "| filters pruned | parameters | once: top-1 retrained | layerwise: top-1 after layer 1 | "
+             "| filters pruned | parameters | once: top-1 retrained | layerwise: top-1 after pruning the first conv | "
              "layerwise: top-1 retrained |", "|---|---|---|---|---|"]
     for r in lw:
         o = by_p.get(r["percent"])
@@ -96,6 +98,13 @@ def main(argv: list[str]) -> int:
               "greedy (`--scoring greedy`: kernels of channels removed upstream do not count):", "",
               "| filters pruned | parameters | independent: top-1 | greedy: top-1 | layers whose kept filters differ |",
               "|---|---|---|---|---|"] + strategies(base, [p for p in PERCENTS if p > 0]) + [""]
+    if args.vgg_weights:
+        from yolo_prune.checkpoint import load_model
+
+        vgg = load_model(args.vgg_weights)
+        lines += [f"The same on vgg16_bn (width {vgg.spec.width}, 13 convs, `--vgg-weights`), no retraining:", "",
+                  "| filters pruned | parameters | independent: top-1 | greedy: top-1 | layers whose kept filters differ |",
+                  "|---|---|---|---|---|"] + strategies(Path(args.vgg_weights), [0.1, 0.2, 0.3, 0.4, 0.5]) + [""]
     env = machine()
     lines += [f"5-min load average when this section was written: {os.getloadavg()[1]:.1f} (2 cores shared with "
               f"other jobs while the runs trained and were timed; resumed runs reuse stored results): absolute "
