@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from yolo_prune.errors import YoloPruneError
@@ -51,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warnings_as_lines(command: str):
+    """``warnings.showwarning`` for the CLI: one ``yolo-prune <command>: warning: ...`` line, no source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        print(f"yolo-prune {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each warning once per run (a fresh registry per invocation)
+            warnings.showwarning = _warnings_as_lines(args.command)
+            return int(args.func(args) or 0)
     except YoloPruneError as exc:
         print(f"yolo-prune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, load_model_from_args, positive_int, print_json
+from yolo_prune.cli.common import add_model_source, check_model_source, fit_img, img_int, load_model_from_args, print_json
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text,
                        epilog="example: yolo-prune info --cfg yolov7-tiny --img 640 --fuse")
     add_model_source(p)
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None,
-                   help="image size (default 640; a classifier's own input size)")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
+                   help="image size (default 640, rounded up to the model's max stride; a classifier's own size)")
     p.add_argument("--fuse", action="store_true", help="fold BN into convs and merge RepConv branches first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run, parser=p)
@@ -21,22 +21,19 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.models.fuse import fuse
     from yolo_prune.models.summary import format_summary, summarize, summarize_ops
 
-    args.img_given, args.img = args.img is not None, args.img or 640
+    check_model_source(args)
     model = load_model_from_args(args)
     if not hasattr(model, "stride"):  # a classifier: its own input size unless --img is given
-        img = args.img if args.img_given else model.img_size
-        summary = summarize_ops(model, img, model.ch_in)
+        summary = summarize_ops(model, args.img or model.img_size, model.ch_in)
         if args.json:
             print_json(summary.to_dict())
         else:
             print(format_summary(summary))
         return 0
-    stride = int(model.stride.max())
-    if args.img % stride:
-        args.parser.error(f"--img {args.img} is not a multiple of the model's max stride {stride}")
+    img = fit_img(args.img or 640, int(model.stride.max()))
     if args.fuse:
         fuse(model)
-    summary = summarize(model, args.img)
+    summary = summarize(model, img)
     if args.json:
         print_json({"fused": args.fuse, **summary.to_dict()})
     else:

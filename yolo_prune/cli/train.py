@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import positive_int
+import sys
+
+from yolo_prune.cli.common import (img_int, input_file, non_negative_float, non_negative_int, output_dir,
+                                   positive_int)
 from yolo_prune.cli.prune import add_pruning_flags
+from yolo_prune.errors import YoloPruneError
 
 EPILOG = """examples:
   yolo-prune train --weights yolov7-tiny.pt --data data.yaml --hyp scratch.tiny --epochs 100 --batch-size 32
@@ -25,10 +29,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
                    help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, nargs="+", default=[640],
-                   help="image size (default 640; a second value, as in 'train test', is ignored)")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, nargs="+", default=[640],
+                   help="image size (default 640; YOLOv7's 'train test' pair, e.g. 640 640, is accepted: training "
+                        "and evaluation both use the first); rounded up to the model's max stride")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
-    p.add_argument("--workers", type=int, default=8, help="data loader worker processes (default 8)")
+    p.add_argument("--workers", type=non_negative_int, default=8, help="data loader worker processes (default 8)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs (default runs/train)")
     p.add_argument("--name", default="exp", help="run name: project/name, or name2, name3... if it exists")
     p.add_argument("--exist-ok", action="store_true", help="write into project/name even if it exists")
@@ -38,7 +43,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--from-scratch", action="store_true", help="keep the (pruned) architecture, re-initialise weights")
     p.add_argument("--distill", action="store_true",
                    help="distil from the model before pruning: + w * MSE(student maps, teacher maps)")
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight w of the distillation term (default 1)")
+    p.add_argument("--distill-weight", type=non_negative_float, default=1.0, help="weight w of the distillation term (default 1)")
     p.add_argument("--max-val-images", type=positive_int, default=None, help="evaluate on the first N val images")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on CUDA")
     p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
@@ -59,9 +64,26 @@ def settings_from_args(args: argparse.Namespace):
         distill=args.distill, distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Files and the output location before anything is loaded (hyp, data, weights and pruning parameters are
+    read and checked by the trainer before the run folder is created)."""
+    if len(args.img) > 2:
+        raise YoloPruneError(f"--img takes one size or YOLOv7's 'train test' pair, got {' '.join(map(str, args.img))}")
+    if len(args.img) == 2 and args.img[1] != args.img[0]:
+        print(f"note: --img {args.img[0]} {args.img[1]}: training and evaluation both use {args.img[0]}",
+              file=sys.stderr)
+    if args.resume:
+        return
+    for flag, value in (("--data", args.data), ("--weights", args.weights), ("--pruning-config", args.pruning_config)):
+        if value:
+            input_file(value, flag)
+    output_dir(args.project, "--project")
+
+
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.engine.trainer import train
 
+    check_args(args)
     result = train(settings_from_args(args))
     best = result.best_row
     if best is not None:

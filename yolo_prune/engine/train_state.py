@@ -83,8 +83,10 @@ class TrainSettings:
 
         self.criterion = str(self.criterion)
         self.scoring = scoring_name(self.scoring)
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("seed", 0)):
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 1), ("workers", 0), ("seed", 0)):
             _positive(name, getattr(self, name), minimum)
+        if self.seed > 2**32 - 1:
+            raise ConfigError(f"seed must be at most 2**32 - 1 (NumPy's range), got {self.seed}")
         for name in ("round_to", "max_val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
@@ -213,20 +215,47 @@ def new_run_dir(project: str | Path, name: str, exist_ok: bool) -> Path:
     raise YoloPruneError(f"{base}: no free run name (tried {name} .. {name}9999)")
 
 
+def _last_activity(run_dir: Path) -> float:
+    """When a run folder last changed: its ``last.pt`` (written every epoch) or ``opt.yaml`` (written at start)."""
+    times = [f.stat().st_mtime for f in (run_dir / "weights" / "last.pt", run_dir / "opt.yaml") if f.is_file()]
+    return max(times, default=0.0)
+
+
 def find_last(resume: str | bool, project: str | Path) -> Path:
     """The ``last.pt`` to resume: the given file, ``<dir>/weights/last.pt`` for a run folder, or (``True``)
-    the most recently modified ``last.pt`` under ``project``."""
+    that of the run under ``project`` that changed last. A newest run stopped before its first epoch ended has
+    no ``last.pt``: that is an error naming it (never an older, unrelated run picked instead)."""
     if resume is True:
-        found = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(f"--resume: no last.pt under {project} to resume")
-        return found[-1]
+        runs = {p.parent.parent for p in Path(project).glob("**/weights/last.pt")}
+        runs |= {p.parent for p in Path(project).glob("**/opt.yaml")}
+        if not runs:
+            raise CheckpointError(f"--resume: no run to resume under {project}")
+        newest = max(runs, key=_last_activity)
+        if not (newest / "weights" / "last.pt").is_file():
+            raise CheckpointError(f"--resume: the newest run {newest} stopped before its first epoch ended, so it "
+                                  f"has no last.pt; start it again (or give the run folder to resume explicitly)")
+        return newest / "weights" / "last.pt"
     path = Path(str(resume))
     if path.is_dir():
         path = path / "weights" / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {path}")
     return path
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Hold an exclusive lock on the run folder (released when the returned descriptor is closed) so two runs
+    never write into one folder (``--exist-ok`` twice, a resume while the run still trains)."""
+    import fcntl
+
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise YoloPruneError(f"{run_dir} is in use by another training run; wait for it, or choose another "
+                             f"--name") from None
+    return fd
 
 
 def read_train_state(raw: dict[str, Any] | None, path: Path) -> dict[str, Any]:

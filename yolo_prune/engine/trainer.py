@@ -34,9 +34,10 @@ from yolo_prune.engine.ema import ModelEMA, unwrap
 from yolo_prune.engine.hooks import TrainHooks
 from yolo_prune.engine.optim import Schedule, build_optimizer
 from yolo_prune.engine.train_state import (STATE_KEY, STATE_VERSION, TrainResult, TrainSettings, TrainState,
-                                           find_last, fitness, new_run_dir, read_train_state, strip_checkpoint,
+                                           find_last, fitness, lock_run_dir, new_run_dir, read_train_state,
+                                           strip_checkpoint,
                                            train_entry, write_records, write_run_files)
-from yolo_prune.errors import ConfigError, DataError, YoloPruneError
+from yolo_prune.errors import CheckpointError, ConfigError, DataError, YoloPruneError
 
 __all__ = ["TrainResult", "TrainSettings", "train"]
 
@@ -80,14 +81,24 @@ def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[d
     if settings.weights:
         loaded = load_checkpoint(settings.weights)
         model, history, hooks = loaded.model, list(loaded.history), TrainHooks.from_checkpoint(loaded)
+        _check_finite(model, settings.weights)
         if model.nc != data.nc:
-            raise ConfigError(f"--weights {settings.weights} has nc={model.nc} classes but --data {settings.data} "
-                              f"has nc={data.nc}; layers are never re-initialised silently (use --cfg to train "
-                              f"a new head from scratch)")
+            from yolo_prune.data.config import class_count_error
+
+            raise class_count_error(model.nc, settings.weights, settings.data, data.nc, "layers are never "
+                                    "re-initialised silently (use --cfg to train a new head from scratch)")
     else:
         model, history = build_model(settings.cfg, nc=data.nc), []
     model.names = list(data.names)
     return model, history, hooks
+
+
+def _check_finite(model: nn.Module, weights: str) -> None:
+    """NaN or infinite weights cannot train (the loss is NaN at once): say so, instead of blaming ``lr0`` later."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"--weights {weights}: {name} holds NaN or infinite values; the checkpoint is "
+                                  f"damaged and cannot be fine-tuned")
 
 
 def _fresh_inputs(settings: TrainSettings) -> _Inputs:
@@ -173,10 +184,13 @@ class _Run:
 
 def _grid_size(model: nn.Module, img_size: int) -> tuple[int, int]:
     """(max stride, image size rounded up to it); rounding is announced, as YOLOv7's check_img_size does."""
+    from yolo_prune.data.letterbox import round_up_to_stride
+
     gs = max(int(model.stride.max()), 32)
-    size = -(-img_size // gs) * gs
+    size = round_up_to_stride(img_size, gs)
     if size != img_size:
-        warnings.warn(f"--img-size {img_size} is not a multiple of the max stride {gs}; using {size}", stacklevel=3)
+        warnings.warn(f"--img {img_size} is not a multiple of the model's max stride {gs}; using {size}",
+                      stacklevel=3)
     return gs, size
 
 
@@ -389,8 +403,10 @@ def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None)
     """
     started = time.time()
     dist_info, device = start_distributed(settings.device)
+    lock = None
     try:
         run = _build_run(_load_inputs(settings), dist_info, device)
+        lock = lock_run_dir(run.run_dir) if dist_info.main else None
         if dist_info.main and run.inputs.state is None:
             write_run_files(run.run_dir, run.inputs.hyp, run.settings)
         _header(run)
@@ -405,4 +421,6 @@ def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None)
             _finish(run, started)
         return TrainResult.from_state(run.run_dir, run.state)
     finally:
+        if lock is not None:
+            os.close(lock)
         stop_distributed(dist_info)

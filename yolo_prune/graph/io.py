@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from yolo_prune.errors import ConfigError
+from yolo_prune.fileio import read_text
 from yolo_prune.fileio import write_text_atomic  # noqa: F401 - kept importable from here
 from yolo_prune.graph.graph import Entry, PruningGraph
 
@@ -31,13 +32,13 @@ def read_published(path: str | Path) -> PublishedGraph:
     """Parse a published-format graph file, validating its shape (not its truth: see ``check_against``)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"pruning graph not found: {path}") from None
+        data = yaml.safe_load(read_text(path, "pruning graph", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict) or "pruning_cfg" not in data or "nconv" not in data:
         raise ConfigError(f"{path}: expected keys 'nconv' and 'pruning_cfg'")
+    if isinstance(data["nconv"], bool) or not isinstance(data["nconv"], int) or data["nconv"] < 0:
+        raise ConfigError(f"{path}: 'nconv' must be a non-negative integer, got {data['nconv']!r}")
     raw = data["pruning_cfg"]
     if not isinstance(raw, list):
         raise ConfigError(f"{path}: 'pruning_cfg' must be a list of [consumers, slices, sizes]")

@@ -23,7 +23,8 @@ def resolve_cfg(name_or_path: str | Path) -> Path:
     path = Path(text)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
-            raise ConfigError(f"model cfg not found: {path}")
+            raise ConfigError(f"model cfg {path}: " + ("is a directory, expected a .yaml file" if path.is_dir()
+                                                         else "file not found"))
         return path
     variant, _, stem = text.rpartition("/")
     candidate = CFG_DIR / (variant or "training") / f"{stem}.yaml"
