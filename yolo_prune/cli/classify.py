@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import non_negative_int, positive_int, print_json
+from yolo_prune.cli.common import (img_int, input_file, literal_numbers, non_negative_int, output_dir, positive_int,
+                                   print_json)
 
 EPILOG = """examples:
   yolo-prune classify train --arch scnnb --data digits --epochs 10 --name scnnb
@@ -34,7 +35,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="a yolo-prune classifier checkpoint, or (with --arch) a "
                    "state dict such as torchvision's .pth")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of a new network (default 1)")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None,
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
                    help="input size images are resized to (default: a checkpoint's own, else 32)")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=64,
@@ -51,7 +52,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue an interrupted run: its last.pt or run folder (default: newest under --project)")
     add_pruning_flags(p, required=False)
-    p.set_defaults(func=run_train, criterion="l1")
+    p.set_defaults(func=run_train, criterion="l1", command="classify train")
 
 
 def _test_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +61,7 @@ def _test_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="a yolo-prune classifier checkpoint")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=128)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run_test)
+    p.set_defaults(func=run_test, command="classify test")
 
 
 def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +74,7 @@ def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", default="output", help="parent folder (default output)")
     p.add_argument("--name", default="classify", help="analysis folder name (default classify)")
     p.add_argument("--exist-ok", action="store_true", help="replace an existing analysis of other settings")
-    p.set_defaults(func=run_sensitivity)
+    p.set_defaults(func=run_sensitivity, command="classify sensitivity")
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -85,9 +86,20 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     _sensitivity_parser(inner)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Files and output folders before any work (values are checked by the settings and the trainer)."""
+    if getattr(args, "weights", None) and not getattr(args, "resume", False):
+        input_file(args.weights, "--weights")
+    if getattr(args, "pruning_config", None):
+        input_file(args.pruning_config, "--pruning-config")
+    if getattr(args, "project", None):
+        output_dir(args.project, "--project")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from yolo_prune.engine.classify import ClassifySettings, train_classifier
 
+    check_args(args)
     result = train_classifier(ClassifySettings(
         data=args.data, arch=args.arch, weights=args.weights, width=args.width, img_size=args.img,
         epochs=args.epochs, batch_size=args.batch_size, lr0=args.lr0, lrf=args.lrf, weight_decay=args.weight_decay,
@@ -107,6 +119,7 @@ def run_test(args: argparse.Namespace) -> int:
     from yolo_prune.pipeline.classify import evaluate_on_classification
     from yolo_prune.pipeline.devices import select_device
 
+    check_args(args)
     model = load_model(args.weights)
     res = evaluate_on_classification(model, args.data, batch_size=args.batch_size, workers=args.workers,
                                      device=select_device(args.device), source=args.weights)
@@ -123,12 +136,12 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from yolo_prune.checkpoint import load_model
-    from yolo_prune.cli.test import _literal_list
     from yolo_prune.pipeline.classify import classify_sensitivity
     from yolo_prune.pipeline.devices import select_device
 
-    rates = _literal_list(args.pruning_rate, "--pruning-rate", float)
-    layers = _literal_list(args.layers, "--layers", int) if args.layers else None
+    rates = literal_numbers(args.pruning_rate, "--pruning-rate", float, 0.0, 1.0, open_interval=True)
+    layers = literal_numbers(args.layers, "--layers", int, 0) if args.layers else None
+    check_args(args)
     out = Path(args.project) / args.name
     store = classify_sensitivity(load_model(args.weights), args.data, rates, out, criterion=args.criterion,
                                  layers=layers, device=select_device(args.device), exist_ok=args.exist_ok,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import non_negative_int, positive_int
+from yolo_prune.cli.common import (img_int, input_file, literal_numbers, non_negative_int, output_dir, positive_int,
+                                   seed_int)
 
 EPILOG = """examples:
   yolo-prune fbs --weights runs/classify/vgg/weights/best.pt --data digits --density 0.5 --steps 3 --epochs 2
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--out", default="runs/fbs/exp", help="output folder (re-running resumes; default runs/fbs/exp)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=64)
     p.add_argument("--lr0", type=float, default=0.01, help="classifier fine-tuning LR (default 0.01)")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None, help="detector image size")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None, help="detector image size")
     p.add_argument("--hyp", default="scratch.tiny", help="detector fine-tuning hyp (default scratch.tiny)")
     p.add_argument("--max-images", type=positive_int, default=None, help="detector: evaluate the first N val images")
     p.add_argument("--no-static", action="store_true", help="skip the static pruning comparison")
@@ -36,15 +37,16 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--latency-iters", type=positive_int, default=50, help="timed runs per model (default 50)")
     p.add_argument("--device", default="cpu", help="training device (default cpu)")
     p.add_argument("--workers", type=non_negative_int, default=0, help="data loader worker processes (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolo_prune.cli.test import _literal_list
     from yolo_prune.pipeline.fbs import FbsSettings, run_fbs
 
-    layers = _literal_list(args.layers, "--layers", int) if args.layers else None
+    layers = literal_numbers(args.layers, "--layers", int, 0) if args.layers else None
+    input_file(args.weights, "--weights")
+    output_dir(args.out, "--out")
     result = run_fbs(FbsSettings(
         weights=args.weights, data=args.data, density=args.density, steps=args.steps, epochs=args.epochs,
         saliency_l1=args.saliency_l1, layers=layers, out=args.out, batch_size=args.batch_size, lr0=args.lr0,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, load_model_and_history, print_json
+from yolo_prune.cli.common import (add_model_source, check_model_source, load_model_and_history, output_file,
+                                   print_json)
 
 EPILOG = """examples:
   yolo-prune mask --weights yolov7-tiny.pt --percent 0.5 --output tiny_k50.pt
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.percent is not None and not args.output:
         args.parser.error("--percent needs --output (where the masked checkpoint goes)")
+    check_model_source(args)
+    if args.output:
+        output_file(args.output, "--output", inputs=[args.weights])
     model, history = load_model_and_history(args)
     if args.percent is not None:
         masks = kernel_masks(model, args.percent, args.score)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import (add_model_source, check_model_source, fit_img, img_int, input_file,
-                                   load_model_and_history, output_file, positive_int, print_json, seed_int)
+from yolo_prune.cli.common import (add_model_source, check_model_source, img_int, input_file,
+                                   load_model_and_history, model_img, output_file, positive_int, print_json, seed_int)
 from yolo_prune.errors import YoloPruneError
 
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     given = read_published(args.pruning_config) if args.pruning_config else None
     model, history = load_model_and_history(args)
-    img = fit_img(args.img or 640, int(model.stride.max())) if hasattr(model, "stride") else args.img
+    img = model_img(model, args.img)
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                    graph=given, inplace=True, img_size=img, scoring=args.scoring)
     save_checkpoint(result.model, args.output, history=history + [result.history_entry()])

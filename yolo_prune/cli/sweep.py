@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import non_negative_int, positive_int
+from yolo_prune.cli.common import (img_int, input_file, literal_numbers, non_negative_int, output_dir, positive_int,
+                                   seed_int)
 
 EPILOG = """examples:
   yolo-prune sweep --arch scnnb --data digits --epochs 10 --retrain-epochs 3 --out runs/sweep/scnnb
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     src.add_argument("--weights", default=None, help="a trained yolo-prune classifier checkpoint as the base")
     p.add_argument("--data", default="digits", help="digits (default), imagefolder:DIR, cifar10:DIR, fashion-mnist:DIR")
     p.add_argument("--width", type=float, default=1.0, help="--arch channel multiplier (default 1)")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=None, help="input size (default 32)")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None, help="input size (default 32)")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train the base (default 10)")
     p.add_argument("--percents", default=None, help="filter fractions, default '[0, 0.1, ..., 0.9]'")
     p.add_argument("--retrain", choices=["once", "layerwise"], default="once",
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--lr0", type=float, default=0.05, help="base training LR (default 0.05)")
     p.add_argument("--retrain-lr0", type=float, default=0.01, help="retraining LR (default 0.01)")
     p.add_argument("--out", default="runs/sweep/exp", help="output folder (default runs/sweep/exp)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
     p.add_argument("--workers", type=non_negative_int, default=0)
     p.set_defaults(func=run)
@@ -45,11 +46,13 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from yolo_prune.cli.test import _literal_list
     from yolo_prune.pipeline.sweep import PERCENTS, SweepSettings, run_sweep
 
-    percents = _literal_list(args.percents, "--percents", float) if args.percents else list(PERCENTS)
-    layers = _literal_list(args.layers, "--layers", int) if args.layers else None
+    percents = literal_numbers(args.percents, "--percents", float, 0.0, 1.0) if args.percents else list(PERCENTS)
+    layers = literal_numbers(args.layers, "--layers", int, 0) if args.layers else None
+    if args.weights:
+        input_file(args.weights, "--weights")
+    output_dir(args.out, "--out")
     settings = SweepSettings(
         data=args.data, arch=None if args.weights else (args.arch or "scnnb"), weights=args.weights,
         width=args.width, img_size=args.img, epochs=args.epochs, percents=percents, retrain=args.retrain,

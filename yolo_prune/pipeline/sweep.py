@@ -149,8 +149,20 @@ def _measure(path: Path, s: SweepSettings) -> dict[str, Any]:
             "top1": res.top1}
 
 
+def check_base(s: SweepSettings) -> None:
+    """A given base must be a classifier that fits the data (checked before anything is written)."""
+    if s.weights:
+        from yolo_prune.checkpoint import load_model
+        from yolo_prune.data.classify import load_classification_data
+        from yolo_prune.pipeline.classify import check_fits
+
+        model = load_model(s.weights)
+        check_fits(model, load_classification_data(s.data, getattr(model, "img_size", 32)), f"--weights {s.weights}")
+
+
 def run_sweep(s: SweepSettings) -> list[dict[str, Any]]:
     """Run (or resume) the sweep; returns one row per percentage (sorted)."""
+    check_base(s)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "sweep.json"
