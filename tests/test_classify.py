@@ -143,11 +143,11 @@ def test_bad_inputs_exit_2(tmp_path, trained, capsys):
         (["classify", "train", "--arch", "scnnb", "--img", "18"], "multiple of 4"),
         (["classify", "train", "--weights", str(trained.best), "--data", "digits", "--img", "32"],
          "takes 1x16x16 input"),
-        (["classify", "test", "--weights", str(tmp_path / "missing.pt")], "checkpoint not found"),
+        (["classify", "test", "--weights", str(tmp_path / "missing.pt")], "missing.pt: file not found"),
         (["classify", "train", "--arch", "scnnb", "--pruning-params", "[(1, 0.5"], "cannot parse"),
         (["classify", "train", "--arch", "vgg99"], "invalid choice: 'vgg99'"),
         (["classify", "sensitivity", "--weights", str(trained.best), "--pruning-rate", "[1.5]", "--project",
-          str(tmp_path)], "rate must be"),
+          str(tmp_path)], "--pruning-rate: 1.5 is out of range"),
     ]
     for argv, message in cases:
         try:

@@ -168,7 +168,15 @@ def test_fbs_schedule_end_to_end(tmp_path, capsys):
     rows = {r["name"]: r for r in json.loads((out / "fbs.json").read_text())["rows"]}
     assert set(rows) == {"base", "step0", "step1", "static"}
     assert rows["step0"]["density"] == 1.0 and rows["step1"]["macs"] < rows["step0"]["macs"] < rows["base"]["macs"] * 1.01
-    assert abs(rows["static"]["macs"] - rows["step1"]["macs"]) / rows["step1"]["macs"] < 0.05
+    # static: the uniform rate whose MACs come closest (this 8/16-filter net reaches only a few MAC levels)
+    from yolo_prune.models.complexity import count_gflops
+    from yolo_prune.prune import prune
+
+    model, target = load_model(base.best), rows["step1"]["macs"]
+    layers = gateable(model, derive_graph(model))
+    reachable = [count_gflops(prune(model, [(i, r / 20) for i in layers], "l1", summarize=False).model, 16, 1) / 2 * 1e9
+                 for r in range(1, 19)]
+    assert abs(rows["static"]["macs"] - target) <= min(abs(m - target) for m in reachable)
     assert all(rows[n]["latency_ms"] > 0 for n in ("base", "step1", "static"))
     assert load_checkpoint(rows["step1"]["weights"]).raw["gating"]["l1"] == 1e-3
     stamp = (out / "fbs.json").stat().st_mtime_ns

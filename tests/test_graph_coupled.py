@@ -27,7 +27,7 @@ def test_resnet18_groups_are_the_residual_stages(r18):
                      ["net.layer3.0.conv2", "net.layer3.0.downsample.0", "net.layer3.1.conv2"],
                      ["net.layer4.0.conv2", "net.layer4.0.downsample.0", "net.layer4.1.conv2"]]
     assert graph.nconv == 20 and graph[20].kind == "linear" and graph[20].name == "net.fc"
-    assert graph[20].spatial == 1 and graph[20].inputs == ((19, 128),)
+    assert graph[20].spatial == 1 and graph[20].inputs == ((19, 128, 0, 1),)
     assert graph[1].bn == "net.layer1.0.bn1" and graph[7].bn == "net.layer2.0.downsample.1"
     assert len(graph.prunable_units) == 20 - 12 + 4
 

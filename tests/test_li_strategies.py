@@ -35,7 +35,7 @@ def test_greedy_leaves_out_removed_input_channels_and_independent_does_not(vgg):
         node, weight = graph[layer], vgg.get_submodule(graph[layer].name).weight
         n_keep = len(indep[layer])
         assert indep[layer] == _l1_keep(weight, None, n_keep)
-        upstream = any(p in decided for p, _ in node.inputs)
+        upstream = any(s.producer in decided for s in node.inputs)
         visible = input_index(graph, layer, decided) if upstream else None
         assert greedy[layer] == _l1_keep(weight, visible, n_keep)
         if not upstream:
@@ -57,7 +57,7 @@ def test_greedy_scores_each_coupled_member_through_its_own_visible_inputs():
     total = 0
     for member in group:  # conv2 reads layer 5's output; the downsample reads stage 1's group (not listed)
         node = graph[member]
-        visible = input_index(graph, member, decided) if any(p in decided for p, _ in node.inputs) else None
+        visible = input_index(graph, member, decided) if any(s.producer in decided for s in node.inputs) else None
         w = model.get_submodule(node.name).weight.detach()
         total = total + (w if visible is None else w[:, visible]).abs().flatten(1).sum(1)
     n_keep = len(plan.layers[2].kept)

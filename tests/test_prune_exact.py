@@ -7,6 +7,7 @@ first Linear sliced with the last conv's filters).
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,53 @@ def test_cuda_pruning_matches_cpu(tiny3):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(gpu.model(x.cuda())[0].cpu(), cpu.model(x)[0], atol=1e-3, rtol=1e-3)
+
+
+DARKNET = Path(__file__).resolve().parent / "data" / "darknet"
+
+
+@pytest.fixture(scope="module", params=["mixed", "yolov4-tiny", "yolov3-tiny"])
+def darknet_model(request):
+    torch.manual_seed(0)
+    return _randomise_bn(build_model(DARKNET / f"{request.param}.cfg").eval(), 7)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.data())
+def test_darknet_pruned_equals_masked(darknet_model, params):
+    """Darknet cfgs: grouped routes (a split layer keeps the same number of filters in every chunk, so Darknet's
+    cut stays in place), [shortcut]/[sam]/[scale_channels] (coupled groups), padded max-pools, no-BN convs."""
+    graph = derive_graph(darknet_model)
+    rates, criterion, round_to, seed, scoring = params.draw(_params(graph.nconv))
+    no_bn = [i for i in rates if not isinstance(darknet_model.get_submodule(graph[i].name).bn, torch.nn.BatchNorm2d)]
+    if criterion == "bn" and no_bn:  # BN-scale criteria refuse layers without BatchNorm (tested in test_prune_cli)
+        criterion = "l1"
+    check_pruned_equals_masked(darknet_model, (rates, criterion, round_to, seed, scoring),
+                               torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(8)))
+
+
+def test_darknet_graph_of_the_hand_written_cfg():
+    """Exact links: route groups become chunk slots, shortcut and scale_channels couple their producers."""
+    graph = derive_graph(build_model(DARKNET / "mixed.cfg"))
+    assert graph.groups == ((1, 3), (6, 7))
+    assert graph[4].parts == 4 and graph.parts_of(4) == 4  # read as halves (layer 6) and a quarter (layer 9)
+    assert graph[5].inputs == ((4, 16, 1, 2),)  # conv 5 (cfg layer 7) reads the second half of conv 4
+    assert graph[6].inputs == ((4, 8, 2, 4), (5, 16, 0, 1), (4, 32, 0, 1))  # [third quarter of conv 4 | conv 5 | conv 4]
+    assert [graph[i].name for i in (10, 11)] == ["model.26.m.0", "model.26.m.1"]
+    result = prune(build_model(DARKNET / "mixed.cfg"), [(4, 0.5), (1, 0.25)], "l1")
+    kept = result.plan.layers[1].kept  # layer 4: 4 of 8 filters in each quarter
+    assert [sum(q * 8 <= k < q * 8 + 8 for k in kept) for q in range(4)] == [4, 4, 4, 4]
+
+
+def test_darknet_split_of_a_concatenation_fixes_its_producers(tmp_path):
+    """Darknet cuts a grouped route of a concatenation at a fraction of its total, which moves when one input is
+    pruned alone: its producers stay whole (a grouped route of several layers cuts each one: those are fine)."""
+    conv = "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
+    path = tmp_path / "split.cfg"
+    path.write_text("[net]\nwidth=32\nheight=32\n" + conv + conv + "[route]\nlayers=-1,-2\n"
+                    "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv +
+                    "[convolutional]\nfilters=7\nactivation=linear\n[yolo]\nmask=0\nanchors=10,10\nnum=1\nclasses=2\n")
+    graph = derive_graph(build_model(path))
+    assert [graph[i].prunable for i in range(3)] == [False, False, True]
+    assert "route model.3 splits a concatenation" in graph[0].reason
+    assert graph[2].inputs == ((0, 8, 0, 1),)

@@ -113,6 +113,8 @@ SMALL: dict[str, dict[str, str]] = {
     "sweep": {"--percents": "[0,0.5]"},
     "mask": {},
     "fbs": {"--latency-iters": "3"},
+    "latency-table": {"--img": "64", "--repeats": "3", "--warmup": "0", "--rates": "[0.5]", "--threads": "1"},
+    "darknet-prune": {"--img": "64", "--tuning-iter": "1", "--batch-size": "4", "--workers": "0", "--device": "cpu"},
 }
 SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2",
           "--epochs": "1", "--retrain-epochs": "1", "--steps": "1", "--width": "0.0625"}
@@ -139,7 +141,19 @@ def _flag(argv: list[str], name: str) -> str:
 # Budgets written for 640 px full-size models, made relative to the small model the command runs on.
 RELATIVE: dict[str, Callable[[list[str], Path], str]] = {
     "--target-gflops": lambda argv, cwd: f"{0.97 * _reference_gflops(argv, cwd):.6g}",
+    "--target-latency": lambda argv, cwd: f"{_table_latency(argv, cwd):.6g}",
 }
+
+
+def _table_latency(argv: list[str], cwd: Path) -> float:
+    """Halfway between the unpruned model's predicted latency and the floor of the analysed layers."""
+    from yolo_prune.analysis.latency import read_latency_table
+    from yolo_prune.analysis.table import read_table
+
+    table = read_latency_table(cwd / _flag(argv, "--latency-table"))
+    analysis = read_table(cwd / _flag(argv, "--output"))
+    floor = table.predict([(layer, max(analysis.rates)) for layer in analysis.layers])
+    return (table.predict([]) + floor) / 2
 
 
 def _reference_gflops(argv: list[str], cwd: Path) -> float:
@@ -250,6 +264,8 @@ def _write_files(root: Path) -> None:
         export_onnx(m, root / name, ExportOptions(img_size=(64, 64)))
     (root / "path" / "to").mkdir(parents=True)
     shutil.copy(REPO / "yolo_prune" / "models" / "cfg" / "training" / "yolov7-tiny.yaml", root / "path" / "to" / "custom.yaml")
+    shared = Path(os.environ.get("YOLO_PRUNE_SHARED", REPO.parent / "shared")) / "fixtures" / "official-cfg"
+    shutil.copy(shared / "training" / "yolov7-w6.yaml", root / "path" / "to" / "yolov7-w6.yaml")
     shutil.copy(REPO / "pruning_config" / "yolov7_pruning_cfg.yaml", root / "my_pruning_cfg.yaml")
     (root / "calib").mkdir()
     for img in sorted((root / "data" / "images" / "val").iterdir())[:3]:
@@ -261,6 +277,8 @@ def _write_files(root: Path) -> None:
         published.mkdir(parents=True)
         for f in (root / "prepared" / "sens").glob("output_*.txt"):
             shutil.copy(f, published)
+    _darknet_files(root, len(synth.class_names))
+    _latency_table(root, model)
     asset = Path("yolo_prune") / "assets" / "yolov7-tiny-synth.pt"
     (root / asset.parent).mkdir(parents=True)
     os.link(REPO / asset, root / asset)
@@ -292,6 +310,35 @@ def _classification_files(root: Path) -> None:
     generate_synthetic(root / "data" / "synth", n_train=8, n_val=8, img_size=64, n_classes=6, seed=0)
 
 
+def _darknet_files(root: Path, nc: int) -> None:
+    """The Darknet files the README names: the repo's test cfgs, and small yolov4-tiny/yolo models for ``nc`` classes
+    at 64 px with random weights, a Darknet .data file and its image lists."""
+    from yolo_prune.checkpoint.darknet import save_darknet
+    from yolo_prune.models import build_model
+
+    shutil.copytree(REPO / "tests" / "data" / "darknet", root / "tests" / "data" / "darknet")
+    text = (REPO / "tests" / "data" / "darknet" / "yolov4-tiny.cfg").read_text()
+    text = text.replace("classes=80", f"classes={nc}").replace("filters=255", f"filters={3 * (nc + 5)}")
+    (root / "small.cfg").write_text(text.replace("width=416", "width=64").replace("height=416", "height=64"))
+    torch.manual_seed(0)
+    for stem in ("yolov4-tiny", "yolo"):
+        save_darknet(build_model(root / "small.cfg"), root / f"{stem}.cfg", root / f"{stem}.weights")
+    for split, name in (("train", "train.txt"), ("val", "valid.txt")):
+        images = sorted((root / "data" / "images" / split).glob("*.jpg"))
+        (root / name).write_text("".join(f"{p}\n" for p in images))
+    (root / "yolo.names").write_text("".join(f"c{i}\n" for i in range(nc)))
+    (root / "yolo.data").write_text(f"classes = {nc}\ntrain = train.txt\nvalid = valid.txt\nnames = yolo.names\n")
+
+
+def _latency_table(root: Path, model) -> None:
+    """latency.json of best.pt (what `yolo-prune latency-table --weights best.pt` writes), measured small."""
+    from yolo_prune.bench.latency_table import TableSettings, build_latency_table
+
+    settings = TableSettings(img_size=(64, 64), threads=1, warmup=0, repeats=3, rates=(0.25, 0.5, 0.75))
+    build_latency_table(model, settings, root / "latency.json", "best.pt").save(root / "latency.json")
+    (root / "latency.json.partial.json").unlink()
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme-files")
@@ -321,10 +368,11 @@ class Sessions:
             if re.search(pattern, cmd.text):
                 prepare(cwd)
         argv = small(cmd, cwd)
-        if argv[0] == "torchrun":  # the same launcher, run with this interpreter
+        if argv[0] == "torchrun":  # the same launcher, run with this interpreter; the workspace has a
+            # yolo_prune/assets folder (README paths), which must not shadow the package: no cwd on sys.path
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], cwd=cwd,
                                   capture_output=True, text=True, timeout=600,
-                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                  env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONSAFEPATH="1"))
             return proc.returncode, proc.stdout, proc.stderr, argv
         code, out, err = run_cli(argv[1:], cwd=cwd)
         return code, out, err, argv

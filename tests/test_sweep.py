@@ -66,4 +66,4 @@ def test_sweep_cli_usage_errors(capsys):
         main(["sweep", "--arch", "scnnb", "--weights", "x.pt"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert main(["sweep", "--percents", "[0.5, 2]"]) == 2
-    assert "expected fractions in [0, 1)" in capsys.readouterr().err
+    assert "--percents: 2 is out of range" in capsys.readouterr().err

@@ -106,7 +106,13 @@ def model_from_native(ckpt: dict, source: str) -> Model:
 
         return classifier_from_native(ckpt, source)
     try:
-        model = Model(ckpt["cfg"], widths=ckpt["widths"], source=f"{source} (embedded cfg)")
+        cfg = ckpt["cfg"]
+        if isinstance(cfg, dict) and "darknet" in cfg:  # a model built from a Darknet .cfg
+            from yolo_prune.models.darknet import build_darknet
+
+            model = build_darknet(cfg, widths=ckpt["widths"])
+        else:
+            model = Model(cfg, widths=ckpt["widths"], source=f"{source} (embedded cfg)")
     except KeyError as exc:
         raise CheckpointError(f"{source}: checkpoint lacks '{exc.args[0]}'") from None
     fused = ckpt.get("fused", {})

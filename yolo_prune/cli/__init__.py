@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "iterate": ("yolo_prune.cli.iterate", "analyse -> select -> prune -> fine-tune, repeated"),
     "export": ("yolo_prune.cli.export", "export to ONNX (verified in ONNX Runtime) or a TensorRT engine"),
     "benchmark": ("yolo_prune.cli.benchmark", "measure latency and throughput of models"),
+    "darknet-prune": ("yolo_prune.cli.darknet_prune", "the Pruning-Darknet workflow on Darknet .cfg + .weights"),
+    "latency-table": ("yolo_prune.cli.latency_table", "measure each prunable layer's latency at each candidate width"),
     "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
     "mask": ("yolo_prune.cli.mask", "kernel-level pruning masks (global threshold), kept at zero when fine-tuning"),
     "fbs": ("yolo_prune.cli.fbs", "run-time channel gating (FBS): density schedule, MACs, accuracy, latency"),

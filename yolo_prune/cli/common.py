@@ -79,10 +79,11 @@ threshold = float_in(0.0, 1.0)  # confidence / IoU thresholds
 def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--cfg NAME|PATH [--nc N]`` or ``--weights FILE`` (exactly one)."""
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--cfg", help="shipped cfg name (e.g. yolov7-tiny, deploy/yolov7), a cfg .yaml path, or a "
-                       "classification arch (scnnb, vgg16_bn, resnet18, resnet50: random init, 3x32x32 input)")
+    group.add_argument("--cfg", help="shipped cfg name (e.g. yolov7-tiny, deploy/yolov7), a cfg .yaml path, a Darknet "
+                       ".cfg, or a classification arch (scnnb, vgg16_bn, resnet18, resnet50: random init, 3x32x32 input)")
     group.add_argument("--weights", nargs="+", action=OneWeights, metavar="FILE",
-                       help="checkpoint: an official YOLOv7 .pt or a yolo-prune checkpoint")
+                       help="checkpoint: an official YOLOv7 .pt, a yolo-prune checkpoint, or Darknet .weights (read "
+                       "with the .cfg of the same name beside it)")
     parser.add_argument("--nc", type=positive_int, default=None,
                         help="number of classes (overrides the cfg's nc; with --cfg)")
 
@@ -210,11 +211,11 @@ def fit_img(img: int, stride: int, flag: str = "--img") -> int:
 
 
 def model_img(model: "torch.nn.Module", img: int | None, flag: str = "--img") -> int:
-    """The image size to count a model at: a detector's ``img`` (default 640) rounded up to its stride; a
-    classifier's own input size (``img``, when given and different, is noted on stderr: the network is built for
-    one size)."""
+    """The image size to count a model at: a detector's ``img`` (default: its own, 640, 1280 for P6 models, a Darknet
+    cfg's width) rounded up to its stride; a classifier's own input size (``img``, when given and different, is
+    noted on stderr: the network is built for one size)."""
     if hasattr(model, "stride"):
-        return fit_img(img or 640, int(model.stride.max()), flag)
+        return fit_img(img or getattr(model, "default_img_size", 640), int(model.stride.max()), flag)
     if img is not None and img != model.img_size:
         print(f"note: {flag} {img} ignored: this classifier is built for {model.img_size} px inputs", file=sys.stderr)
     return model.img_size

@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    help="onnx (default), engine (TensorRT) or vitis-int8 (power-of-two INT8 QDQ ONNX, AMD Quark)")
     p.add_argument("--output", default=None,
                    help="output file (default: the weights/cfg name with .onnx, .engine or .int8.onnx)")
-    p.add_argument("--img-size", "--img", dest="img_size", nargs="+", type=img_int, default=[640], metavar="N",
-                   help="input size: H W, or one value for both (default 640; rounded up to the model's stride)")
+    p.add_argument("--img-size", "--img", dest="img_size", nargs="+", type=img_int, default=None, metavar="N",
+                   help="input size: H W, or one value for both (default: 1280 for P6 models, a Darknet cfg's width, "
+                   "else 640; rounded up to the model's stride)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (engine profile 1..batch-size)")
     p.add_argument("--grid", action="store_true", help="output decoded predictions [B, N, 5+nc] instead of raw maps")
@@ -123,7 +124,7 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         raise YoloPruneError(f"{', '.join(given)}: only valid with --end2end")
     _check_format_flags(args)
     nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
-    return ExportOptions(img_size=as_hw(args.img_size), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+    return ExportOptions(img_size=as_hw(args.img_size or [640]), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                          grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
                          fp16=args.fp16 and args.format == "onnx", opset=args.opset or DEFAULT_OPSET[args.format],
                          device=args.device, **nms)
@@ -178,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(model, "detect"):
         return _classifier(args, model, onnx_path)
     stride = max_stride(model)
-    opts = replace(opts, img_size=tuple(fit_img(v, stride, "--img-size") for v in opts.img_size))
+    sizes = opts.img_size if args.img_size else (getattr(model, "default_img_size", 640),) * 2
+    opts = replace(opts, img_size=tuple(fit_img(v, stride, "--img-size") for v in sizes))
     if args.format == "vitis-int8":
         return _vitis(args, model, opts, onnx_path)
     if opts.max_wh is not None and opts.max_wh < 2 * max(opts.img_size):

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                        epilog="example: yolo-prune info --cfg yolov7-tiny --img 640 --fuse")
     add_model_source(p)
     p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
-                   help="image size (default 640, rounded up to the model's max stride; a classifier's own size)")
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width; rounded up to the model's "
+                   "max stride; a classifier is counted at its own input size)")
     p.add_argument("--fuse", action="store_true", help="fold BN into convs and merge RepConv branches first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run, parser=p)

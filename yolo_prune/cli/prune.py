@@ -37,9 +37,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     add_model_source(p)
     add_pruning_flags(p)
     p.add_argument("--output", "--name", dest="output", default=None,
-                   help="where to write the pruned checkpoint (.pt); --name as in the published prune.py")
+                   help="where to write the pruned checkpoint (.pt); --name as in the published prune.py; for a model "
+                   "read from a Darknet .cfg, a .weights path writes Darknet files (the .cfg beside it)")
     p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
-                   help="image size for the GFLOPs summary (default 640; a classifier's own input size)")
+                   help="image size for the GFLOPs summary (default 640; a Darknet cfg's width, 1280 for P6 models; "
+                   "a classifier's own input size)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -71,7 +73,14 @@ def run(args: argparse.Namespace) -> int:
     img = model_img(model, args.img)
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                    graph=given, inplace=True, img_size=img, scoring=args.scoring)
-    save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
+    if str(args.output).endswith(".weights"):
+        from pathlib import Path
+
+        from yolo_prune.checkpoint.darknet import save_darknet
+
+        save_darknet(result.model, Path(args.output).with_suffix(".cfg"), args.output)
+    else:
+        save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
     if args.json:
         print_json({"output": args.output, **result.to_dict()})
     else:

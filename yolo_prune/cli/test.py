@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--weights", required=True, nargs="+", action=OneWeights, metavar="FILE",
                    help="checkpoint (official YOLOv7 .pt, ours) or .onnx")
     p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
-                   help="image size (default 640, an ONNX file's own size); rounded up to the model's stride")
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width, an ONNX file's own size); "
+                   "rounded up to the model's stride")
     p.add_argument("--batch", "--batch-size", dest="batch", type=positive_int, default=32, help="batch size")
     p.add_argument("--conf", "--conf-thres", dest="conf", type=threshold, default=0.001, help="confidence threshold")
     p.add_argument("--iou", "--iou-thres", dest="iou", type=threshold, default=0.65, help="NMS IoU threshold")
@@ -164,7 +165,7 @@ def _load(args: argparse.Namespace, data):
         model = _load_onnx(args)
     else:
         model = load_model(args.weights)
-        args.img = fit_img(args.img or 640, int(model.stride.max()))
+        args.img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
     check_model_classes(model, data, args.weights)
     if args.task == ANALYSIS and args.layer_list:
         _check_layers(model, args.layer_list)

@@ -21,17 +21,20 @@ EPILOG = """examples:
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt or ours")
-    p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny) or a cfg .yaml")
+    p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt, ours, or Darknet "
+                   ".weights (the .cfg of the same name beside them)")
+    p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny), a cfg .yaml or a "
+                   "Darknet .cfg")
     p.add_argument("--data", default=None, help="data YAML (YOLOv7 format); nc and names come from it")
-    p.add_argument("--hyp", default="scratch.p5", help="hyp YAML path or shipped name: scratch.p5 (default), "
-                   "scratch.tiny, scratch.custom")
+    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: scratch.p5, scratch.p6, scratch.tiny, "
+                   "scratch.custom (default: scratch.p6 for P6 models, else scratch.p5)")
     p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
                    help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
-    p.add_argument("--img", "--img-size", dest="img", type=img_int, nargs="+", default=[640],
-                   help="image size (default 640; YOLOv7's 'train test' pair, e.g. 640 640, is accepted: training "
-                        "and evaluation both use the first); rounded up to the model's max stride")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, nargs="+", default=None,
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width; YOLOv7's 'train test' "
+                        "pair, e.g. 640 640, is accepted: training and evaluation both use the first); rounded up to "
+                        "the model's max stride")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
     p.add_argument("--workers", type=non_negative_int, default=8, help="data loader worker processes (default 8)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs (default runs/train)")
@@ -57,7 +60,7 @@ def settings_from_args(args: argparse.Namespace):
 
     return TrainSettings(
         data=args.data, weights=args.weights, cfg=args.cfg, hyp=args.hyp, epochs=args.epochs,
-        batch_size=args.batch_size, img_size=args.img[0], device=args.device, workers=args.workers,
+        batch_size=args.batch_size, img_size=args.img[0] if args.img else None, device=args.device, workers=args.workers,
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
         pruning_config=args.pruning_config, seed=args.seed, scoring=args.scoring, from_scratch=args.from_scratch,
@@ -67,9 +70,9 @@ def settings_from_args(args: argparse.Namespace):
 def check_args(args: argparse.Namespace) -> None:
     """Files and the output location before anything is loaded (hyp, data, weights and pruning parameters are
     read and checked by the trainer before the run folder is created)."""
-    if len(args.img) > 2:
+    if args.img and len(args.img) > 2:
         raise YoloPruneError(f"--img takes one size or YOLOv7's 'train test' pair, got {' '.join(map(str, args.img))}")
-    if len(args.img) == 2 and args.img[1] != args.img[0]:
+    if args.img and len(args.img) == 2 and args.img[1] != args.img[0]:
         print(f"note: --img {args.img[0]} {args.img[1]}: training and evaluation both use {args.img[0]}",
               file=sys.stderr)
     if args.resume:

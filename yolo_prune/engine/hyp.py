@@ -23,7 +23,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
 
 #: Optional keys and the value used when a file leaves them out.
 OPTIONAL_DEFAULTS: Mapping[str, int | float] = MappingProxyType(
-    {"loss_ota": 1, "copy_paste": 0.0, "paste_in": 0.0, "label_smoothing": 0.0}
+    {"loss_ota": 1, "copy_paste": 0.0, "paste_in": 0.0, "label_smoothing": 0.0, "aux_weight": 0.25}
 )
 
 _PROBABILITY = (0.0, 1.0, True)  # [0, 1]
@@ -43,6 +43,12 @@ RANGES: Mapping[str, tuple[float, float | None, bool]] = MappingProxyType({
 
 #: Keys accepted without a default (``anchors``: anchors per level, commented out in the official files).
 _OTHER_KNOWN: frozenset[str] = frozenset({"anchors"})
+
+
+def default_hyp_name(model: Any) -> str:
+    """The shipped hyp a model trains with when none is given: ``scratch.p6`` for P6 models (official
+    ``train_aux.py`` recipe), else ``scratch.p5``."""
+    return "scratch.p6" if getattr(model, "is_p6", False) else "scratch.p5"
 
 
 def hyp_dir() -> Path:

@@ -54,10 +54,10 @@ class TrainSettings:
     data: str | None = None
     weights: str | None = None
     cfg: str | None = None
-    hyp: str = "scratch.p5"
+    hyp: str | None = None  # None: scratch.p6 for P6 models, else scratch.p5
     epochs: int = 300
     batch_size: int = 16
-    img_size: int = 640
+    img_size: int | None = None  # None: the model's default (1280 for P6 models, a Darknet cfg's width, else 640)
     device: str = ""
     workers: int = 8
     project: str = "runs/train"
@@ -84,7 +84,8 @@ class TrainSettings:
         self.criterion = str(self.criterion)
         self.scoring = scoring_name(self.scoring)
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 1), ("workers", 0), ("seed", 0)):
-            _positive(name, getattr(self, name), minimum)
+            if getattr(self, name) is not None or name != "img_size":  # img_size None: the model's default
+                _positive(name, getattr(self, name), minimum)
         if self.seed > 2**32 - 1:
             raise ConfigError(f"seed must be at most 2**32 - 1 (NumPy's range), got {self.seed}")
         for name in ("round_to", "max_val_images"):

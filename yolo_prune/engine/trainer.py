@@ -19,7 +19,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,12 +104,16 @@ def _check_finite(model: nn.Module, weights: str) -> None:
 def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     """Hyp, data, model; pruned (history entry kept) and/or re-initialised as the settings ask."""
     from yolo_prune.data import load_data_config
-    from yolo_prune.engine.hyp import load_hyp
+    from yolo_prune.engine.hyp import default_hyp_name, load_hyp
 
-    hyp = load_hyp(settings.hyp)
+    if settings.hyp is not None:
+        load_hyp(settings.hyp)  # a bad hyp file is reported before the model is read
     data = load_data_config(settings.data)
     _seed_everything(settings.seed)
     model, history, hooks = _source_model(settings, data)
+    settings = replace(settings, hyp=settings.hyp or default_hyp_name(model),
+                       img_size=settings.img_size or getattr(model, "default_img_size", 640))
+    hyp = load_hyp(settings.hyp)
     teacher = model if settings.distill else None
     if settings.pruning_params is not None:
         from yolo_prune.graph.io import read_published
@@ -165,7 +169,7 @@ class _Run:
     dist: DistInfo
     device: torch.device
     model: nn.Module
-    loss: Any  # YoloLoss
+    loss: Any  # YoloLoss (AuxYoloLoss for models with auxiliary heads)
     optimizer: torch.optim.SGD
     scaler: torch.amp.GradScaler
     schedule: Schedule
@@ -230,14 +234,14 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
 
 def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _Run:
     """Model on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder (created on rank 0)."""
-    from yolo_prune.engine.loss import YoloLoss, scale_loss_gains
+    from yolo_prune.engine.loss import make_loss, scale_loss_gains
 
     s, model = inputs.settings, inputs.model.float().to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
     inputs.hooks.attach(model)
     gs, img = _grid_size(model, s.img_size)
-    loss = YoloLoss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
+    loss = make_loss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
     train_loader, val_loader = _loaders(inputs, dist_info, gs, img)
     optimizer = build_optimizer(model, inputs.hyp, s.batch_size)
     ema = ModelEMA((inputs.ema_model or model).float().to(device)) if dist_info.main else None

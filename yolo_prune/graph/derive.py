@@ -12,6 +12,7 @@ with ``torch.fx`` (:mod:`.fx_trace`) through the same table of tracers.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch.nn as nn
@@ -20,6 +21,7 @@ from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.graph.node import NodeDraft, Slot
 from yolo_prune.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, ReOrg, RepConv, Shortcut
+from yolo_prune.models.darknet.layers import DarknetMaxPool, DarknetShortcut, RouteGroup, Sam, ScaleChannels
 from yolo_prune.models.gating import GatedConv
 from yolo_prune.models.heads import Detect, IAuxDetect
 from yolo_prune.models.model import Model, conv_out_channels
@@ -48,13 +50,13 @@ class _Tracer:
         """Element-wise add of ``layouts``: producers at equal positions become one coupled group."""
         first = layouts[0]
         for other in layouts[1:]:
-            if [size for _, size in other] != [size for _, size in first]:
+            if [s.size for s in other] != [s.size for s in first] or any(s.parts > 1 for s in first + other):
                 for layout in (first, other):
                     self.tie(layout, f"residual add at {where} of inputs whose channel slices do not line up")
                 continue
-            for (a, _), (b, _) in zip(first, other):
+            for a, b in ((x.producer, y.producer) for x, y in zip(first, other)):
                 if a is None or b is None:
-                    self.tie([(a, 0), (b, 0)], f"residual add at {where} with the network input")
+                    self.tie([Slot(a, 0), Slot(b, 0)], f"residual add at {where} with the network input")
                 elif self.root(a) != self.root(b):
                     self.parent[self.root(b)] = self.root(a)
         return first
@@ -87,16 +89,18 @@ class _Tracer:
         """Record that conv ``index`` reads ``layout``; return the layout of its output."""
         node = self.nodes[index]
         node.inputs = list(layout)
-        for slot, (producer, _) in enumerate(layout):
-            if producer is not None:
-                self.nodes[producer].consumers.append((index, slot))
-        return [(index, node.out_channels)]
+        for slot, s in enumerate(layout):
+            if s.producer is not None:
+                producer = self.nodes[s.producer]
+                producer.consumers.append((index, slot))
+                producer.parts = math.lcm(producer.parts, s.parts)
+        return [Slot(index, node.out_channels)]
 
     def tie(self, layout: Layout, reason: str) -> None:
         """Channels of ``layout`` are tied to other channels (residual add): their producers stay whole."""
-        for producer, _ in layout:
-            if producer is not None and reason not in self.nodes[producer].reasons:
-                self.nodes[producer].reasons.append(reason)
+        for s in layout:
+            if s.producer is not None and reason not in self.nodes[s.producer].reasons:
+                self.nodes[s.producer].reasons.append(reason)
 
 
 def _conv(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
@@ -143,6 +147,32 @@ def _reorg(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
     return layout * 4
 
 
+def chunk(t: _Tracer, layout: Layout, part: int, parts: int, where: str) -> Layout:
+    """Chunk ``part`` of ``parts`` equal chunks of a layout's channels. One producer's channels (or an equal chunk
+    of them) cut into equal pieces become a part-slot of that producer: it is pruned evenly per chunk, so the cut
+    stays where it was. A concatenation is cut at a fixed fraction of its total, which moves when one of its
+    inputs is pruned alone, so its producers stay whole."""
+    if parts == 1:
+        return layout
+    size = sum(s.size for s in layout) // parts
+    if len(layout) == 1 and layout[0].producer is not None:
+        (s,) = layout
+        return [Slot(s.producer, size, s.part * parts + part, s.parts * parts)]
+    t.tie(layout, f"{where} splits a concatenation (the cut moves when one of its inputs is pruned)")
+    lo, hi, out, offset = part * size, (part + 1) * size, [], 0
+    for s in layout:
+        start, stop = max(offset, lo), min(offset + s.size, hi)
+        offset += s.size
+        if start < stop:
+            out.append(Slot(s.producer, stop - start))
+    return out
+
+
+def _route_group(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
+    """Darknet ``[route] groups=G group_id=J``: chunk J of every input, concatenated."""
+    return [slot for layout in inp for slot in chunk(t, layout, m.group_id, m.groups, f"route {name}")]
+
+
 def _same(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layout:
     return inp[0]
 
@@ -166,16 +196,16 @@ def _batch_norm(t: _Tracer, name: str, m: nn.Module, inp: list[Layout]) -> Layou
 def _linear(t: _Tracer, name: str, m: nn.Linear, inp: list[Layout]) -> Layout:
     """A Linear reading flattened conv channels (channel-major, ``spatial`` features each) is sliced with them."""
     (layout,) = inp
-    if all(p is None for p, _ in layout):
-        return [(None, m.out_features)]
-    channels = sum(size for _, size in layout)
+    if all(s.producer is None for s in layout):
+        return [Slot(None, m.out_features)]
+    channels = sum(s.size for s in layout)
     if m.in_features % channels:
         t.tie(layout, f"{name} reads {m.in_features} features, not a multiple of its {channels} input channels")
-        return [(None, m.out_features)]
+        return [Slot(None, m.out_features)]
     idx = t.allocate(name, "linear", m.out_features)
     t.nodes[idx].spatial = m.in_features // channels
     t.connect(idx, layout)
-    return [(None, m.out_features)]
+    return [Slot(None, m.out_features)]
 
 
 def _head(t: _Tracer, name: str, m: Detect, inp: list[Layout]) -> Layout:
@@ -193,7 +223,8 @@ SAME_LAYOUT = (nn.Upsample, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn
                nn.Identity, nn.Flatten, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU)
 TRACERS: dict[type, Tracer] = {
     Conv: _conv, RepConv: _conv, SPPCSPC: _sppcspc, DownC: _downc, Concat: _concat, Shortcut: _shortcut,
-    ReOrg: _reorg, MP: _same, SP: _same, nn.Conv2d: _plain_conv, nn.BatchNorm2d: _batch_norm, nn.Linear: _linear,
+    ReOrg: _reorg, MP: _same, SP: _same, RouteGroup: _route_group, DarknetMaxPool: _same, DarknetShortcut: _shortcut,
+    Sam: _shortcut, ScaleChannels: _shortcut, nn.Conv2d: _plain_conv, nn.BatchNorm2d: _batch_norm, nn.Linear: _linear,
     GatedConv: _plain_conv,
     **{cls: _same for cls in SAME_LAYOUT},
 }
@@ -211,7 +242,8 @@ def _tracer_for(m: nn.Module, index: int) -> Tracer:
 
 def trace_layouts(model: nn.Module) -> tuple[PruningGraph, list[list[Layout]]]:
     """The graph, and for every cfg layer the layouts of its inputs (the slots each input tensor is made of);
-    networks without cfg rows are traced with ``torch.fx`` and have no per-layer inputs ([])."""
+    a cfg-built ``Model`` (Darknet models included) is walked row by row, any other network is traced with
+    ``torch.fx`` and has no per-layer inputs ([])."""
     if not isinstance(model, Model):
         from yolo_prune.graph.fx_trace import trace_network
 
@@ -219,7 +251,7 @@ def trace_layouts(model: nn.Module) -> tuple[PruningGraph, list[list[Layout]]]:
     t = _Tracer()
     outputs: list[Layout] = []
     inputs: list[list[Layout]] = []
-    image: Layout = [(None, model.ch_in)]
+    image: Layout = [Slot(None, model.ch_in)]
     for spec, m in zip(model.specs, model.model):
         inputs.append([image if s == -1 else outputs[s] for s in spec.sources()])
         outputs.append(_tracer_for(m, spec.index)(t, f"model.{spec.index}", m, inputs[-1]))
@@ -229,6 +261,6 @@ def trace_layouts(model: nn.Module) -> tuple[PruningGraph, list[list[Layout]]]:
 def derive_graph(model: nn.Module) -> PruningGraph:
     """The connectivity graph of ``model`` (its current, possibly pruned, widths); the model is not changed.
 
-    A YOLOv7 ``Model`` is walked row by row; any other network is traced with ``torch.fx``.
+    A YOLOv7 ``Model`` (Darknet models included) is walked row by row; any other network is traced with ``torch.fx``.
     """
     return trace_layouts(model)[0]

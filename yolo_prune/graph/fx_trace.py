@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.graph.node import Slot
 
 _ADD = {operator.add, operator.iadd, torch.add}
 _SAME_FUNCTIONS = {torch.flatten, F.relu, torch.relu, F.relu6, F.silu, F.leaky_relu, F.adaptive_avg_pool2d,
@@ -103,7 +104,7 @@ def trace_network(model: nn.Module, tracer: Any, tracers: dict[type, Callable]) 
     layouts: dict[fx.Node, list] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            layouts[node] = [(None, _input_channels(model, gm))]
+            layouts[node] = [Slot(None, _input_channels(model, gm))]
             continue
         if node.op == "output":
             continue

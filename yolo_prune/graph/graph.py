@@ -9,6 +9,7 @@ are written exactly in the published format.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,10 @@ class PruningGraph:
         """The coupled group holding layer ``index`` (``(index,)`` when it is not coupled)."""
         return next((g for g in self.groups if index in g), (index,))
 
+    def parts_of(self, index: int) -> int:
+        """Equal chunks the filters of ``index`` (and its coupled group) must be pruned in (1: no constraint)."""
+        return math.lcm(*(self.nodes[i].parts for i in self.group_of(index)))
+
     @property
     def prunable_units(self) -> list[tuple[int, ...]]:
         """Prunable layers with coupled ones joined: one tuple per independent pruning decision."""
@@ -70,7 +75,11 @@ class PruningGraph:
     def fingerprint(self) -> str:
         """Short hash of the structure and widths, stored with pruning plans."""
         parts = [self.nconv, self.entries(), [n.out_channels for n in self.nodes]]
-        payload = json.dumps(parts + [[list(g) for g in self.groups]] if self.groups else parts)
+        if self.groups:
+            parts.append([list(g) for g in self.groups])
+        if any(n.parts > 1 for n in self.nodes):
+            parts.append([n.parts for n in self.nodes])
+        payload = json.dumps(parts)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_yaml(self, title: str = "") -> str:

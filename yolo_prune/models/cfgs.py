@@ -35,8 +35,17 @@ def resolve_cfg(name_or_path: str | Path) -> Path:
 
 def build_model(cfg: str | Path | dict, nc: int | None = None, ch: int = 3,
                 widths: Sequence[int] | None = None) -> Model:
-    """Build a Model from a shipped name, a cfg path or a cfg dict (``nc`` overrides the cfg's)."""
+    """Build a Model from a shipped name, a cfg path or a cfg dict (``nc`` overrides the cfg's). A Darknet
+    ``.cfg`` path, or the cfg dict of a Darknet model (its ``yaml``), builds a :class:`DarknetModel`."""
     if isinstance(cfg, dict):
+        if "darknet" in cfg:
+            from yolo_prune.models.darknet import build_darknet
+
+            return build_darknet(cfg, nc=nc, widths=widths)
         return Model(cfg, ch=ch, nc=nc, widths=widths)
+    if str(cfg).endswith(".cfg"):
+        from yolo_prune.models.darknet import build_darknet, read_darknet_cfg
+
+        return build_darknet(read_darknet_cfg(cfg), nc=nc, widths=widths)
     path = resolve_cfg(cfg)
     return Model(load_cfg(path), ch=ch, nc=nc, widths=widths, source=str(path))

@@ -91,8 +91,8 @@ class MacCounter:
         total = torch.full_like(next(iter(active.values())), float(self.fixed))
         for i, macs in self.scaled.items():
             node = self.graph[i]
-            inputs = sum(active[p] if p in active else torch.tensor(float(s)) for p, s in node.inputs)
-            total += macs * (active[i] / node.out_channels) * (inputs / sum(s for _, s in node.inputs))
+            inputs = sum(active[p] if p in active else torch.tensor(float(s)) for p, s, *_ in node.inputs)
+            total += macs * (active[i] / node.out_channels) * (inputs / sum(s.size for s in node.inputs))
         return total
 
 

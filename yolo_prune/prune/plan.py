@@ -73,7 +73,7 @@ def layer_generator(seed: int, layer: int) -> torch.Generator:
 
 def visible_inputs(graph: PruningGraph, layer: int, decided: dict[int, torch.Tensor]) -> torch.Tensor | None:
     """Input channels of ``layer`` left after the already decided producers removed theirs (None: all)."""
-    if not any(producer in decided for producer, _ in graph[layer].inputs):
+    if not any(slot.producer in decided for slot in graph[layer].inputs):
         return None
     return input_index(graph, layer, decided)
 
@@ -110,20 +110,37 @@ def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float,
     score_fn = get_criterion(name)
     layers, decided = [], {}
     for layer, rate in sorted(resolve_rates(graph, params)):
-        before, group = graph[layer].out_channels, graph.group_of(layer)
-        scores = None
+        before = graph[layer].out_channels
+        group = graph.group_of(layer)
         for member in group:
             node = graph[member]
             if out_channels(model, node) != before:
                 raise PruningError(f"layer {member} ({node.name}): graph says {before} filters, model has "
                                    f"{out_channels(model, node)}; derive the graph from this model")
-            inputs = visible_inputs(graph, member, decided) if strategy == "sequential" else None
-            s = score_fn(layer_filters(model, node, layer_generator(seed, member), inputs))
-            scores = s if scores is None else scores + s
-        n_keep = kept_count(before, rate, round_to)
-        order = torch.argsort(scores.cpu())  # ascending: removed first; ties as the published pruner
-        kept = tuple(sorted(order[before - n_keep:].tolist()))
+        generator = layer_generator(seed, layer)
+        scores = sum(score_fn(layer_filters(model, graph[m], generator,
+                                            visible_inputs(graph, m, decided) if strategy == "sequential" else None))
+                     for m in group)
+        kept = choose_kept(scores, rate, round_to, graph.parts_of(layer))
         layers.append(LayerPlan(layer, rate, before, kept))
-        for member in group:
-            decided[member] = torch.tensor(kept, dtype=torch.long)
+        for m in group:
+            decided[m] = torch.tensor(kept, dtype=torch.long)
     return PruningPlan(tuple(layers), name, round_to, seed, graph.fingerprint(), strategy)
+
+
+def choose_kept(scores: torch.Tensor, rate: float, round_to: int | None = None, parts: int = 1) -> tuple[int, ...]:
+    """The highest-scoring filters to keep (sorted; ties as ``torch.argsort``, as the published pruner). A layer read
+    in ``parts`` equal chunks (Darknet route groups) keeps the same number in each chunk, so every chunk stays equal."""
+    per = len(scores) // parts
+    n_keep = kept_count(per, rate, round_to)
+    kept: list[int] = []
+    for j in range(parts):
+        order = torch.argsort(scores[j * per:(j + 1) * per].cpu())  # ascending: removed first
+        kept += (order[per - n_keep:] + j * per).tolist()
+    return tuple(sorted(kept))
+
+
+def pruned_width(graph: PruningGraph, layer: int, rate: float, round_to: int | None = None) -> int:
+    """Filters ``layer`` (and its coupled group) keeps at ``rate``: the pruner's rounding per chunk."""
+    parts = graph.parts_of(layer)
+    return kept_count(graph[layer].out_channels // parts, rate, round_to) * parts

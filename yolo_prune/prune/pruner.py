@@ -74,14 +74,11 @@ def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | i
           round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
           inplace: bool = False, summarize: bool = True, img_size: int | None = None,
           scoring: str = "sequential") -> PruneResult:
-    """Structurally prune ``model`` (a YOLOv7 ``Model`` or a traced network such as a ``Classifier``; a copy
-    unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``; default: the model's own
-    input size, ``model.img_size``, else 640).
-
-    ``scoring``: ``sequential`` (default, the published pruner's choices; alias ``greedy``, Li et al.'s name) or
-    ``independent`` (see ``make_plan``).
-    """
-    img_size = img_size or int(getattr(model, "img_size", 640))
+    """Structurally prune ``model`` (a YOLOv7 ``Model``, a Darknet model, or a traced network such as a
+    ``Classifier``; a copy unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``;
+    default: the model's own input size). ``scoring``: ``sequential`` (default, the published pruner's choices;
+    alias ``greedy``, Li et al.'s name) or ``independent`` (see ``make_plan``)."""
+    img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
     parsed = parse_pruning_params(params) if not isinstance(params, float) else params

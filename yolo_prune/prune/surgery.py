@@ -35,18 +35,23 @@ def coupled_kept(graph: PruningGraph, plan: PruningPlan) -> dict[int, torch.Tens
 
 
 def input_index(graph: PruningGraph, consumer: int, kept: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Kept input channels of ``consumer``: per slot, the producer's kept filters shifted by the slot offset."""
-    parts, offset = [], 0
-    for producer, size in graph[consumer].inputs:
-        if producer in kept:
-            if int(kept[producer].max()) >= size:
-                raise PruningError(f"layer {producer} keeps filter {int(kept[producer].max())} but slot of "
-                                   f"layer {consumer} holds only {size} channels: graph does not fit the model")
-            parts.append(kept[producer] + offset)
+    """Kept input channels of ``consumer``: per slot, the producer's kept filters shifted by the slot offset
+    (a slot holding chunk ``part`` of ``parts`` takes the kept filters inside that chunk)."""
+    pieces, offset = [], 0
+    for slot in graph[consumer].inputs:
+        if slot.producer in kept:
+            index = kept[slot.producer]
+            full, lo = slot.size * slot.parts, slot.part * slot.size
+            if int(index.max()) >= full:
+                raise PruningError(f"layer {slot.producer} keeps filter {int(index.max())} but slot of "
+                                   f"layer {consumer} holds only {full} channels: graph does not fit the model")
+            if slot.parts > 1:
+                index = index[(index >= lo) & (index < lo + slot.size)] - lo
+            pieces.append(index + offset)
         else:
-            parts.append(torch.arange(offset, offset + size))
-        offset += size
-    return torch.cat(parts)
+            pieces.append(torch.arange(offset, offset + slot.size))
+        offset += slot.size
+    return torch.cat(pieces)
 
 
 def apply_plan(model: nn.Module, graph: PruningGraph, plan: PruningPlan) -> nn.Module:

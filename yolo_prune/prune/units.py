@@ -71,18 +71,19 @@ def out_channels(model: nn.Module, node: ConvNode) -> int:
 def layer_filters(model: nn.Module, node: ConvNode, generator: torch.Generator,
                   inputs: torch.Tensor | None = None) -> LayerFilters:
     """The weights and BN scales a criterion sees (both RepConv branches; a plain conv's recorded BN), restricted
-    to the input channels ``inputs`` (None: all)."""
+    to the input channels ``inputs`` (None: all; sequential scoring leaves out what earlier layers removed)."""
     m = module_of(model, node)
     if isinstance(m, Conv):
         convs, gammas = (m.conv,), ((m.bn.weight,) if isinstance(m.bn, nn.BatchNorm2d) else ())
-    elif isinstance(m, RepConv) and m.rbr_reparam is not None:
-        convs, gammas = (m.rbr_reparam,), ()
     elif isinstance(m, RepConv):
-        branches = (m.rbr_dense, m.rbr_1x1)
-        convs, gammas = tuple(b[0] for b in branches), tuple(b[1].weight for b in branches)
+        if m.rbr_reparam is not None:
+            convs, gammas = (m.rbr_reparam,), ()
+        else:
+            branches = (m.rbr_dense, m.rbr_1x1)
+            convs, gammas = tuple(b[0] for b in branches), tuple(b[1].weight for b in branches)
     else:
-        bn = model.get_submodule(node.bn) if node.bn else None
-        convs, gammas = (m,), ((bn.weight,) if bn is not None and bn.weight is not None else ())
+        bn = model.get_submodule(node.bn).weight if node.bn else None
+        convs, gammas = (m,), ((bn,) if bn is not None else ())
     weights = tuple(c.weight if inputs is None else _input_slice(c.weight, inputs) for c in convs)
     return LayerFilters(weights, gammas, generator, node.name, inputs, score_dtype(convs[0].weight))
 
