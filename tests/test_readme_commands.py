@@ -287,13 +287,12 @@ def _write_files(root: Path) -> None:
 
 def _classification_files(root: Path) -> None:
     """What the classification examples read: a digits classifier run, a user's torchvision .pth with an ImageFolder
-    tree of two classes, Fashion-MNIST files, and the synthetic detection set under data/synth."""
+    tree of two classes and Fashion-MNIST files."""
     import torchvision
     from PIL import Image
 
     import yolo_prune as yp
     from _fakes import write_fashion_mnist
-    from yolo_prune.data.synth import generate_synthetic
     from yolo_prune.models.classify import build_classifier
 
     torch.manual_seed(0)
@@ -307,7 +306,6 @@ def _classification_files(root: Path) -> None:
                 Image.new("RGB", (80, 70), tuple(c + 10 * i for c in colour)).save(
                     root / "my_images" / split / cls / f"{i}.png")
     write_fashion_mnist(root / "data" / "fashion", 40, 20)
-    generate_synthetic(root / "data" / "synth", n_train=8, n_val=8, img_size=64, n_classes=6, seed=0)
 
 
 def _darknet_files(root: Path, nc: int) -> None:
