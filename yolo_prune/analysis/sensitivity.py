@@ -30,8 +30,9 @@ class Scorer(Protocol):
     def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
 
     def finish(self, state: Any) -> dict[str, Any]:
-        """Metric name -> float (or list of floats). Detection: ``mp, mr, map50, map`` and ``per_class`` (what the
-        published output files hold); classification: ``top1, top5, loss``."""
+        """Metric name -> float, list of floats or {name: float}. Detection: ``mp, mr, map50, map`` and ``per_class``
+        (mAP@.5:.95 per class, what the published output files hold), optionally ``official`` ({mp, mr, map50, map}
+        as YOLOv7 test.py computes them, stored alongside); classification: ``top1, top5, loss``."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,17 @@ def _update(scorer: Scorer, cfg: _Config, pred: torch.Tensor, meta: Any, seconds
     cfg.nms_seconds += time.perf_counter() - t0
 
 
+def _floats(value: Any) -> Any:
+    """A scorer's value as plain floats (lists and {name: value} maps element by element)."""
+    if isinstance(value, dict):
+        return {k: float(v) for k, v in value.items()}
+    return [float(x) for x in value] if isinstance(value, (list, tuple)) else float(value)
+
+
 def _metrics(scorer: Scorer, cfg: _Config, n_images: int, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
     t_inf, t_nms = 1e3 * cfg.seconds / max(n_images, 1), 1e3 * cfg.nms_seconds / max(n_images, 1)
-    return {**{k: [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v) for k, v in m.items()},
+    return {**{k: _floats(v) for k, v in m.items()},
             "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
             "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
 
