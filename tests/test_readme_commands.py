@@ -67,15 +67,15 @@ def _logical_lines(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
 
 def doc_commands(path: Path = README) -> list[DocCommand]:
     """Every yolo-prune command in the shell code blocks of ``path``."""
-    commands, block, inside, lines, variables = [], 0, False, [], {}
+    commands, block, inside, shell, lines, variables = [], 0, False, False, [], {}
     for number, text in enumerate(path.read_text().splitlines(), 1):
         fence = re.match(r"^\s*```\s*(\w*)", text)
-        if fence and not inside:
-            inside, lines, variables = fence.group(1) in ("", "bash", "sh", "shell", "console"), [], {}
+        if fence and not inside:  # an opening fence of any language (a python block's closing fence opens nothing)
+            inside, shell, lines, variables = True, fence.group(1) in ("", "bash", "sh", "shell", "console"), [], {}
             block += 1
             continue
         if fence:
-            for start, logical in _logical_lines(lines):
+            for start, logical in _logical_lines(lines if shell else []):
                 words = shlex.split(logical, comments=True)
                 if len(words) == 1 and re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0]):
                     name, value = words[0].split("=", 1)
@@ -109,10 +109,15 @@ SMALL: dict[str, dict[str, str]] = {
     "layer-selection": {},
     "graph": {},
     "convert-activation": {},
+    "classify": {},
+    "sweep": {"--percents": "[0,0.5]"},
+    "mask": {},
+    "fbs": {"--latency-iters": "3"},
     "latency-table": {"--img": "64", "--repeats": "3", "--warmup": "0", "--rates": "[0.5]", "--threads": "1"},
     "darknet-prune": {"--img": "64", "--tuning-iter": "1", "--batch-size": "4", "--workers": "0", "--device": "cpu"},
 }
-SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2"}
+SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2",
+          "--epochs": "1", "--retrain-epochs": "1", "--steps": "1", "--width": "0.0625"}
 # an analysis of 6 layers at one rate, not of every layer at three (like --max-images: less work, same command)
 SMALL_ANALYSIS = {"--pruning-rate": "[0.5]", "--layers": "[0,8,23,25,28,45]"}
 
@@ -229,7 +234,7 @@ def _analysis(cwd: Path) -> None:
         shutil.copytree(cwd / "prepared" / "sens", cwd / "output" / "sens")
 
 
-PREPARE: dict[str, Callable[[Path], None]] = {r"train --resume": _interrupted_run, r"--output output/sens\b": _analysis}
+PREPARE: dict[str, Callable[[Path], None]] = {r"^yolo-prune train --resume": _interrupted_run, r"--output output/sens\b": _analysis}
 
 
 def _write_files(root: Path) -> None:
@@ -277,6 +282,30 @@ def _write_files(root: Path) -> None:
     asset = Path("yolo_prune") / "assets" / "yolov7-tiny-synth.pt"
     (root / asset.parent).mkdir(parents=True)
     os.link(REPO / asset, root / asset)
+    _classification_files(root)
+
+
+def _classification_files(root: Path) -> None:
+    """What the classification examples read: a digits classifier run, a user's torchvision .pth with an ImageFolder
+    tree of two classes and Fashion-MNIST files."""
+    import torchvision
+    from PIL import Image
+
+    import yolo_prune as yp
+    from _fakes import write_fashion_mnist
+    from yolo_prune.models.classify import build_classifier
+
+    torch.manual_seed(0)
+    yp.save_checkpoint(build_classifier("scnnb", nc=10, in_ch=1, img_size=32, width=0.25),
+                       root / "runs" / "classify" / "scnnb" / "weights" / "best.pt")
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=2).state_dict(), root / "resnet18.pth")
+    for split in ("train", "val"):
+        for cls, colour in (("cat", (200, 120, 40)), ("dog", (40, 90, 200))):
+            (root / "my_images" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (80, 70), tuple(c + 10 * i for c in colour)).save(
+                    root / "my_images" / split / cls / f"{i}.png")
+    write_fashion_mnist(root / "data" / "fashion", 40, 20)
 
 
 def _darknet_files(root: Path, nc: int) -> None:
@@ -337,10 +366,11 @@ class Sessions:
             if re.search(pattern, cmd.text):
                 prepare(cwd)
         argv = small(cmd, cwd)
-        if argv[0] == "torchrun":  # the same launcher, run with this interpreter
+        if argv[0] == "torchrun":  # the same launcher, run with this interpreter; the workspace has a
+            # yolo_prune/assets folder (README paths), which must not shadow the package: no cwd on sys.path
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], cwd=cwd,
                                   capture_output=True, text=True, timeout=600,
-                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                  env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONSAFEPATH="1"))
             return proc.returncode, proc.stdout, proc.stderr, argv
         code, out, err = run_cli(argv[1:], cwd=cwd)
         return code, out, err, argv

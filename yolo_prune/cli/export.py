@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     opts, onnx_path, engine_path = check_args(args)
     model, qat = load_for_export(args)
+    if not hasattr(model, "detect"):
+        return _classifier(args, model, onnx_path)
     if qat is not None and args.format == "engine" and args.int8:
         args.qdq = True  # the QAT scales are the quantization: an explicit (Q/DQ) engine
     eopts = engine_options(args) if args.format == "engine" else None
@@ -192,6 +194,23 @@ def run(args: argparse.Namespace) -> int:
     print(result.report)
     if engine_path is not None:
         _engine(onnx_path, engine_path, eopts, opts, result.metadata)
+    return 0
+
+
+def _classifier(args: argparse.Namespace, model, path: Path) -> int:
+    """A classification CNN: logits ONNX at its own input size (detector-only flags are refused)."""
+    from yolo_prune.export.classifier import export_classifier_onnx
+
+    detector_only = [f for f, on in (("--format", args.format != "onnx"), ("--grid", args.grid),
+                                     ("--end2end", args.end2end), ("--fp16", args.fp16),
+                                     ("--dynamic-batch", args.dynamic_batch), ("--simplify", args.simplify)) if on]
+    if detector_only:
+        raise YoloPruneError(f"{', '.join(detector_only)}: detector export options; a classifier exports plain "
+                             f"ONNX (images -> logits)")
+    worst = export_classifier_onnx(model, path, args.batch_size, args.opset or 12)
+    print(f"exported classifier ONNX (input images [{args.batch_size}, {model.ch_in}, {model.img_size}, "
+          f"{model.img_size}], output logits [{args.batch_size}, {model.nc}]) -> {path}; ONNX Runtime agrees with "
+          f"PyTorch to {worst:.1e}")
     return 0
 
 

@@ -2,7 +2,7 @@
 and TensorRT (per-channel weights), their calibration (PTQ) and quantization-aware training.
 
 The stage sits between ``engine/`` (which trains a fake-quantized model through a
-:class:`~yolo_prune.engine.hooks.ModelHook`) and ``export/`` (which writes Q/DQ ONNX from it).
+:class:`~yolo_prune.engine.model_hook.ModelHook`) and ``export/`` (which writes Q/DQ ONNX from it).
 """
 from yolo_prune.quant.calibrate import calibrate
 from yolo_prune.quant.prepare import Prepared, quantize_model

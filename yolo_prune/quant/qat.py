@@ -1,4 +1,4 @@
-"""Quantization-aware training through the trainer's :class:`~yolo_prune.engine.hooks.ModelHook`.
+"""Quantization-aware training through the trainer's :class:`~yolo_prune.engine.model_hook.ModelHook`.
 
 :class:`QatHook` turns the run's model into its fake-quantized twin (:func:`~.prepare.quantize_model`),
 calibrates the activation scales on training images pre-processed as at inference (fresh runs) or restores them
