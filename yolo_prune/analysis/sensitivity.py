@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
+import torch.nn as nn
 
 from yolo_prune.analysis.fastforward import (downstream_layers, last_uses, layer_of, masked, masked_stack, run_all,
-                                             run_from, run_from_stacked)
+                                             run_from, run_from_stacked, stackable)
 from yolo_prune.analysis.planning import EarlyStop, Plan, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.models.model import Model
 from yolo_prune.prune.cost import CostModel, fused_cost_model
 from yolo_prune.prune.plan import make_plan
 
@@ -35,8 +35,9 @@ class Scorer(Protocol):
     def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
 
     def finish(self, state: Any) -> dict[str, Any]:
-        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95); may add
-        ``official`` ({mp, mr, map50, map} as YOLOv7 test.py computes them), which is stored alongside."""
+        """Metric name -> float, list of floats or {name: float}. Detection: ``mp, mr, map50, map`` and ``per_class``
+        (mAP@.5:.95 per class, what the published output files hold), optionally ``official`` ({mp, mr, map50, map}
+        as YOLOv7 test.py computes them, stored alongside); classification: ``top1, top5, loss``."""
 
     # optional, for EarlyStop: ``partial_map50(state) -> float``, a cheap mAP@.5 of the images seen so far
 
@@ -76,6 +77,11 @@ class _Config:
     stopped: dict | None = None  # EarlyStop's record, once stopped
 
 
+def _prediction(out: Any) -> torch.Tensor:
+    """The scored output: a detector's eval predictions (first of its tuple) or a classifier's logits."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None) -> tuple[int, float]:
     """Params and GFLOPs of the BN+RepConv-fused model (as the published analysis reports them) with ``layer``
     pruned at ``rate``, from the closed-form cost model (no model copy)."""
@@ -83,7 +89,7 @@ def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None)
     return cost.params, cost.gflops
 
 
-def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
+def _configs(model: nn.Module, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
              round_to: int | None, seed: int) -> list[_Config]:
     deps = downstream_layers(model)
     out = []
@@ -92,7 +98,7 @@ def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Se
             plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed)
             kept = set(plan.layers[0].kept)
             removed = [i for i in range(graph[layer].out_channels) if i not in kept]
-            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)]))
+            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)] if deps else []))
     return out
 
 
@@ -108,7 +114,7 @@ class _Chunk:
     early_base: float | None = None  # the unpruned model's partial mAP@.5 (same images for every chunk)
 
 
-def _score_chunk(model: Model, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, configs: list[_Config],
+def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, configs: list[_Config],
                  baseline: _Config | None) -> None:
     """Run every batch once through the model and once per group of a layer's configurations downstream."""
     for cfg in configs + ([baseline] if baseline else []):
@@ -123,10 +129,10 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Sequence[Batch], ct
             cache = run_all(model, x)
             ctx.sync()
             if baseline is not None:
-                _update(ctx, baseline, cache[-1][0], batch.meta, time.perf_counter() - t0)
+                _update(ctx, baseline, _prediction(cache[-1]), batch.meta, time.perf_counter() - t0)
             if reference is not None and seen < stop_at:
-                ctx.scorer.update(reference, cache[-1][0], batch.meta)
-            for group in _groups(model, [c for c in configs if c.stopped is None], cache, len(x), ctx.stack_bytes):
+                ctx.scorer.update(reference, _prediction(cache[-1]), batch.meta)
+            for group in _groups(model, graph, [c for c in configs if c.stopped is None], cache, ctx.stack_bytes):
                 _run_group(model, graph, cache, x, group, batch.meta, ctx)
             seen += len(x)
             if stop_at is not None and seen >= stop_at and (seen - len(x)) < stop_at:
@@ -135,15 +141,17 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Sequence[Batch], ct
                 _early_stop(ctx, configs, seen)
 
 
-def _groups(model: Model, configs: list[_Config], cache: Sequence, batch: int, budget: int) -> list[list[_Config]]:
-    """Configurations of one layer in stacks of at most ``budget`` bytes of downstream activations (>= 1 each)."""
+def _groups(model: nn.Module, graph: PruningGraph, configs: list[_Config], cache: Sequence, budget: int
+            ) -> list[list[_Config]]:
+    """Configurations of one layer in stacks of at most ``budget`` bytes of downstream activations (>= 1 each;
+    one each where :func:`stackable` says no)."""
     by_layer: dict[int, list[_Config]] = {}
     for c in configs:
         by_layer.setdefault(c.layer, []).append(c)
     groups = []
     for same in by_layer.values():
         per = sum(_nbytes(cache[i]) for i in same[0].downstream) or 1
-        k = max(1, min(len(same), budget // per))
+        k = max(1, min(len(same), budget // per)) if stackable(model, graph, same[0].layer) else 1
         groups += [same[i:i + k] for i in range(0, len(same), k)]
     return groups
 
@@ -154,17 +162,17 @@ def _nbytes(value) -> int:
     return sum(_nbytes(v) for v in value) if isinstance(value, (list, tuple)) else 0
 
 
-def _run_group(model: Model, graph: PruningGraph, cache: Sequence, x: torch.Tensor, group: list[_Config], meta: Any,
+def _run_group(model: nn.Module, graph: PruningGraph, cache: Sequence, x: torch.Tensor, group: list[_Config], meta: Any,
                ctx: _Chunk) -> None:
     """One downstream pass for a layer's configurations (stacked when several); the time is shared equally."""
     first, t0 = group[0], time.perf_counter()
     if len(group) == 1:
         with masked(model, graph, first.layer, first.removed):
-            preds = [run_from(model, cache, first.downstream, x)[0]]
+            preds = [_prediction(run_from(model, cache, first.downstream, x))]
     else:
         expand = model.model[first.downstream[0]] is model.conv_modules()[first.layer]  # the layer is the conv
         with masked_stack(model, graph, first.layer, [c.removed for c in group], len(x)):
-            out = run_from_stacked(model, cache, first.downstream, x, len(group), expand, ctx.last)[0]
+            out = _prediction(run_from_stacked(model, cache, first.downstream, x, len(group), expand, ctx.last))
         preds = list(out.split(len(x)))
     ctx.sync()
     seconds = (time.perf_counter() - t0) / len(group)
@@ -190,12 +198,17 @@ def _update(ctx: _Chunk, cfg: _Config, pred: torch.Tensor, meta: Any, seconds: f
     cfg.images += len(pred)
 
 
+def _floats(value: Any) -> Any:
+    """A scorer's value as plain floats (lists and {name: value} maps element by element)."""
+    if isinstance(value, dict):
+        return {k: float(v) for k, v in value.items()}
+    return [float(x) for x in value] if isinstance(value, (list, tuple)) else float(value)
+
+
 def _metrics(scorer: Scorer, cfg: _Config, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
     t_inf, t_nms = 1e3 * cfg.seconds / max(cfg.images, 1), 1e3 * cfg.nms_seconds / max(cfg.images, 1)
-    official = {k: float(v) for k, v in m["official"].items()} if "official" in m else {}
-    out = {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
-           **({"official": official} if official else {}), "per_class": [float(v) for v in m["per_class"]],
+    out = {**{k: _floats(v) for k, v in m.items()},
            "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
            "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
     if cfg.stopped is not None:
@@ -210,7 +223,7 @@ def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
     return lambda: None
 
 
-def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
+def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
@@ -276,7 +289,7 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
     return store
 
 
-def _probe(model: Model, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, plan: Plan,
+def _probe(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, plan: Plan,
            chunks: list[list[int]], rates: Sequence[float], criterion: str, round_to: int | None, seed: int) -> None:
     """Time the first chunk on the first batch (scored and finished, nothing stored): the plan's estimate."""
     configs = _configs(model, graph, chunks[0], rates, criterion, round_to, seed) if chunks else []

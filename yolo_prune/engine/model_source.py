@@ -7,23 +7,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from yolo_prune.engine.hooks import TrainHooks
 from yolo_prune.engine.train_state import TrainSettings
 from yolo_prune.errors import CheckpointError
 
 __all__ = ["check_finite", "source_model", "transferred_model"]
 
 
-def source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:
+def source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict], TrainHooks]:
     """The model named by --weights (strict load), --cfg (nc from the data), or both (built from --cfg, matching
-    tensors transferred from --weights: YOLOv7's transfer learning), named after the data's classes."""
+    tensors transferred from --weights: YOLOv7's transfer learning), named after the data's classes, with the
+    hooks its checkpoint asks for (kernel masks, FBS L1; none for a model built from a cfg)."""
     from yolo_prune.checkpoint import load_checkpoint
     from yolo_prune.models.cfgs import build_model
 
     if settings.weights and settings.cfg:
-        return transferred_model(settings, data)
+        return (*transferred_model(settings, data), TrainHooks())
+    hooks = TrainHooks()
     if settings.weights:
         loaded = load_checkpoint(settings.weights)
-        model, history = loaded.model, list(loaded.history)
+        model, history, hooks = loaded.model, list(loaded.history), TrainHooks.from_checkpoint(loaded)
         check_finite(model, settings.weights)
         if model.nc != data.nc:
             from yolo_prune.data.config import class_count_error
@@ -34,7 +37,7 @@ def source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[di
     else:
         model, history = build_model(settings.cfg, nc=data.nc), []
     model.names = list(data.names)
-    return model, history
+    return model, history, hooks
 
 
 def transferred_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:

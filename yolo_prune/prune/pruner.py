@@ -76,8 +76,8 @@ def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | i
           scoring: str = "sequential") -> PruneResult:
     """Structurally prune ``model`` (a YOLOv7 ``Model``, a Darknet model, or a traced network such as a
     ``Classifier``; a copy unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``;
-    default: the model's own input size). ``scoring``: ``sequential`` (default, the published pruner's choices) or
-    ``independent`` (see ``make_plan``)."""
+    default: the model's own input size). ``scoring``: ``sequential`` (default, the published pruner's choices;
+    alias ``greedy``, Li et al.'s name) or ``independent`` (see ``make_plan``)."""
     img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
