@@ -21,7 +21,9 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.complexity import count_gflops, count_params
 from yolo_prune.models.fuse import fuse
 from yolo_prune.models.model import Model
+from yolo_prune.prune.context import CriterionContext, rewrite_kind
 from yolo_prune.prune.plan import make_plan
+from yolo_prune.prune.reconstruct import patched, single_layer_patch
 from yolo_prune.prune.surgery import apply_plan
 
 
@@ -67,6 +69,7 @@ class _Config:
     state: Any = None
     seconds: float = 0.0
     nms_seconds: float = 0.0
+    patch: dict | None = None  # tensors PLS-LC / --reconstruct change besides removing filters
 
 
 def fused_cost(model: Model, img_size: int) -> tuple[int, float]:
@@ -86,15 +89,18 @@ def pruned_cost(meta_model: Model, graph: PruningGraph, layer: int, rate: float,
 
 
 def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
-             round_to: int | None, seed: int) -> list[_Config]:
+             round_to: int | None, seed: int, context: CriterionContext | None = None) -> list[_Config]:
     deps = downstream_layers(model)
+    rewrite = rewrite_kind(criterion, context.options) if context is not None else None
     out = []
     for layer in layers:
         for rate in rates:
-            plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed)
+            plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed, context=context)
             kept = set(plan.layers[0].kept)
             removed = [i for i in range(graph[layer].out_channels) if i not in kept]
-            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)]))
+            patch = single_layer_patch(model, graph, context.source, layer, torch.tensor(sorted(kept)), rewrite) \
+                if rewrite else None
+            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)], patch=patch))
     return out
 
 
@@ -115,7 +121,7 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], sc
                 _update(scorer, baseline, cache[-1][0], batch.meta, full_time, sync)
             for cfg in configs:
                 t0 = time.perf_counter()
-                with masked(model, graph, cfg.layer, cfg.removed):
+                with masked(model, graph, cfg.layer, cfg.removed), patched(model, cfg.patch):
                     pred = run_from(model, cache, cfg.downstream, x)[0]
                 sync()
                 _update(scorer, cfg, pred, batch.meta, time.perf_counter() - t0, sync)
@@ -149,10 +155,12 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
-                    prefix: str = "output") -> ResultStore:
+                    prefix: str = "output", context: CriterionContext | None = None) -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
 
-    ``model`` is used in eval mode and not modified (hooks are removed after each configuration).
+    ``model`` is used in eval mode and not modified (hooks are removed after each configuration; PLS-LC and
+    --reconstruct changes are applied per configuration and undone). ``context`` carries data-driven criteria's
+    scores and options.
     """
     layers = list(graph.prunable if layers is None else layers)
     todo = [layer for layer in layers if not all(store.done(layer, r) for r in rates)]
@@ -165,7 +173,7 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
     model.eval()
     for start in range(0, max(len(chunks), 1 if store.baseline is None else 0), dist.world):
         mine = chunks[start + dist.rank] if start + dist.rank < len(chunks) else []
-        configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed)
+        configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed, context)
                    if not store.done(c.layer, c.rate)]
         baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
         _score_chunk(model, graph, batches, scorer, configs, baseline, sync)

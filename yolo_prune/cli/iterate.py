@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 from yolo_prune.cli.common import positive_int
+from yolo_prune.cli.prune import add_criterion_flags, criterion_options
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -18,15 +19,17 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--out", default="runs/iterate/exp", help="output folder (resumes if it holds finished iterations)")
     p.add_argument("--iterations", type=positive_int, default=3, help="number of iterations (default 3)")
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per iteration (default 10)")
-    p.add_argument("--hyp", default="scratch.tiny", help="hyp YAML or shipped name (default scratch.tiny)")
+    p.add_argument("--hyp", default="finetune", help="hyp YAML or shipped name (default finetune)")
     p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=640)
     p.add_argument("--batch", "--batch-size", dest="batch", type=positive_int, default=16)
     p.add_argument("--device", default="")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pruning-rate", default="[0.25, 0.5, 0.75]", help="analysis rates")
-    p.add_argument("--criterion", default="0", help="importance criterion (number or name)")
+    p.add_argument("--criterion", default="0", help="importance criterion (number or name; data-driven ones "
+                   "sample --data's training split)")
     p.add_argument("--round-to", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    add_criterion_flags(p)
     p.add_argument("--max-images", type=positive_int, default=None, help="analysis: validation subset size")
     p.add_argument("--eval-images", type=positive_int, default=None, help="evaluation after fine-tuning: subset size")
     p.add_argument("--params-layers", type=int, default=5)
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     settings = IterateSettings(
         weights=args.weights, out_dir=args.out, iterations=args.iterations,
         data=DataSettings(args.data, "val", args.img, args.batch, args.workers, args.max_images),
-        analysis=AnalysisSettings(rates, criterion_name(args.criterion), args.round_to, args.seed),
+        analysis=AnalysisSettings(rates, criterion_name(args.criterion), args.round_to, args.seed,
+                                  options=criterion_options(args)),
         selection=SelectionSettings(args.params_layers, args.flops_layers, args.params_map, args.flops_map,
                                     args.target_gflops),
         epochs=args.epochs, hyp=args.hyp, eval_images=args.eval_images)

@@ -64,10 +64,14 @@ def _load(args: argparse.Namespace):
     if args.modification == "prune-structured":
         if not args.pruning_params:
             args.parser.error("--modification prune-structured needs --pruning-params")
+        from yolo_prune.cli.prune import criterion_options
+        from yolo_prune.engine.calibration import calibration_source
         from yolo_prune.prune import prune
 
+        options = criterion_options(args)
+        source = calibration_source(model, args.criterion, options, args.data, args.img, args.seed)
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                      inplace=True, summarize=False).model
+                      inplace=True, summarize=False, options=options, source=source).model
     return model
 
 
@@ -110,6 +114,7 @@ def _evaluate(args, model, data, device) -> int:
 
 
 def _analyse(args, model, data, device) -> int:
+    from yolo_prune.cli.prune import criterion_options
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
     rates = _literal_list(args.pruning_rate, "--pruning-rate", float)
@@ -119,7 +124,7 @@ def _analyse(args, model, data, device) -> int:
     layers = _literal_list(args.layers, "--layers", int) if args.layers else None
     out_dir = Path(args.project or "output") / args.name
     analysis = AnalysisSettings(rates, args.criterion, args.round_to, args.seed, layers, args.conf, args.iou,
-                                args.chunk_layers, Path(args.prune_output).stem)
+                                args.chunk_layers, Path(args.prune_output).stem, criterion_options(args))
     store = sensitivity_on_data(model, data, analysis, out_dir, device=device, half=args.half,
                                 exist_ok=args.exist_ok, source=str(args.weights), progress=not args.json)
     if args.json:

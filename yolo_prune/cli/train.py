@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 
 from yolo_prune.cli.common import positive_int
-from yolo_prune.cli.prune import add_pruning_flags
+from yolo_prune.cli.prune import add_pruning_flags, criterion_options
 
 EPILOG = """examples:
   yolo-prune train --weights yolov7-tiny.pt --data data.yaml --hyp scratch.tiny --epochs 100 --batch-size 32
   yolo-prune train --weights yolov7.pt --data data.yaml --pruning-params "[(8, 0.5), (18, 0.5)]" --criterion 0 --distill
+  yolo-prune train --weights best.pt --data data.yaml --pruning-params 0.3 --criterion taylor --reconstruct \
+      --pruning-iter 3 --epochs 30 --distill --feature-distill kept
   yolo-prune train --cfg yolov7-tiny --data data.yaml --hyp scratch.tiny --img 320
   yolo-prune train --resume                      # the newest runs/train/*/weights/last.pt
   torchrun --nproc_per_node 2 -m yolo_prune train --weights best.pt --data data.yaml --batch-size 64 --sync-bn"""
@@ -20,8 +22,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt or ours")
     p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny) or a cfg .yaml")
     p.add_argument("--data", default=None, help="data YAML (YOLOv7 format); nc and names come from it")
-    p.add_argument("--hyp", default="scratch.p5", help="hyp YAML path or shipped name: scratch.p5 (default), "
-                   "scratch.tiny, scratch.custom")
+    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: finetune, scratch.p5, scratch.tiny, "
+                   "scratch.custom (default: finetune with --weights, scratch.p5 with --cfg or --from-scratch)")
     p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
                    help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
@@ -39,6 +41,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--distill", action="store_true",
                    help="distil from the model before pruning: + w * MSE(student maps, teacher maps)")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight w of the distillation term (default 1)")
+    p.add_argument("--feature-distill", choices=["kept", "adapter"], default=None,
+                   help="also distil the neck outputs; student channels matched to the teacher's by the kept "
+                   "indices or by a trained 1x1 adapter")
+    p.add_argument("--feature-distill-weight", type=float, default=1.0,
+                   help="weight of the feature-distillation term (normalised MSE; default 1)")
+    p.add_argument("--pruning-iter", type=positive_int, default=1,
+                   help="prune in K rounds, each removing 1/K of every layer's filters and fine-tuning "
+                   "--epochs/K epochs (Pruning-Darknet's iterative flow; default 1: one-shot)")
     p.add_argument("--max-val-images", type=positive_int, default=None, help="evaluate on the first N val images")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on CUDA")
     p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
@@ -56,13 +66,20 @@ def settings_from_args(args: argparse.Namespace):
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
         pruning_config=args.pruning_config, seed=args.seed, from_scratch=args.from_scratch, distill=args.distill,
-        distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn)
+        distill_weight=args.distill_weight, feature_distill=args.feature_distill,
+        feature_distill_weight=args.feature_distill_weight, criterion_options=criterion_options(args).to_dict(),
+        max_val_images=args.max_val_images, sync_bn=args.sync_bn)
 
 
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.engine.trainer import train
 
-    result = train(settings_from_args(args))
+    if args.pruning_iter > 1:
+        from yolo_prune.pipeline.schedule import train_iteratively
+
+        result = train_iteratively(settings_from_args(args), args.pruning_iter)
+    else:
+        result = train(settings_from_args(args))
     best = result.best_row
     if best is not None:
         print(f"best epoch {result.best_epoch}: mAP@.5 {best['mAP@.5']:.4f}, mAP@.5:.95 {best['mAP@.5:.95']:.4f}; "

@@ -180,3 +180,13 @@ class YoloLoss:
         lbox, lobj, lcls = lbox * self.gains[0], lobj * self.gains[1], lcls * self.gains[2]
         total = lbox + lobj + lcls
         return total * preds[0].shape[0], torch.cat((lbox, lobj, lcls, total)).detach()
+
+
+def detection_loss_fn(model: Any, img_size: int, hyp: str = "scratch.tiny"):
+    """The detection loss of ``model`` (its head's anchors and strides, gains of shipped ``hyp``) as a function
+    ``(raw maps, targets [M, 6], images) -> scalar``: what gradient criteria back-propagate."""
+    from yolo_prune.engine.hyp import load_hyp
+
+    head = model.detect
+    loss = YoloLoss(head, scale_loss_gains(load_hyp(hyp), head.nl, head.nc, img_size))
+    return lambda raw, targets, imgs: loss(raw, targets, imgs)[0]

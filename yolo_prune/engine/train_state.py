@@ -46,13 +46,16 @@ class TrainSettings:
     path, trained from scratch with ``nc`` from the data YAML). With ``resume`` (a last.pt, a run folder, or
     True for the newest last.pt under ``project``) every other field is read from the checkpoint except
     ``device``, ``workers`` and ``progress``. ``batch_size`` is the total over all ranks. ``augment=False``
-    turns off mosaic/HSV/flip/affine (API only; used by tests). Raises ConfigError/PruningError.
+    turns off mosaic/HSV/flip/affine (API only; used by tests). ``hyp`` None: ``finetune`` when starting from
+    ``weights``, ``scratch.p5`` for ``cfg`` or ``from_scratch``. ``criterion_options``: CriterionOptions fields
+    (data-driven criteria, global selection, reconstruction). ``feature_distill`` ("kept" or "adapter"): also
+    distil the neck outputs (the head's inputs). Raises ConfigError/PruningError.
     """
 
     data: str | None = None
     weights: str | None = None
     cfg: str | None = None
-    hyp: str = "scratch.p5"
+    hyp: str | None = None
     epochs: int = 300
     batch_size: int = 16
     img_size: int = 640
@@ -70,6 +73,9 @@ class TrainSettings:
     from_scratch: bool = False
     distill: bool = False
     distill_weight: float = 1.0
+    feature_distill: str | None = None
+    feature_distill_weight: float = 1.0
+    criterion_options: dict = field(default_factory=dict)
     max_val_images: int | None = None
     sync_bn: bool = False
     augment: bool = True
@@ -82,16 +88,29 @@ class TrainSettings:
         for name in ("round_to", "max_val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
-        if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
-            raise ConfigError(f"distill_weight must be a finite number >= 0, got {self.distill_weight!r}")
+        for name in ("distill_weight", "feature_distill_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.feature_distill not in (None, "kept", "adapter"):
+            raise ConfigError(f"--feature-distill {self.feature_distill!r}: choose kept or adapter")
         if self.resume:
             return
+        if self.hyp is None:
+            self.hyp = "finetune" if self.weights and not self.from_scratch else "scratch.p5"
+        from yolo_prune.prune.options import CriterionOptions
+
+        unknown = set(self.criterion_options) - set(CriterionOptions.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"criterion_options: unknown key(s) {sorted(unknown)}")
+        CriterionOptions(**self.criterion_options)  # bad values fail now, before any work
         if not self.data:
             raise ConfigError("--data is required (a YOLOv7 data YAML)")
         if bool(self.weights) == bool(self.cfg):
             raise ConfigError("give exactly one of --weights (fine-tune a checkpoint) and --cfg (train from scratch)")
-        if self.distill and not self.weights:
-            raise ConfigError("--distill needs --weights: the teacher is the loaded model before pruning")
+        if (self.distill or self.feature_distill) and not self.weights:
+            raise ConfigError("--distill / --feature-distill need --weights: the teacher is the loaded model before "
+                              "pruning")
         if self.pruning_params is not None:
             from yolo_prune.prune import parse_pruning_params
 
@@ -107,6 +126,7 @@ class TrainSettings:
         if self.pruning_params is not None and not isinstance(self.pruning_params, str):
             out["pruning_params"] = repr(self.pruning_params)
         out["resume"] = False
+        out["criterion_options"] = dict(self.criterion_options)
         return out
 
     @classmethod

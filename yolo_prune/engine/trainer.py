@@ -59,6 +59,7 @@ class _Inputs:
     state: dict[str, Any] | None = None
     ema_model: nn.Module | None = None
     run_dir: Path | None = None
+    neck_index: list[list[int]] | None = None  # feature distillation: teacher channel of each student channel
 
 
 def _seed_everything(seed: int) -> None:
@@ -95,22 +96,39 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     data = load_data_config(settings.data)
     _seed_everything(settings.seed)
     model, history = _source_model(settings, data)
-    teacher = model if settings.distill else None
+    teacher = model if settings.distill or settings.feature_distill else None
+    kept: dict = {}
     if settings.pruning_params is not None:
-        from yolo_prune.graph.io import read_published
-        from yolo_prune.prune import prune
+        model, history, kept = _prune(settings, model, history)
+    index = None
+    if settings.feature_distill:
+        from yolo_prune.engine.distill import neck_index
+        from yolo_prune.graph.derive import derive_graph
 
-        graph = read_published(settings.pruning_config) if settings.pruning_config else None
-        result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
-                       seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size)
-        model, history = result.model, history + [result.history_entry()]
+        index = [i.tolist() for i in neck_index(derive_graph(teacher), kept)]
     if settings.from_scratch:
         from yolo_prune.models.cfgs import build_model
 
         fresh = build_model(model.yaml, widths=model.widths())
         fresh.names = list(model.names)
         model = fresh
-    return _Inputs(settings, hyp, data, model, history, teacher)
+    return _Inputs(settings, hyp, data, model, history, teacher, neck_index=index)
+
+
+def _prune(settings: TrainSettings, model: nn.Module, history: list[dict]) -> tuple[nn.Module, list[dict], dict]:
+    """Prune a copy of ``model`` as the settings say: (pruned model, history + entry, kept filters per layer)."""
+    from yolo_prune.engine.calibration import calibration_source
+    from yolo_prune.graph.io import read_published
+    from yolo_prune.prune import prune
+    from yolo_prune.prune.options import CriterionOptions
+
+    options = CriterionOptions(**settings.criterion_options)
+    source = calibration_source(model, settings.criterion, options, settings.data, settings.img_size, settings.seed)
+    graph = read_published(settings.pruning_config) if settings.pruning_config else None
+    result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
+                   seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size, options=options,
+                   source=source)
+    return result.model, history + [result.history_entry()], result.plan.kept_map()
 
 
 def _resumed_inputs(settings: TrainSettings) -> _Inputs:
@@ -128,12 +146,12 @@ def _resumed_inputs(settings: TrainSettings) -> _Inputs:
     data = load_data_config(stored.data)
     model = copy.deepcopy(loaded.model)
     load_state_strict(model, state["model"], f"{path} (training weights)")
-    teacher = load_model(stored.weights) if stored.distill else None
+    teacher = load_model(stored.weights) if stored.distill or stored.feature_distill else None
     _seed_everything(stored.seed)
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     return _Inputs(stored, dict(state["hyp"]), data, model, list(state.get("base_history", [])), teacher,
-                   state, loaded.model, path.parent.parent)
+                   state, loaded.model, path.parent.parent, state.get("neck_index"))
 
 
 def _load_inputs(settings: TrainSettings) -> _Inputs:
@@ -160,6 +178,8 @@ class _Run:
     state: TrainState
     run_dir: Path
     img_size: int
+    distiller: Any = None  # FeatureDistiller, with taps on the student's and the teacher's head inputs
+    taps: tuple = ()
 
     @property
     def settings(self) -> TrainSettings:
@@ -199,8 +219,25 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
     return train_loader, val_loader
 
 
+def _add_feature_distiller(run: _Run, inputs: _Inputs, device: torch.device) -> None:
+    """Neck-output distillation: the distiller (adapters join the optimizer as a 4th group) and the two taps."""
+    from yolo_prune.engine.distill import FeatureDistiller, NeckTap
+
+    channels = [m.in_channels for m in run.teacher.detect.m]
+    run.distiller = FeatureDistiller([torch.tensor(i) for i in inputs.neck_index], channels,
+                                     run.settings.feature_distill).to(device)
+    adapter = list(run.distiller.parameters())
+    if adapter:
+        lr0 = float(inputs.hyp["lr0"])
+        run.optimizer.add_param_group({"params": adapter, "name": "adapter", "weight_decay": 0.0, "initial_lr": lr0,
+                                       "lr": lr0})
+    run.taps = (NeckTap(run.model), NeckTap(run.teacher))
+
+
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     """Optimizer, AMP scaler, counters and EMA step count of a resumed run."""
+    if run.distiller is not None and "feature_adapter" in state:
+        run.distiller.load_state_dict(state["feature_adapter"])
     run.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler") and run.scaler.is_enabled():
         run.scaler.load_state_dict(state["scaler"])
@@ -227,6 +264,8 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _R
     schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size)
     run = _Run(inputs, dist_info, device, model, loss, optimizer, scaler, schedule, train_loader, val_loader, ema,
                teacher, TrainState(), broadcast_path(run_dir, dist_info), img)
+    if s.feature_distill:
+        _add_feature_distiller(run, inputs, device)
     if inputs.state is not None:
         _restore(run, inputs.state)
     if dist_info.world > 1:
@@ -243,7 +282,12 @@ def _forward_loss(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> tuple
         loss, items = run.loss(preds, targets, imgs)
         kd = torch.zeros((), device=imgs.device)
         if run.teacher is not None:
-            kd = run.settings.distill_weight * distill_loss(preds, teacher_maps(run.teacher, imgs))
+            t_maps = teacher_maps(run.teacher, imgs)
+            if run.settings.distill:
+                kd = kd + run.settings.distill_weight * distill_loss(preds, t_maps)
+            if run.distiller is not None:
+                student, teacher = (tap.maps for tap in run.taps)
+                kd = kd + run.settings.feature_distill_weight * run.distiller(student, teacher)
             loss = loss + kd * imgs.shape[0]
     return loss * run.dist.world, torch.cat((items, kd.detach().float().view(1)))
 
@@ -330,6 +374,9 @@ def _checkpoint(run: _Run) -> dict[str, Any]:
                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
                        "rng": torch.get_rng_state()}
+    if run.distiller is not None:
+        ckpt[STATE_KEY]["neck_index"] = run.inputs.neck_index
+        ckpt[STATE_KEY]["feature_adapter"] = {k: v.detach().cpu() for k, v in run.distiller.state_dict().items()}
     return ckpt
 
 

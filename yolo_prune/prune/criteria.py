@@ -2,11 +2,16 @@
 
 A criterion maps a layer's filters to one score per filter; filters are removed in ascending score
 order (stable, so ties go to the lower index first). "largest" criteria negate their norm.
+
+Weight-only criteria read ``LayerFilters``' weights. Data-driven, gradient and clustering criteria
+(Pruning-Darknet's PLS-VIP-Single/Multi, CCA-CV-Multi, PLS-LC-Multi, HAC; first-order Taylor and the group
+criterion) read their scores from ``LayerFilters.context``, a :class:`~yolo_prune.prune.context.CriterionContext`
+that computed them on the unpruned model and its calibration images.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -21,6 +26,8 @@ class LayerFilters:
     bn_gammas: tuple[torch.Tensor, ...]
     generator: torch.Generator
     name: str = ""
+    layer: int = -1  # conv index (context criteria look their scores up by it)
+    context: Any = None  # CriterionContext, for criteria that need more than the weights
 
 
 def _per_branch(f: LayerFilters, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -63,6 +70,15 @@ def random(f: LayerFilters) -> torch.Tensor:
     return torch.rand(f.weights[0].shape[0], generator=f.generator)
 
 
+def _from_context(name: str) -> Callable[[LayerFilters], torch.Tensor]:
+    """A criterion whose scores the layer's CriterionContext computes (data, gradients, clustering)."""
+    def score(f: LayerFilters) -> torch.Tensor:
+        if f.context is None:
+            raise PruningError(f"{f.name}: criterion {name!r} needs a CriterionContext (use prune() or make_plan())")
+        return f.context.score(name, f.layer)
+    return score
+
+
 Criterion = Callable[[LayerFilters], torch.Tensor]
 
 # name -> (published number or None, function, removes the smallest scores?)
@@ -76,6 +92,9 @@ CRITERIA: dict[str, tuple[int | None, Criterion]] = {
     "random": (6, random),
     "l0": (None, l0),
     "linf": (None, linf),
+    **{name: (None, _from_context(name)) for name in (
+        "pls-vip-single", "pls-vip-multi", "cca-cv-multi", "pls-lc-multi", "hac",
+        "taylor", "taylor-weight", "group-taylor")},
 }
 
 
