@@ -2,7 +2,7 @@
 
 After a layer keeps only the channels ``kept`` (or new ones, PLS-LC), the consumers' input is rebuilt from what
 is left: on the calibration samples, the original model's activations of *all* the layer's channels are fitted
-as ``act_old ~ act_kept B + c`` (least squares with a small ridge term), and ``B`` and ``c`` are folded into every
+as ``act_old ~ act_kept B + c`` (minimum-norm least squares), and ``B`` and ``c`` are folded into every
 consumer -- its input kernels of that slot become ``W B^T`` on the kept channels (the others are zeroed; surgery
 removes them), the constant goes into its BatchNorm mean, or into its bias when it has none (a head conv; an
 ImplicitA in front of one is folded into that bias too). The fold is exact wherever the removed activations are
@@ -23,7 +23,7 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.blocks import Conv, RepConv
 from yolo_prune.prune.features import FeatureSource
 
-RIDGE = 1e-6  # relative Tikhonov term of the reconstruction least squares
+RCOND = 1e-10  # singular values below this share of the largest are ignored (collinear kept channels)
 
 
 def fit_reconstruction(act: nn.Module, z_old, z_new) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,9 +34,7 @@ def fit_reconstruction(act: nn.Module, z_old, z_new) -> tuple[torch.Tensor, torc
     old = act(torch.as_tensor(z_old).double())
     new = act(torch.as_tensor(z_new).double())
     x = torch.cat([new, torch.ones(len(new), 1, dtype=torch.float64)], 1)
-    gram = x.T @ x
-    gram += RIDGE * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
-    beta = torch.linalg.solve(gram, x.T @ old)  # [k + 1, C]
+    beta = torch.linalg.lstsq(x, old, rcond=RCOND, driver="gelsd").solution  # [k + 1, C], minimum norm
     return beta[:-1], beta[-1]
 
 
