@@ -108,9 +108,9 @@ class TrainSettings:
             raise ConfigError("--data is required (a YOLOv7 data YAML)")
         if bool(self.weights) == bool(self.cfg):
             raise ConfigError("give exactly one of --weights (fine-tune a checkpoint) and --cfg (train from scratch)")
-        if (self.distill or self.feature_distill) and not self.weights:
-            raise ConfigError("--distill / --feature-distill need --weights: the teacher is the loaded model before "
-                              "pruning")
+        for flag, on in (("--distill", self.distill), ("--feature-distill", self.feature_distill)):
+            if on and not self.weights:
+                raise ConfigError(f"{flag} needs --weights: the teacher is the loaded model before pruning")
         if self.pruning_params is not None:
             from yolo_prune.prune import parse_pruning_params
 

@@ -122,9 +122,10 @@ def _affected(graph: PruningGraph, layer: int) -> list[str]:
     for consumer, _ in graph[layer].consumers:
         name = graph[consumer].name
         names.append(name)
-        head, attr, level = name.rsplit(".", 2)
-        if graph[consumer].kind == "head" and attr == "m":
-            names.append(f"{head}.ia.{level}")
+        if graph[consumer].kind == "head":
+            head, attr, level = name.rsplit(".", 2)
+            if attr == "m":
+                names.append(f"{head}.ia.{level}")
     return names
 
 
