@@ -9,14 +9,28 @@ same lowest-scored filters the global ranking chose.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
+import torch.nn as nn
 
 from yolo_prune.errors import PruningError
+from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.prune.context import CriterionContext
+from yolo_prune.prune.criteria import get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
+from yolo_prune.prune.plan import layer_filters
 
 MAX_LAYER_RATE = 0.9
+
+
+def score_layers(model: nn.Module, graph: PruningGraph, layers: Sequence[int], criterion: str,
+                 context: CriterionContext, seed: int = 0) -> dict[int, torch.Tensor]:
+    """Every listed layer's filter scores under ``criterion`` (on the model as it is; ``context`` prepared here)."""
+    context.prepare(criterion, layers)
+    score_fn, generator, modules = get_criterion(criterion), torch.Generator().manual_seed(seed), model.conv_modules()
+    return {layer: score_fn(layer_filters(modules[layer], generator, graph[layer].name, layer, context)).cpu()
+            for layer in layers}
 
 
 def rate_for_kept(filters: int, kept: int, round_to: int | None = None) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn as nn
 
 from yolo_prune.graph.derive import derive_graph
@@ -14,14 +13,14 @@ from yolo_prune.errors import PruningError
 from yolo_prune.models.complexity import count_gflops, count_params
 from yolo_prune.models.model import Model
 from yolo_prune.prune.context import CriterionContext, wants_options
-from yolo_prune.prune.criteria import criterion_name, get_criterion
+from yolo_prune.prune.criteria import criterion_name
 from yolo_prune.prune.features import FeatureSource
-from yolo_prune.prune.global_select import global_rates
+from yolo_prune.prune.global_select import global_rates, score_layers
 from yolo_prune.prune.lc import rewrite_pls_lc
 from yolo_prune.prune.reconstruct import reconstruct_plan
 from yolo_prune.prune.options import CriterionOptions
 from yolo_prune.prune.params import LayerRates, kept_count, parse_pruning_params
-from yolo_prune.prune.plan import PruningPlan, layer_filters, make_plan, resolve_rates
+from yolo_prune.prune.plan import PruningPlan, make_plan, resolve_rates
 from yolo_prune.prune.surgery import apply_plan
 
 
@@ -130,11 +129,7 @@ def _global(model: Model, graph: PruningGraph, params: LayerRates | float, crite
                            "not a per-layer list")
     if criterion == "pls-lc-multi":
         raise PruningError("pls-lc-multi rewrites each layer's filters; it has no global ranking (use --selection layer)")
-    context.prepare(criterion, graph.prunable)
-    score_fn, generator, modules = get_criterion(criterion), torch.Generator().manual_seed(seed), model.conv_modules()
-    scores = {layer: score_fn(layer_filters(modules[layer], generator, graph[layer].name, layer, context)).cpu()
-              for layer in graph.prunable}
-    return global_rates(scores, params, round_to)
+    return global_rates(score_layers(model, graph, graph.prunable, criterion, context, seed), params, round_to)
 
 
 def format_result(result: PruneResult) -> str:
