@@ -7,8 +7,8 @@ A method is written ``<selection>:<criterion>[+rec]``:
 - ``knapsack``: the sensitivity analysis (on calibration images of the training split, with the same criterion)
   and the budget knapsack (``select_for_budget``), checked against the exact cost;
 
-``+rec`` adds the least-squares reconstruction (``--reconstruct``). Costs are GFLOPs of the unfused model at the
-benchmark's image size, as ``analysis.budget.model_cost`` computes them.
+``+rec`` adds the least-squares reconstruction (``--reconstruct``). Costs are exact GFLOPs of the BN/RepConv-fused
+model at the benchmark's image size (``prune.cost.fused_cost_model``, closed form).
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from typing import Callable
 
 import torch
 
-from yolo_prune.analysis.budget import model_cost, select_for_budget
+from yolo_prune.analysis.budget import select_for_budget
 from yolo_prune.engine.calibration import calibration_source
 from yolo_prune.graph.derive import derive_graph
 from yolo_prune.prune import prune
 from yolo_prune.prune.context import CriterionContext
+from yolo_prune.prune.cost import fused_cost_model
 from yolo_prune.prune.global_select import global_rates, score_layers
 from yolo_prune.prune.options import CriterionOptions
 
@@ -72,27 +73,28 @@ def prune_to_budget(model: torch.nn.Module, method: Method, fraction: float, dat
     started = time.time()
     model = copy.deepcopy(model)
     options = method.options(n_samples)
-    target = fraction * model_cost(model, [], "gflops", img)
+    costs = fused_cost_model(model, img)
+    target = fraction * costs.cost().gflops
     source = calibration_source(model, method.criterion, options, str(data), img, seed)
     graph = derive_graph(model)
     if method.selection == "uniform":
         layers = graph.prunable
-        params = bisect(lambda r: model_cost(model, [(i, r) for i in layers], "gflops", img), target)
+        params = bisect(lambda r: costs.cost([(i, r) for i in layers]).gflops, target)
     elif method.selection == "global":
         scores = score_layers(model, graph, graph.prunable, method.criterion,
                               CriterionContext(model, graph, options, source), seed)
-        params = bisect(lambda r: model_cost(model, global_rates(scores, r), "gflops", img), target)
+        params = bisect(lambda r: costs.cost(global_rates(scores, r)).gflops, target)
         params = global_rates(scores, params)  # the per-layer rates the global ranking gives
         options = CriterionOptions(n_samples=n_samples, reconstruct=method.reconstruct)
     else:
-        params = _knapsack(model, method, options, data, img, target, work, seed)
+        params = _knapsack(model, method, options, data, img, target, work, seed, costs)
     result = prune(model, params, method.criterion, seed=seed, inplace=True, summarize=False, img_size=img,
                    options=options, source=source)
     return Pruned(result.model, params, time.time() - started)
 
 
 def _knapsack(model, method: Method, options: CriterionOptions, data: Path, img: int, target: float, work: Path,
-              seed: int) -> list[tuple[int, float]]:
+              seed: int, costs) -> list[tuple[int, float]]:
     """The sensitivity analysis on calibration images of the training split, then the budget knapsack."""
     from yolo_prune.analysis.table import read_table
     from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings, sensitivity_on_data
@@ -104,8 +106,4 @@ def _knapsack(model, method: Method, options: CriterionOptions, data: Path, img:
                         progress=False, exist_ok=False)
     table = read_table(folder)
     base = table.baseline
-    ratio = target / model_cost(model, [], "gflops", img)
-    choice = select_for_budget(table, base.gflops, base.map, ratio * base.gflops, "gflops",
-                               lambda pairs: model_cost(model, pairs, "gflops", img) * base.gflops /
-                               model_cost(model, [], "gflops", img))
-    return choice.pairs
+    return select_for_budget(table, base.gflops, base.map, target, "gflops", costs).pairs

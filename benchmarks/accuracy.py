@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _finetune import Recipe, Rows, evaluate, finetune, load, subset_data  # noqa: E402
 from _methods import Method, prune_to_budget  # noqa: E402
 
-from yolo_prune.analysis.budget import model_cost  # noqa: E402
+from yolo_prune.prune.cost import fused_cost_model  # noqa: E402
 from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402
 
 QUICK = {"train_images": 128, "epochs": 2, "budgets": "0.5", "methods": "uniform:l1,knapsack:taylor+rec",
@@ -87,10 +87,10 @@ class Bench:
 
         def make() -> dict:
             method, current, seconds = Method.parse(spec), self.base, 0.0
-            g0 = model_cost(load(self.base), [], "gflops", self.args.img)
+            g0 = fused_cost_model(load(self.base), self.args.img).cost().gflops
             for k in range(1, rounds + 1):
                 model = load(current)
-                step = budget ** (k / rounds) * g0 / model_cost(model, [], "gflops", self.args.img)
+                step = budget ** (k / rounds) * g0 / fused_cost_model(model, self.args.img).cost().gflops
                 p = prune_to_budget(model, method, min(step, 0.999), self.data, self.args.img, self.args.n_samples,
                                     self.work / f"iter{rounds}-{k}", 0)
                 seconds += p.seconds

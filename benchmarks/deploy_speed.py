@@ -85,17 +85,16 @@ def uniform(model: Model, rate: float) -> Model:
 
 def cost_greedy_pairs(model: Model, rate: float, target: float, img_size: int) -> list[tuple[int, float]]:
     """Layers at ``rate``, largest single-layer GFLOPs saving first, until GFLOPs <= ``target`` x unpruned."""
-    from yolo_prune.analysis.budget import model_cost
-    from yolo_prune.graph.derive import derive_graph
+    from yolo_prune.prune.cost import CostModel
 
-    meta = copy.deepcopy(model).to("meta")
-    base = model_cost(meta, [], "gflops", img_size)
-    saving = {c: base - model_cost(meta, [(c, rate)], "gflops", img_size) for c in derive_graph(meta).prunable}
+    costs = CostModel.of(model, img_size)
+    base = costs.cost().gflops
+    saving = {c: base - costs.cost([(c, rate)]).gflops for c in costs.graph.prunable}
     order = sorted(saving, key=lambda c: (-saving[c], c))
     lo, hi = 1, len(order)  # smallest prefix meeting the target (cost falls as layers are added)
     while lo < hi:
         mid = (lo + hi) // 2
-        if model_cost(meta, [(c, rate) for c in order[:mid]], "gflops", img_size) <= target * base:
+        if costs.cost([(c, rate) for c in order[:mid]]).gflops <= target * base:
             hi = mid
         else:
             lo = mid + 1

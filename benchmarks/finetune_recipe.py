@@ -25,16 +25,9 @@ from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402
 
 def uniform_pruned(model: torch.nn.Module, budget: float, img: int) -> torch.nn.Module:
     """``model`` pruned uniformly (L1, one rate for every layer) to at most ``budget`` of its GFLOPs."""
-    from yolo_prune.analysis.budget import model_cost
-    from yolo_prune.prune import prune
+    from _methods import Method, prune_to_budget
 
-    layers = list(range(len(model.conv_modules())))
-    target = budget * model_cost(model, [], "gflops", img)
-    lo, hi = 0.0, 0.95
-    for _ in range(16):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if model_cost(model, [(i, mid) for i in layers], "gflops", img) > target else (lo, mid)
-    return prune(model, hi, "l1", summarize=False).model
+    return prune_to_budget(model, Method.parse("uniform:l1"), budget, Path("unused"), img, 2, Path("unused")).model
 
 
 def run(args: argparse.Namespace) -> list[dict]:

@@ -159,16 +159,20 @@ def test_data_criteria_without_images_and_bad_global_use_are_refused(setup):
 
 def test_global_bn_ranking_removes_the_smallest_scales_network_wide(setup):
     _, _, model = setup
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for conv in model.conv_modules():
+            conv.bn.weight.copy_(torch.rand(conv.bn.num_features, generator=g))
     result = prune(model, 0.3, "bn", options=CriterionOptions(selection="global"), summarize=False)
     graph = derive_graph(model)
     convs = model.conv_modules()
-    removed = [g for lp in result.plan.layers for i, g in enumerate(convs[lp.layer].bn.weight.abs().tolist())
-               if i not in lp.kept]
-    kept = [g for lp in result.plan.layers for i, g in enumerate(convs[lp.layer].bn.weight.abs().tolist())
-            if i in lp.kept]
+    gammas = {lp.layer: convs[lp.layer].bn.weight.tolist() for lp in result.plan.layers}
+    removed = [v for lp in result.plan.layers for i, v in enumerate(gammas[lp.layer]) if i not in lp.kept]
+    kept = [v for lp in result.plan.layers for i, v in enumerate(gammas[lp.layer]) if i in lp.kept]
     total = sum(graph[i].out_channels for i in graph.prunable)
-    assert abs(len(removed) - 0.3 * total) <= 2 * len(graph.prunable)  # rounding: an even count per layer
-    assert max(removed) <= sorted(kept)[len(kept) // 4]  # removed scales sit at the bottom of the ranking
+    assert abs(len(removed) - 0.3 * total) <= len(graph.prunable)  # each layer rounds to an even count
+    assert max(removed) <= sorted(kept)[len(kept) // 10]  # removed scales sit at the bottom of the ranking
     assert len({len(lp.kept) / lp.before for lp in result.plan.layers}) > 3  # rates differ per layer
     assert result.history_entry()["criterion_options"]["selection"] == "global"
 

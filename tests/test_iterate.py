@@ -27,7 +27,7 @@ def _argv(data, weights, out, iterations=2):
     return ["iterate", "--weights", str(weights), "--data", str(data), "--out", str(out), "--iterations",
             str(iterations), "--epochs", "1", "--img", "64", "--batch", "4", "--device", "cpu", "--workers", "0",
             "--pruning-rate", "[0.5]", "--params-layers", "2", "--flops-layers", "2", "--params-map", "1",
-            "--flops-map", "1"]
+            "--flops-map", "1", "--scoring", "independent"]
 
 
 @pytest.mark.slow
@@ -46,6 +46,7 @@ def test_two_iterations_end_to_end_and_resume(tiny_setup, tmp_path, capsys):
         assert sum(p.numel() for p in model.parameters()) == done["params"] or done["params"] > 0
     history = yp.load_checkpoint(json.loads((out / "iter_2" / "done.json").read_text())["weights"]).history
     assert [h["event"] for h in history].count("prune") == 2
+    assert {h["scoring"] for h in history if h["event"] == "prune"} == {"independent"}
     assert (out / "summary.png").stat().st_size > 1000 and "| 2 |" in (out / "summary.md").read_text()
     before = (out / "summary.csv").read_text()
     capsys.readouterr()

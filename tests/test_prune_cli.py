@@ -58,12 +58,16 @@ def test_criteria_choose_the_right_filters(tiny_model):
     assert r1 == r1b and r1 != r2 and list(r1) == sorted(r1)
 
 
-def test_ties_are_broken_by_index(tiny_model):
+def test_ties_are_broken_as_the_published_pruner_breaks_them(tiny_model):
+    """Equal scores (common in fp16 checkpoints) fall as the published code's ``torch.argsort`` orders them."""
     import copy
 
     model = copy.deepcopy(tiny_model)
     model.conv_modules()[0].conv.weight.data.fill_(1.0)  # every filter has the same norm
-    assert prune(model, [(0, 0.25)], "l2", summarize=False).plan.layers[0].kept == tuple(range(8, 32))
+    kept = prune(model, [(0, 0.25)], "l2", summarize=False).plan.layers[0].kept
+    assert kept == tuple(sorted(torch.argsort(torch.full((32,), 3.0))[8:].tolist()))
+    assert kept != tuple(range(8, 32))  # not simply by index
+    assert prune(model, [(0, 0.25)], "l2", summarize=False).plan.layers[0].kept == kept
 
 
 @pytest.mark.parametrize("params,match", [

@@ -72,14 +72,15 @@ def _params(n_layers):
     layer_rates = st.dictionaries(st.integers(0, n_layers - 1), st.sampled_from([0.1, 0.25, 0.5, 0.75, 0.9]),
                                   min_size=1, max_size=n_layers)
     return st.tuples(layer_rates, st.sampled_from(["l1", "l2", "bn", "random", "l2-largest", "linf"]),
-                     st.sampled_from([None, None, 8]), st.integers(0, 3))
+                     st.sampled_from([None, None, 8]), st.integers(0, 3), st.sampled_from(["sequential", "independent"]))
 
 
 def check_pruned_equals_masked(model, params, x, fused=False):
-    layer_rates, criterion, round_to, seed = params
+    layer_rates, criterion, round_to, seed, *scoring = params
     if fused:
         criterion = "bn" if criterion == "bn" else criterion
-    result = prune(model, sorted(layer_rates.items()), criterion, round_to=round_to, seed=seed, summarize=False)
+    result = prune(model, sorted(layer_rates.items()), criterion, round_to=round_to, seed=seed, summarize=False,
+                   scoring=scoring[0] if scoring else "sequential")
     graph = derive_graph(model)
     expected = masked_output(model, graph, result.plan, x)
     with torch.no_grad():

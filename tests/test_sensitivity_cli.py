@@ -77,6 +77,10 @@ def test_outputs_and_baseline_match_plain_evaluation(small_set, tmp_path, capsys
     capsys.readouterr()
     saved = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
     assert set(saved["results"]) == {"0:0.25", "0:0.5", "23:0.25", "23:0.5"}
+    from yolo_prune.graph import derive_graph
+
+    fingerprint = derive_graph(yp.load_model(weights)).fingerprint()
+    assert saved["model"] == {"source": str(weights), "graph_fingerprint": fingerprint}
     assert main(["test", "--data", str(data), "--weights", str(weights), "--img", "96", "--batch", "4",
                  "--device", "cpu", "--workers", "0", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
@@ -114,3 +118,18 @@ def test_bad_input(small_set, tmp_path, capsys, change, message):
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "sens" / "sensitivity.json").exists()
+
+
+def test_on_the_fly_pruning_follows_scoring(small_set, tmp_path, capsys):
+    """test --modification prune-structured evaluates the model `prune` writes, for either scoring."""
+    data, weights = small_set
+    params = "[(1, 0.5), (2, 0.5), (3, 0.5), (10, 0.5)]"
+    common = ["--data", str(data), "--img", "96", "--batch", "4", "--device", "cpu", "--workers", "0", "--json"]
+    assert main(["prune", "--weights", str(weights), "--pruning-params", params, "--scoring", "independent",
+                 "--output", str(tmp_path / "p.pt"), "--img", "96"]) == 0
+    capsys.readouterr()
+    assert main(["test", "--weights", str(tmp_path / "p.pt"), *common]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert main(["test", "--weights", str(weights), *common, "--modification", "prune-structured",
+                 "--pruning-params", params, "--scoring", "independent"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(saved["map"], abs=1e-9)

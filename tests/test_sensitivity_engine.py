@@ -16,7 +16,7 @@ from yolo_prune.analysis.table import read_table
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.graph import derive_graph
 from yolo_prune.models import build_model
-from yolo_prune.models.complexity import count_params
+from yolo_prune.models.complexity import count_gflops, count_params
 from yolo_prune.models.fuse import fuse
 from yolo_prune.prune import prune
 
@@ -63,8 +63,11 @@ def test_fast_path_equals_evaluating_pruned_models(tmp_path):
             ref = scorer.finish(state)
             got = store.results[f"{layer}:{rate:g}"]
             assert got["map"] == pytest.approx(ref["map"], rel=1e-5), (layer, rate)
-            assert got["params"] == count_params(fuse(pruned))  # reported on the fused model, as published
+            fused = fuse(pruned)
+            assert got["params"] == count_params(fused)  # reported on the fused model, as published
+            assert got["gflops"] == round(count_gflops(fused, 64), 4)  # closed-form costs == counting the model
     assert store.baseline["params"] == count_params(fuse(copy.deepcopy(model)))
+    assert store.baseline["gflops"] == round(count_gflops(fuse(copy.deepcopy(model)), 64), 4)
 
 
 def test_published_output_files_parse_back(tmp_path):
@@ -110,6 +113,16 @@ def test_other_settings_refused_unless_exist_ok(tmp_path):
     with pytest.raises(YoloPruneError, match="other settings \\(rates\\)"):
         ResultStore.open(tmp_path, {"rates": [0.25]})
     assert ResultStore.open(tmp_path, {"rates": [0.25]}, exist_ok=True).results == {}
+
+
+def test_analysed_model_is_recorded_and_another_one_refused(tmp_path):
+    ResultStore(tmp_path, {"rates": [0.5]}, model={"source": "a.pt", "graph_fingerprint": "abc"}).save()
+    assert read_table(tmp_path).model == {"source": "a.pt", "graph_fingerprint": "abc"}
+    with pytest.raises(YoloPruneError, match="analysis of another model"):
+        ResultStore.open(tmp_path, {"rates": [0.5]}, model={"source": "a.pt", "graph_fingerprint": "def"})
+    assert ResultStore.open(tmp_path, {"rates": [0.5]}, model={"source": "a.pt", "graph_fingerprint": "abc"})
+    ResultStore(tmp_path, {"rates": [0.5]}).save()  # written before models were recorded: still resumes
+    assert ResultStore.open(tmp_path, {"rates": [0.5]}, model={"source": "a.pt", "graph_fingerprint": "def"})
 
 
 def _rank_main(rank, world, init_file, out_dir):

@@ -260,13 +260,14 @@ def test_pruned_distilled_training_via_cli(synth_yaml, tiny_weights, tmp_path):
     rc = main(["train", "--weights", str(tiny_weights), "--data", str(synth_yaml), "--hyp", "scratch.tiny",
                "--epochs", "1", "--batch-size", "4", "--img", str(IMG), "--device", "cpu", "--workers", "0",
                "--project", str(tmp_path), "--name", "pruned", "--pruning-params", params, "--criterion", "0",
-               "--distill"])
+               "--distill", "--scoring", "independent"])
     assert rc == 0
     expected = prune(load_model(tiny_weights), params, 0, summarize=False).model.widths()
     best = load_checkpoint(tmp_path / "pruned" / "weights" / "best.pt")
     assert best.model.widths() == expected != load_model(tiny_weights).widths()
     assert [h["event"] for h in best.history] == ["prune", "train"]
     assert best.history[0]["criterion"] == "l2" and best.history[-1]["distill"] is True
+    assert best.history[0]["scoring"] == "independent"
     row = (tmp_path / "pruned" / "results.csv").read_text().splitlines()[1].split(",")
     assert float(row[5]) > 0  # the distillation column
 

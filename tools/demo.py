@@ -48,13 +48,14 @@ def analyse(out: Path, data: Path, img: int, args: argparse.Namespace, options: 
 
 
 def select(out: Path, model: torch.nn.Module, img: int, budget: float) -> list[tuple[int, float]]:
-    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.budget import select_for_budget
     from yolo_prune.analysis.table import read_table
+    from yolo_prune.prune.cost import fused_cost_model
 
     table = read_table(out / "sensitivity")
     base = table.baseline
     choice = select_for_budget(table, base.gflops, base.map, budget * base.gflops, "gflops",
-                               lambda pairs: model_cost(model, pairs, "gflops", img))
+                               fused_cost_model(model, img))
     print(f"{len(choice.pairs)} layers: {choice.pairs}\nGFLOPs {base.gflops:.3f} -> {choice.exact_cost:.3f}")
     return choice.pairs
 
@@ -145,13 +146,14 @@ def main() -> None:
 
 def _uniform_rate(model: torch.nn.Module, target_model: torch.nn.Module, img: int) -> float:
     """The single rate whose uniform pruning costs at most what ``target_model`` costs (bisection)."""
-    from yolo_prune.analysis.budget import model_cost
+    from yolo_prune.prune.cost import CostModel
 
-    target, layers = count_gflops(copy.deepcopy(target_model).to("meta"), img), range(len(model.conv_modules()))
+    costs = CostModel.of(model, img)
+    target, layers = CostModel.of(target_model, img).cost().gflops, range(len(model.conv_modules()))
     lo, hi = 0.0, 0.95
     for _ in range(16):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if model_cost(model, [(i, mid) for i in layers], "gflops", img) > target else (lo, mid)
+        lo, hi = (mid, hi) if costs.cost([(i, mid) for i in layers]).gflops > target else (lo, mid)
     return hi
 
 

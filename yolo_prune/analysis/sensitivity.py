@@ -8,7 +8,6 @@ each finished chunk is stored atomically, so a killed run resumes where it stopp
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -18,13 +17,11 @@ import torch
 from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked, run_all, run_from
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.models.complexity import count_gflops, count_params
-from yolo_prune.models.fuse import fuse
 from yolo_prune.models.model import Model
 from yolo_prune.prune.context import CriterionContext, rewrite_kind
+from yolo_prune.prune.cost import CostModel, fused_cost_model
 from yolo_prune.prune.plan import make_plan
 from yolo_prune.prune.reconstruct import patched, single_layer_patch
-from yolo_prune.prune.surgery import apply_plan
 
 
 class Scorer(Protocol):
@@ -72,20 +69,11 @@ class _Config:
     patch: dict | None = None  # tensors PLS-LC / --reconstruct change besides removing filters
 
 
-def fused_cost(model: Model, img_size: int) -> tuple[int, float]:
-    """Params and GFLOPs as the published analysis reports them: of the BN+RepConv-fused model."""
-    fused = fuse(copy.deepcopy(model).to("meta"), conv_bn=True, repconv=True, implicit=False)
-    return count_params(fused), count_gflops(fused, img_size)
-
-
-def pruned_cost(meta_model: Model, graph: PruningGraph, layer: int, rate: float, criterion: str,
-                round_to: int | None, seed: int, kept: Sequence[int], img_size: int) -> tuple[int, float]:
-    """``fused_cost`` of the model with ``layer`` pruned (computed on a meta-device copy)."""
-    from yolo_prune.prune.plan import LayerPlan, PruningPlan
-
-    plan = PruningPlan((LayerPlan(layer, rate, graph[layer].out_channels, tuple(kept)),), criterion, round_to,
-                       seed, graph.fingerprint())
-    return fused_cost(apply_plan(copy.deepcopy(meta_model), graph, plan), img_size)
+def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None) -> tuple[int, float]:
+    """Params and GFLOPs of the BN+RepConv-fused model (as the published analysis reports them) with ``layer``
+    pruned at ``rate``, from the closed-form cost model (no model copy)."""
+    cost = costs.cost([(layer, rate)], round_to)
+    return cost.params, cost.gflops
 
 
 def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
@@ -167,7 +155,7 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
     chunks = [todo[i:i + chunk_layers] for i in range(0, len(todo), chunk_layers)]
     n_images = sum(len(b.images) for b in batches)
     shape = (*batches[0].images.shape[-2:], batches[0].images.shape[0]) if batches else (0, 0, 0)
-    meta_model = copy.deepcopy(model).to("meta")
+    costs = fused_cost_model(model, img_size)
     sync = _sync_for(batches)
     bars = _progress_bars(rates, len(layers), lambda r: sum(store.done(l, r) for l in layers), progress and dist.rank == 0)
     model.eval()
@@ -177,12 +165,12 @@ def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch],
                    if not store.done(c.layer, c.rate)]
         baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
         _score_chunk(model, graph, batches, scorer, configs, baseline, sync)
-        local = {"results": [(c.layer, c.rate, _metrics(scorer, c, n_images, shape, pruned_cost(
-            meta_model, graph, c.layer, c.rate, criterion, round_to, seed,
-            [i for i in range(graph[c.layer].out_channels) if i not in set(c.removed)], img_size)))
-            for c in configs]}
+        local = {"results": [(c.layer, c.rate, _metrics(scorer, c, n_images, shape,
+                                                         pruned_cost(costs, c.layer, c.rate, round_to)))
+                             for c in configs]}
         if baseline is not None:
-            local["baseline"] = _metrics(scorer, baseline, n_images, shape, fused_cost(meta_model, img_size))
+            base = costs.cost()
+            local["baseline"] = _metrics(scorer, baseline, n_images, shape, (base.params, base.gflops))
         for part in dist.all_gather(local):
             store.baseline = part.get("baseline", store.baseline)
             for layer, rate, metrics in part["results"]:

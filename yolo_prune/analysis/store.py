@@ -22,22 +22,26 @@ def key_str(layer: int, rate: float) -> str:
 
 @dataclass
 class ResultStore:
-    """Results of one analysis directory. ``settings`` must match for a run to resume into it."""
+    """Results of one analysis directory. ``settings`` must match for a run to resume into it; ``model`` records
+    which model was analysed (``source``, ``graph_fingerprint``: its structure and widths) for later checks."""
 
     directory: Path
     settings: dict[str, Any]
     baseline: dict[str, Any] | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
 
     @property
     def json_path(self) -> Path:
         return self.directory / "sensitivity.json"
 
     @classmethod
-    def open(cls, directory: str | Path, settings: dict[str, Any], exist_ok: bool = False) -> "ResultStore":
-        """Resume from ``directory`` when its settings match; replace it with ``exist_ok``; else refuse."""
+    def open(cls, directory: str | Path, settings: dict[str, Any], exist_ok: bool = False,
+             model: dict[str, Any] | None = None) -> "ResultStore":
+        """Resume from ``directory`` when its settings (and analysed model) match; replace it with ``exist_ok``;
+        else refuse."""
         directory = Path(directory)
-        store = cls(directory, settings)
+        store = cls(directory, settings, model=model)
         if store.json_path.exists() and not exist_ok:
             saved = json.loads(store.json_path.read_text())
             if saved.get("settings") != settings:
@@ -45,6 +49,11 @@ class ResultStore:
                               if saved.get("settings", {}).get(k) != settings.get(k))
                 raise YoloPruneError(f"{directory} holds an analysis with other settings ({', '.join(diff)}); "
                                      f"use another --name, or --exist-ok to replace it")
+            old = (saved.get("model") or {}).get("graph_fingerprint")
+            if old and model and old != model.get("graph_fingerprint"):
+                raise YoloPruneError(f"{directory} holds an analysis of another model (graph fingerprint {old}, "
+                                     f"this model's is {model.get('graph_fingerprint')}); use another --name, or "
+                                     f"--exist-ok to replace it")
             store.baseline, store.results = saved.get("baseline"), saved.get("results", {})
         return store
 
@@ -56,7 +65,7 @@ class ResultStore:
 
     def save(self) -> None:
         """Rewrite sensitivity.json atomically (a kill never leaves a half-written file)."""
-        data = {"settings": self.settings, "baseline": self.baseline, "results": self.results}
+        data = {"settings": self.settings, "model": self.model, "baseline": self.baseline, "results": self.results}
         write_text_atomic(self.json_path, json.dumps(data, indent=1))
 
     def rows(self, rate: float) -> list[dict[str, Any]]:

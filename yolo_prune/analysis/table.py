@@ -32,6 +32,8 @@ class SensitivityTable:
     rates: tuple[float, ...]
     baseline: Entry | None
     source: str
+    model: dict | None = None  # sensitivity.json: the analysed model's source and graph fingerprint (if recorded)
+    img: int | None = None  # sensitivity.json: the image size the GFLOPs were counted at
 
     @property
     def layers(self) -> list[int]:
@@ -75,7 +77,8 @@ def read_table(directory: str | Path) -> SensitivityTable:
         b = data.get("baseline")
         baseline = Entry(-1, 0.0, b["map"], b["map50"], b["params"], b["gflops"]) if b else None
         rates = tuple(sorted(float(r) for r in data["settings"].get("rates", sorted({k[1] for k in entries}))))
-        return SensitivityTable(entries, rates, baseline, str(js))
+        return SensitivityTable(entries, rates, baseline, str(js), data.get("model"),
+                                data["settings"].get("img"))
     files = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _OUTPUT.match(p.name)))
     if not files:
         raise YoloPruneError(f"{directory}: no sensitivity.json and no output_<rate>.txt files")
@@ -84,3 +87,18 @@ def read_table(directory: str | Path) -> SensitivityTable:
         for e in _parse_output_file(path, pct / 100):
             entries[(e.layer, e.rate)] = e
     return SensitivityTable(entries, tuple(pct / 100 for pct, _ in files), None, str(directory))
+
+
+def check_model_matches(table: SensitivityTable, costs, label: str) -> None:
+    """Refuse a model (its ``CostModel``) that is not the analysed one: the recorded graph fingerprint (structure
+    and widths) must agree; analyses written before it was recorded are checked by their baseline params."""
+    recorded = (table.model or {}).get("graph_fingerprint")
+    source = (table.model or {}).get("source") or "an unnamed model"
+    mine = costs.graph.fingerprint()
+    if recorded and recorded != mine:
+        raise YoloPruneError(f"{label} does not match the analysis in {table.source}: it analysed {source} (graph "
+                             f"fingerprint {recorded}), {label} has graph fingerprint {mine}; pass the analysed model")
+    if not recorded and table.baseline is not None and costs.cost().params != table.baseline.params:
+        raise YoloPruneError(f"{label} does not match the analysis in {table.source}: the analysed model has "
+                             f"{table.baseline.params:,} params (fused), {label} has {costs.cost().params:,}; pass "
+                             f"the analysed model")

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from yolo_prune.cli.common import positive_int
-from yolo_prune.cli.prune import add_criterion_flags, criterion_options
+from yolo_prune.cli.prune import add_criterion_flags, add_scoring_flag, criterion_options
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    "sample --data's training split)")
     p.add_argument("--round-to", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    add_scoring_flag(p)
     add_criterion_flags(p)
     p.add_argument("--max-images", type=positive_int, default=None, help="analysis: validation subset size")
     p.add_argument("--eval-images", type=positive_int, default=None, help="evaluation after fine-tuning: subset size")
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings
     from yolo_prune.pipeline.iterate import IterateSettings, SelectionSettings, run_iterations
     from yolo_prune.prune.criteria import criterion_name
+    from yolo_prune.prune.plan import scoring_name
 
     try:
         rates = [float(r) for r in ast.literal_eval(args.pruning_rate)]
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                   options=criterion_options(args)),
         selection=SelectionSettings(args.params_layers, args.flops_layers, args.params_map, args.flops_map,
                                     args.target_gflops),
-        epochs=args.epochs, hyp=args.hyp, eval_images=args.eval_images)
+        epochs=args.epochs, hyp=args.hyp, eval_images=args.eval_images, scoring=scoring_name(args.scoring))
     rows = run_iterations(settings, trainer_fn(args), select_device(args.device))
     print((Path(args.out) / "summary.md").read_text())
     print(f"summary: {Path(args.out) / 'summary.md'}, .csv, .png; last model: {rows[-1].weights}")

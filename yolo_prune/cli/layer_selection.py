@@ -87,21 +87,16 @@ def _run_published(args, table, base_params, base_gflops) -> int:
 
 
 def _run_budget(args, table, base_params, base_gflops, base_map) -> int:
-    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.budget import select_for_budget
     from yolo_prune.analysis.selection import format_rates
-    from yolo_prune.cli.common import load_model_from_args
 
     metric = "gflops" if args.target_gflops is not None else "params"
     target = args.target_gflops if metric == "gflops" else args.target_params
     base_cost = base_gflops if metric == "gflops" else base_params
-    exact = None
-    if args.weights or args.cfg:
-        model = load_model_from_args(args)
-        img = args.img or _analysis_img(args.output) or 640
-        exact = lambda pairs: model_cost(model, pairs, metric, img)  # noqa: E731
+    costs = _cost_model(args, table) if args.weights or args.cfg else None
     # without a baseline, the best analysed mAP stands in for it (the argmin does not depend on it)
     reference = base_map if base_map is not None else max(e.map for e in table.entries.values())
-    choice = select_for_budget(table, base_cost, reference, target, metric, exact)
+    choice = select_for_budget(table, base_cost, reference, target, metric, costs)
     result = {"pruning_params": [list(p) for p in choice.pairs], "metric": metric, "target": target,
               "predicted": choice.predicted_cost, "exact": choice.exact_cost,
               "predicted_map": choice.predicted_map if base_map is not None else None}
@@ -109,15 +104,20 @@ def _run_budget(args, table, base_params, base_gflops, base_map) -> int:
         print_json(result)
         return 0
     print(f"budget {metric} <= {target:g}: {len(choice.pairs)} layers; predicted {metric} {choice.predicted_cost:g}"
-          + (f", exact {choice.exact_cost:g}" if choice.exact_cost is not None else " (give --weights/--cfg for the exact cost)")
+          + (f", exact {choice.exact_cost:g} ({100 * choice.exact_cost / target:.1f}% of the budget)"
+             if choice.exact_cost is not None else " (give --weights/--cfg for the exact cost)")
           + (f", predicted mAP@.5:.95 {choice.predicted_map:.4f} (baseline {base_map:.4f})" if base_map is not None else ""))
     print(format_rates(choice.pairs))
     return 0
 
 
-def _analysis_img(directory: str) -> int | None:
-    import json
-    from pathlib import Path
+def _cost_model(args, table):
+    """The fused cost model of --weights/--cfg at the analysis' image size, checked against the analysis."""
+    from yolo_prune.analysis.table import check_model_matches
+    from yolo_prune.cli.common import load_model_from_args
+    from yolo_prune.prune.cost import fused_cost_model
 
-    path = Path(directory) / "sensitivity.json"
-    return json.loads(path.read_text())["settings"].get("img") if path.exists() else None
+    model = load_model_from_args(args)
+    costs = fused_cost_model(model, args.img or table.img or 640)
+    check_model_matches(table, costs, f"--weights {args.weights}" if args.weights else f"--cfg {args.cfg}")
+    return costs

@@ -20,7 +20,16 @@ def add_pruning_flags(p: argparse.ArgumentParser, required: bool = True) -> None
                    help="published-format graph YAML to check against the model (derived automatically if omitted)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random criterion and the calibration subset "
                    "(default 0)")
+    add_scoring_flag(p)
     add_criterion_flags(p)
+
+
+def add_scoring_flag(p: argparse.ArgumentParser) -> None:
+    """--scoring: how a multi-layer plan scores its layers (prune, test, train, iterate)."""
+    p.add_argument("--scoring", choices=("sequential", "greedy", "independent"), default="sequential",
+                   help="sequential (default; alias greedy): layers in ascending order, each scored without the input "
+                        "channels earlier listed layers removed, as the published pruner; independent: every layer "
+                        "on its unpruned weights")
 
 
 def add_criterion_flags(p: argparse.ArgumentParser) -> None:
@@ -76,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     given = read_published(args.pruning_config) if args.pruning_config else None
     source = calibration_source(model, args.criterion, options, args.data, args.img, args.seed)
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                   graph=given, inplace=True, img_size=args.img, options=options, source=source)
+                   graph=given, inplace=True, img_size=args.img, scoring=args.scoring, options=options,
+                   source=source)
     save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
     if args.json:
         print_json({"output": args.output, **result.to_dict()})

@@ -71,7 +71,7 @@ def _load(args: argparse.Namespace):
         options = criterion_options(args)
         source = calibration_source(model, args.criterion, options, args.data, args.img, args.seed)
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                      inplace=True, summarize=False, options=options, source=source).model
+                      inplace=True, summarize=False, scoring=args.scoring, options=options, source=source).model
     return model
 
 

@@ -65,8 +65,8 @@ def settings_from_args(args: argparse.Namespace):
         batch_size=args.batch_size, img_size=args.img[0], device=args.device, workers=args.workers,
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
-        pruning_config=args.pruning_config, seed=args.seed, from_scratch=args.from_scratch, distill=args.distill,
-        distill_weight=args.distill_weight, feature_distill=args.feature_distill,
+        pruning_config=args.pruning_config, seed=args.seed, scoring=args.scoring, from_scratch=args.from_scratch,
+        distill=args.distill, distill_weight=args.distill_weight, feature_distill=args.feature_distill,
         feature_distill_weight=args.feature_distill_weight, criterion_options=criterion_options(args).to_dict(),
         max_val_images=args.max_val_images, sync_bn=args.sync_bn)
 

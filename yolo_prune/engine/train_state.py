@@ -70,6 +70,7 @@ class TrainSettings:
     round_to: int | None = None
     pruning_config: str | None = None
     seed: int = 0
+    scoring: str = "sequential"
     from_scratch: bool = False
     distill: bool = False
     distill_weight: float = 1.0
@@ -82,7 +83,10 @@ class TrainSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from yolo_prune.prune.plan import scoring_name
+
         self.criterion = str(self.criterion)
+        self.scoring = scoring_name(self.scoring)
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("seed", 0)):
             _positive(name, getattr(self, name), minimum)
         for name in ("round_to", "max_val_images"):

@@ -126,8 +126,8 @@ def _prune(settings: TrainSettings, model: nn.Module, history: list[dict]) -> tu
     source = calibration_source(model, settings.criterion, options, settings.data, settings.img_size, settings.seed)
     graph = read_published(settings.pruning_config) if settings.pruning_config else None
     result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
-                   seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size, options=options,
-                   source=source)
+                   seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size,
+                   scoring=settings.scoring, options=options, source=source)
     return result.model, history + [result.history_entry()], result.plan.kept_map()
 
 

@@ -125,13 +125,19 @@ def _tracer_for(m: nn.Module, index: int) -> Tracer:
                        f"supported: {', '.join(c.__name__ for c in TRACERS)}, Detect heads")
 
 
-def derive_graph(model: Model) -> PruningGraph:
-    """The connectivity graph of ``model`` (its current, possibly pruned, widths); the model is not changed."""
+def trace_layouts(model: Model) -> tuple[PruningGraph, list[list[Layout]]]:
+    """The graph, and for every cfg layer the layouts of its inputs (the slots each input tensor is made of)."""
     t = _Tracer()
     outputs: list[Layout] = []
+    inputs: list[list[Layout]] = []
     image: Layout = [(None, model.ch_in)]
     for spec, m in zip(model.specs, model.model):
-        inp = [image if s == -1 else outputs[s] for s in spec.sources()]
-        outputs.append(_tracer_for(m, spec.index)(t, f"model.{spec.index}", m, inp))
+        inputs.append([image if s == -1 else outputs[s] for s in spec.sources()])
+        outputs.append(_tracer_for(m, spec.index)(t, f"model.{spec.index}", m, inputs[-1]))
     nodes = tuple(n.freeze() for n in t.nodes)
-    return PruningGraph(nodes, sum(1 for n in nodes if n.kind != "head"))
+    return PruningGraph(nodes, sum(1 for n in nodes if n.kind != "head")), inputs
+
+
+def derive_graph(model: Model) -> PruningGraph:
+    """The connectivity graph of ``model`` (its current, possibly pruned, widths); the model is not changed."""
+    return trace_layouts(model)[0]

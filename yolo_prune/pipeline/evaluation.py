@@ -125,11 +125,12 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     model = model.to(device).eval()
     if half and device.type == "cuda":
         model = model.half()
-    store = ResultStore.open(out_dir, settings, exist_ok=exist_ok)
     graph = derive_graph(model)
     check_analysable(criterion, analysis.options)
-    source = calibration_source(model, criterion, analysis.options, data.data, data.img_size, analysis.seed)
-    context = CriterionContext(model, graph, analysis.options, source)
+    store = ResultStore.open(out_dir, settings, exist_ok=exist_ok,
+                             model={"source": source, "graph_fingerprint": graph.fingerprint()})
+    calib = calibration_source(model, criterion, analysis.options, data.data, data.img_size, analysis.seed)
+    context = CriterionContext(model, graph, analysis.options, calib)
     batches, cfg = cached_batches(data, int(model.stride.max()), device)
     scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres)
     return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates), context=context,

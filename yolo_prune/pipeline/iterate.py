@@ -44,6 +44,7 @@ class IterateSettings:
     epochs: int = 10
     hyp: str = "finetune"
     eval_images: int | None = None
+    scoring: str = "sequential"
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -85,7 +86,7 @@ def _row_for(weights: Path, settings: IterateSettings, iteration: int, epochs: i
 
 
 def _select(store_dir: Path, settings: IterateSettings, iteration: int, model) -> list[tuple[int, float]]:
-    from yolo_prune.analysis.budget import model_cost, select_for_budget
+    from yolo_prune.analysis.budget import select_for_budget
     from yolo_prune.analysis.selection import published_selection
     from yolo_prune.analysis.table import read_table
 
@@ -99,8 +100,11 @@ def _select(store_dir: Path, settings: IterateSettings, iteration: int, model) -
         return [(p.layer, p.rate) for p in merged]
     g0 = base.gflops
     step_target = g0 * (sel.target_gflops / g0) ** (1.0 / (settings.iterations - iteration))
-    exact = lambda pairs: model_cost(model, pairs, "gflops", settings.data.img_size, settings.analysis.round_to)  # noqa: E731
-    return select_for_budget(table, g0, base.map, max(step_target, sel.target_gflops), "gflops", exact).pairs
+    from yolo_prune.prune.cost import fused_cost_model
+
+    costs = fused_cost_model(model, settings.data.img_size)
+    return select_for_budget(table, g0, base.map, max(step_target, sel.target_gflops), "gflops", costs,
+                             settings.analysis.round_to).pairs
 
 
 def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: TrainFn, device: torch.device,
@@ -121,7 +125,7 @@ def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: Train
     a = settings.analysis
     source = calibration_source(model, a.criterion, a.options, settings.data.data, settings.data.img_size, a.seed)
     result = prune(model, pairs, a.criterion, round_to=a.round_to, seed=a.seed, inplace=True, summarize=False,
-                   options=a.options, source=source)
+                   scoring=settings.scoring, options=a.options, source=source)
     pruned = save_checkpoint(result.model, folder / "pruned.pt", history=loaded.history + [result.history_entry()])
     tuned = train_fn(pruned, folder / "train", settings.epochs, k) if settings.epochs > 0 else pruned
     row = _row_for(tuned, settings, k, settings.epochs, [list(p) for p in pairs], device)

@@ -20,14 +20,13 @@ from yolo_prune.prune import criteria_data as cd
 from yolo_prune.prune.features import FeatureSource
 from yolo_prune.prune.options import CriterionOptions
 
-# criterion name -> what it needs from the data: "features" (pooled maps + targets), "positions" (PLS-LC),
-# "gradients" (a loss on calibration images), or "weights" (options only, no images)
+# criterion name -> what it needs from the data: "features" (pooled maps + targets), "positions" (PLS-LC) or
+# "gradients" (a loss on calibration images)
 NEEDS: dict[str, str] = {
     "pls-vip-single": "features",
     "pls-vip-multi": "features",
     "cca-cv-multi": "features",
     "pls-lc-multi": "positions",
-    "hac": "weights",
     "taylor": "gradients",
     "taylor-weight": "gradients",
     "group-taylor": "gradients",
@@ -36,7 +35,7 @@ NEEDS: dict[str, str] = {
 
 def needs_data(criterion: str) -> bool:
     """Whether ``criterion`` reads calibration images (a FeatureSource)."""
-    return NEEDS.get(criterion, "weights") != "weights"
+    return criterion in NEEDS
 
 
 def wants_source(criterion: str, options: CriterionOptions) -> bool:
@@ -169,12 +168,6 @@ def _taylor_in(model: nn.Module, graph: PruningGraph, consumer: int, slot: int, 
     return total
 
 
-def _hac(ctx: CriterionContext, layer: int) -> np.ndarray:
-    module = ctx.model.conv_modules()[layer]
-    weights = [p.detach().double().flatten(1) for n, p in module.named_parameters() if p.ndim == 4]
-    return cd.hac_scores(torch.cat(weights, 1).cpu().numpy(), ctx.options.measure)
-
-
 def _lc_order(ctx: CriterionContext, layer: int) -> np.ndarray:
     """PLS-LC keeps its first k (rewritten) filters: scores descend with the index."""
     return np.arange(ctx.graph[layer].out_channels, 0, -1, dtype=np.float64)
@@ -190,7 +183,6 @@ SCORERS: dict[str, Callable[[CriterionContext, int], np.ndarray | Tensor]] = {
     "pls-vip-multi": lambda ctx, layer: cd.pls_vip(*ctx.features(layer), ctx.options.n_components),
     "cca-cv-multi": lambda ctx, layer: cd.cca_weights(*ctx.features(layer), ctx.options.n_components),
     "pls-lc-multi": _lc_order,
-    "hac": _hac,
     "taylor": lambda ctx, layer: ctx.source.activation_taylor(layer),
     "taylor-weight": lambda ctx, layer: ctx.group_gradient_importance(layer, group=False),
     "group-taylor": lambda ctx, layer: ctx.group_gradient_importance(layer, group=True),

@@ -19,7 +19,7 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.prune.context import CriterionContext
 from yolo_prune.prune.criteria import get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
-from yolo_prune.prune.plan import layer_filters
+from yolo_prune.prune.plan import layer_filters, layer_generator
 
 MAX_LAYER_RATE = 0.9
 
@@ -28,9 +28,9 @@ def score_layers(model: nn.Module, graph: PruningGraph, layers: Sequence[int], c
                  context: CriterionContext, seed: int = 0) -> dict[int, torch.Tensor]:
     """Every listed layer's filter scores under ``criterion`` (on the model as it is; ``context`` prepared here)."""
     context.prepare(criterion, layers)
-    score_fn, generator, modules = get_criterion(criterion), torch.Generator().manual_seed(seed), model.conv_modules()
-    return {layer: score_fn(layer_filters(modules[layer], generator, graph[layer].name, layer, context)).cpu()
-            for layer in layers}
+    score_fn, modules = get_criterion(criterion), model.conv_modules()
+    return {layer: score_fn(layer_filters(modules[layer], layer_generator(seed, layer), graph[layer].name,
+                                          layer=layer, context=context)).float().cpu() for layer in layers}
 
 
 def rate_for_kept(filters: int, kept: int, round_to: int | None = None) -> float:

@@ -52,8 +52,8 @@ class PruneResult:
     options: dict | None = None  # CriterionOptions of data-driven / global selections (None: not used)
 
     def to_dict(self) -> dict:
-        return {"criterion": self.plan.criterion, "round_to": self.plan.round_to, "seed": self.plan.seed,
-                **({"criterion_options": self.options} if self.options else {}),
+        return {"criterion": self.plan.criterion, "scoring": self.plan.scoring, "round_to": self.plan.round_to,
+                "seed": self.plan.seed, **({"criterion_options": self.options} if self.options else {}),
                 "img_size": self.img_size, "params_before": self.params_before, "params_after": self.params_after,
                 "gflops_before": self.gflops_before, "gflops_after": self.gflops_after,
                 "layers": [vars(c) | {"consumers": list(c.consumers)} for c in self.layers]}
@@ -78,12 +78,15 @@ def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningG
 def prune(model: Model, params: str | float | LayerRates, criterion: str | int = "l2", *,
           round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
           inplace: bool = False, summarize: bool = True, img_size: int = 640,
-          options: CriterionOptions | None = None, source: FeatureSource | None = None) -> PruneResult:
+          scoring: str = "sequential", options: CriterionOptions | None = None,
+          source: FeatureSource | None = None) -> PruneResult:
     """Structurally prune ``model`` (a copy unless ``inplace``) and return the result with a summary.
 
-    ``options`` (CriterionOptions) choose per-layer or global selection and the data-driven criteria's
-    settings; ``source`` (a FeatureSource built on ``model``) supplies calibration features and gradients to the
-    criteria that need them. Such criteria score every layer on the unpruned model before anything changes.
+    ``scoring``: ``sequential`` (default, the published pruner's choices) or ``independent`` (see ``make_plan``).
+    ``options`` (CriterionOptions) choose per-layer or global selection, reconstruction and the data-driven
+    criteria's settings; ``source`` (a FeatureSource built on ``model``) supplies calibration features and
+    gradients to the criteria that need them. Such criteria score every layer on the unpruned model before
+    anything changes.
     """
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
@@ -100,7 +103,7 @@ def prune(model: Model, params: str | float | LayerRates, criterion: str | int =
     if name == "pls-lc-multi":
         rewrite_pls_lc(target, graph, source, [(layer, kept_count(graph[layer].out_channels, rate, round_to))
                                                for layer, rate in resolve_rates(graph, parsed)])
-    plan = make_plan(target, graph, parsed, name, round_to, seed, context=context)
+    plan = make_plan(target, graph, parsed, name, round_to, seed, scoring, context=context)
     if options.reconstruct and name != "pls-lc-multi":  # PLS-LC folds its own reconstruction
         if source is None:
             raise PruningError("--reconstruct needs calibration images: give --data")
@@ -138,7 +141,8 @@ def format_result(result: PruneResult) -> str:
     for c in result.layers:
         lines.append(f"{c.layer:>5} {c.name:<16} {c.rate:>5.2f} {c.filters_before:>6} -> {c.filters_after:<4} "
                      f"{c.params_removed:>10,}  {list(c.consumers)}")
-    lines.append(f"criterion {result.plan.criterion}; params {result.params_before:,} -> {result.params_after:,} "
-                 f"({100 * result.params_after / max(result.params_before, 1):.1f}%), GFLOPs@{result.img_size} "
+    share = 100 * result.params_after / max(result.params_before, 1)
+    lines.append(f"criterion {result.plan.criterion} ({result.plan.scoring} scoring); params "
+                 f"{result.params_before:,} -> {result.params_after:,} ({share:.1f}%), GFLOPs@{result.img_size} "
                  f"{result.gflops_before:.3f} -> {result.gflops_after:.3f}")
     return "\n".join(lines)

@@ -6,6 +6,8 @@ several times, SPP-style) is handled in one pass, in any order of layers.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
@@ -13,7 +15,9 @@ from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.blocks import Conv, RepConv
 from yolo_prune.models.heads import Detect, IDetect
-from yolo_prune.prune.plan import PruningPlan
+
+if TYPE_CHECKING:
+    from yolo_prune.prune.plan import PruningPlan
 
 
 def _take(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
