@@ -233,6 +233,8 @@ def test_cli_data_criteria_and_bad_flags(setup, tmp_path, capsys):
     entry = yp.load_checkpoint(out).history[-1]
     assert entry["criterion"] == "pls-vip-multi" and entry["criterion_options"]["pool_type"] == "avg"
     assert json.loads(capsys.readouterr().out)["criterion_options"]["n_samples"] == 8
+    assert main(base + ["--criterion", "taylor", "--reconstruct", "--data", str(data), "--n-samples", "4"]) == 0
+    assert yp.load_checkpoint(out).history[-1]["criterion_options"]["reconstruct"] is True
     assert main(base + ["--criterion", "hac", "--measure", "spearman"]) == 0
     assert main(base + ["--criterion", "bn", "--selection", "global"]) == 0
     capsys.readouterr()

@@ -112,13 +112,17 @@ def test_iterative_schedule_reaches_the_one_shot_architecture_and_resumes(setup,
     params = "[(1, 0.5), (20, 0.75), (45, 0.5)]"
     argv = ["train", "--weights", str(weights), "--data", str(data), "--epochs", "2", "--batch-size", "4",
             "--img", str(IMG), "--device", "cpu", "--workers", "0", "--project", str(tmp_path), "--name", "it",
-            "--pruning-params", params, "--criterion", "taylor", "--n-samples", "4", "--max-val-images", "4"]
+            "--pruning-params", params, "--criterion", "taylor", "--reconstruct", "--n-samples", "4",
+            "--max-val-images", "4", "--distill", "--feature-distill", "kept"]
     assert main(argv + ["--pruning-iter", "2"]) == 0
     rounds = [yp.load_checkpoint(tmp_path / "it" / f"round_{k}" / "weights" / "best.pt") for k in (1, 2)]
     one_shot = prune(yp.load_model(weights), params, "l1", summarize=False).model
     assert rounds[1].model.widths() == one_shot.widths() != rounds[0].model.widths()
     assert [h["event"] for h in rounds[1].history].count("prune") == 2
     assert rounds[1].history[0]["criterion"] == "taylor"
+    assert rounds[1].history[0]["criterion_options"]["reconstruct"] is True
+    rows = (tmp_path / "it" / "round_2" / "results.csv").read_text().splitlines()
+    assert float(rows[1].split(",")[5]) > 0  # the distillation column (output + neck features)
     before = (tmp_path / "it" / "round_2" / "results.csv").read_text()
     assert main(argv + ["--pruning-iter", "2"]) == 0  # finished rounds are skipped
     assert (tmp_path / "it" / "round_2" / "results.csv").read_text() == before
@@ -148,3 +152,20 @@ def test_sensitivity_analysis_refuses_global_selection(setup, tmp_path, capsys):
     data, weights = setup
     assert main(_analysis(data, weights, tmp_path, "--name", "g", "--criterion", "bn", "--selection", "global")) == 2
     assert "--selection global does not apply" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_iterate_with_a_data_driven_criterion_and_reconstruction(setup, tmp_path):
+    data, weights = setup
+    out = tmp_path / "iter"
+    argv = ["iterate", "--weights", str(weights), "--data", str(data), "--out", str(out), "--iterations", "1",
+            "--epochs", "1", "--img", str(IMG), "--batch", "4", "--device", "cpu", "--workers", "0",
+            "--pruning-rate", "[0.5]", "--params-layers", "2", "--flops-layers", "2", "--criterion", "taylor",
+            "--reconstruct", "--n-samples", "4"]
+    assert main(argv) == 0
+    done = json.loads((out / "iter_1" / "done.json").read_text())
+    entry = yp.load_checkpoint(out / "iter_1" / "pruned.pt").history[-1]
+    assert entry["criterion"] == "taylor" and entry["criterion_options"]["reconstruct"] is True
+    assert json.loads((out / "iter_1" / "sensitivity" / "sensitivity.json").read_text())["settings"][
+        "criterion_options"]["n_samples"] == 4
+    assert done["params"] < sum(p.numel() for p in yp.load_model(weights).parameters())
