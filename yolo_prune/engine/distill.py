@@ -13,9 +13,11 @@ Auxiliary-head maps (IAuxDetect in training) are ignored: only the first ``nl`` 
 
 Feature distillation (``--feature-distill``) adds, at the neck outputs (the maps the head reads), per level::
 
-    feature_distill_weight * batch_size * mean over levels of  ||map(student) - teacher||^2 / ||teacher||^2
+    feature_distill_weight * batch_size * mean over levels of
+        ||map(student) - teacher||^2 / ((||map(student)||^2 + ||teacher||^2) / 2)
 
-(means over elements) where ``map`` picks, for each student channel, the teacher channel it was kept from
+(means over elements; the denominator is not differentiated: the term is scale-free and at most 4, even when one
+side is near zero, e.g. train-mode BatchNorm against an eval-mode teacher) where ``map`` picks, for each student channel, the teacher channel it was kept from
 (``kept``; pruning removed the others) or is a trained 1x1 convolution from the student's channels to the
 teacher's (``adapter``, initialised to that same embedding, trained with the model, not part of it).
 """
@@ -95,7 +97,8 @@ class FeatureDistiller(nn.Module):
                 t = t.index_select(1, getattr(self, f"index{i}"))
             if s.shape != t.shape:
                 raise ValueError(f"feature distillation: level {i} student {tuple(s.shape)} vs teacher {tuple(t.shape)}")
-            terms.append(F.mse_loss(s.float(), t) / (t.pow(2).mean() + 1e-6))
+            energy = (s.detach().float().pow(2).mean() + t.pow(2).mean()) / 2 + 1e-12
+            terms.append(F.mse_loss(s.float(), t) / energy)
         return torch.stack(terms).mean()
 
 

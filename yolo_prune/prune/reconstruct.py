@@ -33,9 +33,13 @@ def fit_reconstruction(act: nn.Module, z_old, z_new) -> tuple[torch.Tensor, torc
     """
     old = act(torch.as_tensor(z_old).double())
     new = act(torch.as_tensor(z_new).double())
-    x = torch.cat([new, torch.ones(len(new), 1, dtype=torch.float64)], 1)
-    beta = torch.linalg.lstsq(x, old, rcond=RCOND, driver="gelsd").solution  # [k + 1, C], minimum norm
-    return beta[:-1], beta[-1]
+    if not (torch.isfinite(old).all() and torch.isfinite(new).all()):
+        raise PruningError("reconstruction: the calibration activations are not finite (a diverged model?)")
+    mean, scale = new.mean(0), new.std(0).clamp_min(1e-30)
+    x = (new - mean) / scale  # standardised columns: the fit does not depend on the activations' scale
+    b = torch.linalg.lstsq(x, old - old.mean(0), rcond=RCOND, driver="gelsd").solution  # [k, C], minimum norm
+    b = b / scale[:, None]
+    return b, old.mean(0) - mean @ b
 
 
 def _fold_conv(conv: nn.Conv2d, offset: int, kept: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
