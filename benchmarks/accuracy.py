@@ -34,7 +34,7 @@ from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402
 
 QUICK = {"train_images": 128, "epochs": 2, "budgets": "0.5", "methods": "uniform:l1,knapsack:taylor+rec",
          "seeds": 1, "val_images": 100, "criteria": "", "schedules": "", "distill": False}
-FULL = {"train_images": 512, "epochs": 5, "budgets": "0.7,0.5,0.35",
+FULL = {"train_images": 512, "epochs": 5, "budgets": "0.5,0.35,0.7",
         "methods": "uniform:l1,knapsack:l2,global:bn,uniform:taylor+rec,knapsack:taylor+rec", "seeds": 2,
         "val_images": None, "schedules": "3", "distill": True,
         "criteria": "l1,hac,pls-vip-single,pls-vip-multi,cca-cv-multi,pls-lc-multi,taylor,group-taylor"}
@@ -112,20 +112,20 @@ def run(args: argparse.Namespace) -> list[dict]:
     out += [b.control(s) for s in range(args.seeds)]
     budgets = [float(x) for x in args.budgets.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    for budget in budgets:
-        for spec in methods:
-            out.append(b.pruned(spec, budget))
     headline = args.headline or methods[-1]
-    out += [b.pruned(headline, 0.5, seed=s) for s in range(1, args.seeds)]
-    for criterion in [c for c in args.criteria.split(",") if c]:
-        spec = f"{'global' if criterion == 'pls-vip-single' else 'uniform'}:{criterion}"
-        out.append(b.pruned(spec, 0.5, kind="criterion"))
-    for rounds in [int(k) for k in args.schedules.split(",") if k]:
-        out += [b.iterative(headline, 0.5, rounds), b.iterative("uniform:l1", 0.5, rounds)]
+    for budget in budgets:  # most important first: the rows are stored as they finish
+        out += [b.pruned(spec, budget) for spec in methods]
+        if budget == 0.5:
+            out += [b.pruned(headline, 0.5, seed=s) for s in range(1, args.seeds)]
     if args.distill:
         out += [b.pruned(headline, 0.5, kind="distill", distill=True),
                 b.pruned(headline, 0.5, kind="distill", distill=True, feature_distill="kept"),
                 b.pruned(headline, 0.5, kind="distill", distill=True, feature_distill="adapter")]
+    for rounds in [int(k) for k in args.schedules.split(",") if k]:
+        out += [b.iterative(headline, 0.5, rounds), b.iterative("uniform:l1", 0.5, rounds)]
+    for criterion in [c for c in args.criteria.split(",") if c]:
+        spec = f"{'global' if criterion == 'pls-vip-single' else 'uniform'}:{criterion}"
+        out.append(b.pruned(spec, 0.5, kind="criterion"))
     return out
 
 

@@ -1,5 +1,6 @@
 """Calibration data for data-driven and gradient criteria: a FeatureSource on the training split when the
-criterion (or ``--reconstruct``) needs one, with the detection loss for gradient criteria."""
+criterion (or ``--reconstruct``) needs one, with the detection loss for gradient criteria; and the pruning step
+a training run starts with."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -25,3 +26,18 @@ def calibration_source(model: nn.Module, criterion: str | int, options: Criterio
                            f"is used; --n-samples / --perc-samples set its size)")
     loss_fn = detection_loss_fn(model, img_size) if NEEDS.get(name) == "gradients" else None
     return feature_source(model, data, img_size, options, seed, loss_fn=loss_fn)
+
+
+def prune_for_training(settings, model: nn.Module, history: list[dict]) -> tuple[nn.Module, list[dict], dict]:
+    """Prune a copy of ``model`` as ``settings`` (TrainSettings) say: (pruned model, history + its entry, kept
+    filters per layer)."""
+    from yolo_prune.graph.io import read_published
+    from yolo_prune.prune import prune
+
+    options = CriterionOptions(**settings.criterion_options)
+    source = calibration_source(model, settings.criterion, options, settings.data, settings.img_size, settings.seed)
+    graph = read_published(settings.pruning_config) if settings.pruning_config else None
+    result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
+                   seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size,
+                   scoring=settings.scoring, options=options, source=source)
+    return result.model, history + [result.history_entry()], result.plan.kept_map()

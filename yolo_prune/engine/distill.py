@@ -116,3 +116,17 @@ def distill_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor
         scores = F.mse_loss(s[..., 4:].sigmoid(), t[..., 4:].sigmoid())
         terms.append(box + scores)
     return torch.stack(terms).mean()
+
+
+def attach_feature_distiller(student: nn.Module, teacher: nn.Module, index: Sequence[Sequence[int]], mode: str,
+                             optimizer: torch.optim.Optimizer, lr0: float,
+                             device: torch.device) -> tuple[FeatureDistiller, tuple[NeckTap, NeckTap]]:
+    """A FeatureDistiller on ``device`` (its adapters, if any, join ``optimizer`` as a group named ``adapter``)
+    and taps on the student's and the teacher's head inputs."""
+    channels = [m.in_channels for m in teacher.detect.m]
+    distiller = FeatureDistiller([torch.as_tensor(i) for i in index], channels, mode).to(device)
+    adapter = list(distiller.parameters())
+    if adapter:
+        optimizer.add_param_group({"params": adapter, "name": "adapter", "weight_decay": 0.0, "initial_lr": lr0,
+                                   "lr": lr0})
+    return distiller, (NeckTap(student), NeckTap(teacher))

@@ -99,7 +99,9 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     teacher = model if settings.distill or settings.feature_distill else None
     kept: dict = {}
     if settings.pruning_params is not None:
-        model, history, kept = _prune(settings, model, history)
+        from yolo_prune.engine.calibration import prune_for_training
+
+        model, history, kept = prune_for_training(settings, model, history)
     index = None
     if settings.feature_distill:
         from yolo_prune.engine.distill import neck_index
@@ -113,22 +115,6 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
         fresh.names = list(model.names)
         model = fresh
     return _Inputs(settings, hyp, data, model, history, teacher, neck_index=index)
-
-
-def _prune(settings: TrainSettings, model: nn.Module, history: list[dict]) -> tuple[nn.Module, list[dict], dict]:
-    """Prune a copy of ``model`` as the settings say: (pruned model, history + entry, kept filters per layer)."""
-    from yolo_prune.engine.calibration import calibration_source
-    from yolo_prune.graph.io import read_published
-    from yolo_prune.prune import prune
-    from yolo_prune.prune.options import CriterionOptions
-
-    options = CriterionOptions(**settings.criterion_options)
-    source = calibration_source(model, settings.criterion, options, settings.data, settings.img_size, settings.seed)
-    graph = read_published(settings.pruning_config) if settings.pruning_config else None
-    result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
-                   seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size,
-                   scoring=settings.scoring, options=options, source=source)
-    return result.model, history + [result.history_entry()], result.plan.kept_map()
 
 
 def _resumed_inputs(settings: TrainSettings) -> _Inputs:
@@ -221,17 +207,11 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
 
 def _add_feature_distiller(run: _Run, inputs: _Inputs, device: torch.device) -> None:
     """Neck-output distillation: the distiller (adapters join the optimizer as a 4th group) and the two taps."""
-    from yolo_prune.engine.distill import FeatureDistiller, NeckTap
+    from yolo_prune.engine.distill import attach_feature_distiller
 
-    channels = [m.in_channels for m in run.teacher.detect.m]
-    run.distiller = FeatureDistiller([torch.tensor(i) for i in inputs.neck_index], channels,
-                                     run.settings.feature_distill).to(device)
-    adapter = list(run.distiller.parameters())
-    if adapter:
-        lr0 = float(inputs.hyp["lr0"])
-        run.optimizer.add_param_group({"params": adapter, "name": "adapter", "weight_decay": 0.0, "initial_lr": lr0,
-                                       "lr": lr0})
-    run.taps = (NeckTap(run.model), NeckTap(run.teacher))
+    run.distiller, run.taps = attach_feature_distiller(run.model, run.teacher, inputs.neck_index,
+                                                       run.settings.feature_distill, run.optimizer,
+                                                       float(inputs.hyp["lr0"]), device)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
