@@ -80,13 +80,16 @@ class CriterionContext:
                                f"split is used; --n-samples / --perc-samples set its size)")
 
     def prepare(self, criterion: str, layers: Sequence[int]) -> None:
-        """Score every layer in ``layers`` now (one feature or gradient pass for all of them)."""
+        """Score every layer in ``layers`` now (one feature or gradient pass for all of them), and record the
+        position samples reconstruction will need, while the model is still unpruned."""
+        if self.source is not None and self.options.reconstruct:
+            self.source.prepare(positions=True)
         if criterion not in NEEDS:
             return
         self.check(criterion)
         if self.source is not None:
-            self.source.prepare(features=NEEDS[criterion] in ("features", "positions"),
-                                gradients=NEEDS[criterion] == "gradients")
+            self.source.prepare(features=NEEDS[criterion] == "features", gradients=NEEDS[criterion] == "gradients",
+                                positions=NEEDS[criterion] == "positions")
         for layer in layers:
             self.score(criterion, layer)
 

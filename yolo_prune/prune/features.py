@@ -121,7 +121,7 @@ class FeatureSource:
     def positions(self, layer: int) -> Tensor:
         """Pre-activation values of conv ``layer`` at ``positions_per_image`` random positions per image [P, C]."""
         if self._positions is None:
-            self._collect()
+            self._collect(with_positions=True)
         return self._positions[layer]
 
     def activation_taylor(self, layer: int) -> Tensor:
@@ -136,8 +136,10 @@ class FeatureSource:
             self._backward()
         return self._grads
 
-    def prepare(self, features: bool = False, gradients: bool = False) -> None:
+    def prepare(self, features: bool = False, gradients: bool = False, positions: bool = False) -> None:
         """Compute now what will be needed (before the model is pruned)."""
+        if positions and self._positions is None:
+            self._collect(with_positions=True)
         if features and self._pooled is None:
             self._collect()
         if gradients and self._grads is None:
@@ -160,11 +162,11 @@ class FeatureSource:
         The same images and positions as :meth:`positions`, so a model being rewritten layer by layer (PLS-LC)
         can be compared with the original sample for sample.
         """
-        return self._collect(only=layer)[1][layer]
+        return self._collect(only=layer, with_positions=True)[1][layer]
 
-    def _collect(self, only: int | None = None) -> tuple[list[Tensor], list[Tensor]]:
-        """One forward pass over the calibration batches recording pooled maps and position samples (of every
-        layer, cached; or of layer ``only``, returned and not cached)."""
+    def _collect(self, only: int | None = None, with_positions: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+        """One forward pass over the calibration batches recording pooled maps (and position samples) of every
+        layer, cached; or of layer ``only``, returned and not cached."""
         acts = _pre_activation_modules(self.model)
         pooled: list[list[Tensor]] = [[] for _ in acts]
         positions: list[list[Tensor]] = [[] for _ in acts]
@@ -175,7 +177,8 @@ class FeatureSource:
             def record(_m: nn.Module, inputs: tuple) -> None:
                 z = inputs[0].detach().float()
                 pooled[i].append(self._pool(z).cpu())
-                positions[i].append(self._sample_positions(z, generators[i]).cpu())
+                if with_positions:
+                    positions[i].append(self._sample_positions(z, generators[i]).cpu())
                 if only is not None:
                     raise _Stop  # nothing after this layer is needed
             return record
@@ -196,7 +199,9 @@ class FeatureSource:
         out = ([torch.cat(p) if p else torch.zeros(0) for p in pooled],
                [torch.cat(p) if p else torch.zeros(0) for p in positions])
         if only is None:
-            self._pooled, self._positions = out
+            self._pooled = out[0]
+            if with_positions:
+                self._positions = out[1]
         return out
 
     def _backward(self) -> None:
