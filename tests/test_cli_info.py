@@ -39,12 +39,12 @@ def test_info_table_and_weights(capsys, official_tiny_path):
 def test_info_usage_errors():
     r = run_cli("info", "--cfg", "does-not-exist")
     assert r.returncode == 2 and "unknown model cfg 'does-not-exist'" in r.stderr
-    r = run_cli("info", "--cfg", "yolov7-tiny", "--img", "100")
-    assert r.returncode == 2 and "--img 100" in r.stderr
+    r = run_cli("info", "--cfg", "yolov7-tiny", "--img", "100")  # YOLOv7's rule: rounded up, with a notice
+    assert r.returncode == 0 and "--img 100 is not a multiple of the model's max stride 32; using 128" in r.stderr
     r = run_cli("info")
     assert r.returncode == 2 and "--cfg" in r.stderr
     r = run_cli("info", "--weights", "/nonexistent/x.pt")
-    assert r.returncode == 2 and "checkpoint not found: /nonexistent/x.pt" in r.stderr
+    assert r.returncode == 2 and "--weights /nonexistent/x.pt: file not found" in r.stderr
 
 
 def test_help_lists_commands():

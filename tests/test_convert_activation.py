@@ -225,7 +225,7 @@ def test_cli_bad_files_exit_2_without_output(tmp_path, capsys):
     text.write_text("not a checkpoint, just some text that is long enough to look like a file\n")
     not_model = tmp_path / "dict.pt"
     torch.save({"x": torch.zeros(1)}, not_model)
-    cases = [(tmp_path / "missing.pt", "checkpoint not found"), (text, "not a"), (not_model, "no YOLOv7 model")]
+    cases = [(tmp_path / "missing.pt", "file not found"), (text, "not a"), (not_model, "no YOLOv7 model")]
     for src, message in cases:
         assert cli(["convert-activation", "--weights", str(src), "--to", "leakyrelu", "--output", str(out)]) == 2
         assert message in capsys.readouterr().err

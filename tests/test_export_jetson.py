@@ -150,3 +150,42 @@ def test_infer_reads_image_folders(infer, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     got = [(n, f.shape, s) for n, f, s in infer.frames(str(tmp_path))]
     assert got == [("a.jpg", (8, 12, 3), False), ("b.png", (8, 12, 3), False)]
+
+
+TIMES_STUB = """#!/usr/bin/env bash
+echo "trtexec $*" >> "$STUB_LOG"
+onnx=""; times=""; iters=1
+for a in "$@"; do case $a in --help) echo "&&&& RUNNING TensorRT.trtexec [TensorRT v8502]"; exit 0 ;;
+  --onnx=*) onnx=${a#--onnx=} ;; --exportTimes=*) times=${a#--exportTimes=} ;; --iterations=*) iters=${a#--iterations=} ;;
+esac; done
+size=$(stat -c %s "$onnx")
+python3 - "$times" "$iters" "$size" <<'PY'
+import json, sys
+path, iters, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+json.dump([{"computeMs": size / 1e5 + 0.01 * k} for k in range(iters)], open(path, "w"))
+PY
+"""
+
+
+@pytest.mark.slow
+def test_latency_table_script_writes_the_same_format_with_trtexec(tmp_path):
+    """The Jetson script drives trtexec (a stub here: times grow with the graph's size) into a latency table that
+    yolo-prune reads like its own."""
+    from yolo_prune.analysis.latency import read_latency_table
+
+    exe = tmp_path / "trtexec"
+    exe.write_text(TIMES_STUB)
+    exe.chmod(0o755)
+    env = dict(os.environ, TRTEXEC=str(exe), STUB_LOG=str(tmp_path / "calls.log"))
+    cfg = Path(__file__).resolve().parent / "data" / "darknet" / "yolov3-tiny.cfg"
+    out = tmp_path / "trt.json"
+    done = subprocess.run([sys.executable, str(JETSON / "latency_table.py"), "--cfg", str(cfg), "--img-size", "64",
+                           "--rates", "[0.5]", "--repeats", "3", "--fp16", "--output", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    table = read_latency_table(out)
+    assert (table.runtime, table.runtime_version, table.provider) == ("tensorrt", "8502", "TensorRT GPU fp16")
+    assert len(table.ops) == 13 and table.ops[1].ms[0][0] < table.ops[1].ms[1][1]  # smaller graph, faster
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert all("--iterations=" in c and "--fp16" in c and "--exportTimes=" in c for c in calls if "--onnx=" in c)
+    assert table.predict([(0, 0.5)]) < table.predict([])

@@ -73,15 +73,21 @@ def test_malformed_graph_files(tmp_path, text, match):
         read_published(path)
 
 
-def test_residual_adds_are_not_prunable(fixtures_dir):
+def test_shortcut_adds_couple_their_producers(fixtures_dir):
+    """yolov7-e6e's Shortcut rows add two ELAN outputs: the two Convs become one coupled group (pruned together)."""
     from yolo_prune.models.spec import load_cfg
 
     cfg = load_cfg(fixtures_dir / "official-cfg" / "deploy" / "yolov7-e6e.yaml")
     cfg["width_multiple"] = 0.125
-    graph = derive_graph(build_model(cfg, nc=2))
-    fixed = [n for n in graph.nodes if not n.prunable and n.kind != "head"]
-    assert fixed and all("residual add" in n.reason for n in fixed)
-    assert len(graph.prunable) > len(fixed)
+    model = build_model(cfg, nc=2)
+    graph = derive_graph(model)
+    shortcuts = [s.index for s in model.specs if s.module == "Shortcut"]
+    assert len(graph.groups) == len(shortcuts) == 11
+    for group, row in zip(graph.groups, shortcuts):
+        sources = model.specs[row].sources()
+        assert [graph[i].name for i in group] == [f"model.{s}" for s in sorted(sources)]
+    assert all(n.prunable for n in graph.nodes if n.kind != "head")
+    assert "coupled: [[12, 21], [33, 42]" in graph.to_yaml()
 
 
 def test_graph_print(capsys):

@@ -41,7 +41,7 @@ def test_official_fixtures_load(name: str) -> None:
     assert hyp["loss_ota"] == 1 and hyp["label_smoothing"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["tiny", "p5", "custom"])
+@pytest.mark.parametrize("name", ["tiny", "p5", "p6", "custom"])
 def test_shipped_names_match_official(name: str) -> None:
     assert f"scratch.{name}" in shipped_hyp_names()
     shipped = load_hyp(f"scratch.{name}")

@@ -92,7 +92,7 @@ def test_missing_baseline_and_directory(tmp_path, capsys):
     assert main(["layer-selection", "--output", str(d), "--json"]) == 0  # published defaults, with a warning
     assert "using --params 3.69079e+07 --flops 104.514" in capsys.readouterr().err
     assert main(["layer-selection", "--output", str(tmp_path / "nope"), "--params", "1", "--flops", "1"]) == 2
-    assert "analysis directory not found" in capsys.readouterr().err
+    assert f"--output {tmp_path / 'nope'}: directory not found" in capsys.readouterr().err
 
 
 def write_analysis(directory, cfg="yolov7-tiny", nc=3, img=256, record_model=True):

@@ -59,8 +59,9 @@ def test_rounds_compose_to_the_one_shot_widths(tiny_model, round_to):
 
 def test_fine_tuning_hyp_is_the_default_from_weights():
     assert TrainSettings(data="d.yaml", weights="w.pt").hyp == "finetune"
-    assert TrainSettings(data="d.yaml", cfg="yolov7-tiny").hyp == "scratch.p5"
-    assert TrainSettings(data="d.yaml", weights="w.pt", from_scratch=True).hyp == "scratch.p5"
+    # from a cfg or from scratch: decided once the model is built (scratch.p6 for P6 models, else scratch.p5)
+    assert TrainSettings(data="d.yaml", cfg="yolov7-tiny").hyp is None
+    assert TrainSettings(data="d.yaml", weights="w.pt", from_scratch=True).hyp is None
     assert TrainSettings(data="d.yaml", weights="w.pt", hyp="scratch.tiny").hyp == "scratch.tiny"
     ft, tiny = load_hyp("finetune"), load_hyp("scratch.tiny")
     assert ft["lr0"] < tiny["lr0"] and ft["warmup_bias_lr"] == 0.0 and ft["warmup_epochs"] < tiny["warmup_epochs"]

@@ -106,8 +106,8 @@ def test_rerun_with_other_settings_needs_exist_ok(small_set, tmp_path, capsys):
 
 @pytest.mark.parametrize("change,message", [
     (("--data", "/nonexistent/data.yaml"), "--data /nonexistent/data.yaml: file not found"),
-    (("--weights", "/nonexistent/w.pt"), "checkpoint not found: /nonexistent/w.pt"),
-    (("--pruning-rate", "[0.5, 1.5]"), "rates must lie in (0, 1)"),
+    (("--weights", "/nonexistent/w.pt"), "--weights /nonexistent/w.pt: file not found"),
+    (("--pruning-rate", "[0.5, 1.5]"), "must lie in (0, 1)"),
     (("--pruning-rate", "half"), "--pruning-rate: cannot parse"),
 ])
 def test_bad_input(small_set, tmp_path, capsys, change, message):

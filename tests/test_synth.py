@@ -193,5 +193,5 @@ def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2  # non-empty without --exist-ok: clean error, exit code 2
     assert "--exist-ok" in capsys.readouterr().err
     assert main(argv + ["--exist-ok"]) == 0
-    assert main(["synth", "--out", str(tmp_path / "e"), "--img", "100"]) == 2
+    assert main(["synth", "--out", str(tmp_path / "e"), "--img", "5000"]) == 2
     assert "--img" in capsys.readouterr().err

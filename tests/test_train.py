@@ -184,7 +184,7 @@ def test_state_records_best_and_csv():
     ({"cfg": "yolov7-tiny"}, "exactly one of --weights"),
     ({"weights": None}, "exactly one of --weights"),
     ({"epochs": 0}, "epochs must be an integer >= 1"),
-    ({"img_size": 16}, "img_size"),
+    ({"img_size": 0}, "img_size"),
     ({"distill": True, "weights": None, "cfg": "yolov7-tiny"}, "--distill needs --weights"),
 ])
 def test_settings_are_validated(kwargs, match):
@@ -347,7 +347,7 @@ def bad_data(tmp_path: Path) -> list[str]:
     (bad_hyp, "missing required hyp key(s): lr0"),
     (lambda tmp: ["--pruning-params", "[(500, 0.5)]"], "layer 500 is out of range"),
     (bad_data, "key 'train': path '/nonexistent/images/train' does not exist"),
-    (lambda tmp: ["--weights", str(tmp / "missing.pt")], "checkpoint not found"),
+    (lambda tmp: ["--weights", str(tmp / "missing.pt")], "missing.pt: file not found"),
     (lambda tmp: ["--resume", str(tmp / "nothing_here")], "checkpoint not found"),
 ], ids=["hyp-missing-key", "pruning-wrong-model", "data-wrong-paths", "weights-missing", "resume-missing"])
 @pytest.mark.parametrize("exist_ok", [False, True])

@@ -1,5 +1,7 @@
-"""Budget-driven selection: per-layer rates that meet a GFLOPs (or params) target with the least predicted
-mAP loss, at most one rate per layer.
+"""Budget-driven selection: per-layer rates that meet a GFLOPs (or params, or latency) target with the least
+predicted mAP loss, at most one rate per layer. A latency budget prices options and selections with a measured
+latency table (:class:`~yolo_prune.analysis.latency.LatencyCosts`) in place of the closed-form GFLOPs model: the
+same search.
 
 A multiple-choice knapsack: each analysed layer offers its rates or "leave it". A choice's loss is the
 analysis' mAP@.5:.95 drop with noise-level gains counted as zero, so the predicted mAP (baseline minus the
@@ -17,13 +19,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from yolo_prune.analysis.table import Entry, SensitivityTable
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.prune.cost import CostModel
-from yolo_prune.prune.params import kept_count
+
+if TYPE_CHECKING:
+    from yolo_prune.analysis.latency import LatencyTable
+
+EntryCost = Callable[[Entry], float]
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,16 @@ def _cost(e: Entry, metric: str) -> float:
     return e.gflops if metric == "gflops" else float(e.params)
 
 
+def _entry_cost(metric: str, costs: CostModel | None, round_to: int | None) -> EntryCost:
+    """The cost of the model with one analysed (layer, rate) pruned: the analysis' figure, or for a latency
+    budget (no such figure) the latency table's prediction."""
+    if metric == "latency":
+        if costs is None:
+            raise YoloPruneError("a latency budget needs a latency table to price the options")
+        return lambda e: float(costs.metric(costs.widths([(e.layer, e.rate)], round_to)[None], metric)[0])
+    return lambda e: _cost(e, metric)
+
+
 def _loss(base_map: float, e: Entry) -> float:
     """mAP drop of one configuration; a measured gain counts as no loss (it is noise, not a real gain)."""
     return max(0.0, base_map - e.map)
@@ -49,7 +66,7 @@ class _Problem:
     """Options per layer (0 = leave, j = rates[j-1]), their losses, and a batch pricer over choice vectors."""
 
     def __init__(self, table: SensitivityTable, base_cost: float, base_map: float, metric: str,
-                 costs: CostModel | None, round_to: int | None):
+                 costs: CostModel | None, round_to: int | None, cost: EntryCost):
         self.layers, self.rates, self.metric = table.layers, sorted(table.rates), metric
         shape = (len(self.layers), len(self.rates) + 1)
         self.loss, self.saving = np.full(shape, math.inf), np.zeros(shape)
@@ -58,11 +75,12 @@ class _Problem:
             for j, rate in enumerate(self.rates, 1):
                 e = table.entries.get((layer, rate))
                 if e is not None:
-                    self.loss[i, j], self.saving[i, j] = _loss(base_map, e), base_cost - _cost(e, metric)
+                    self.loss[i, j], self.saving[i, j] = _loss(base_map, e), base_cost - cost(e)
         self.base_cost, self.costs = base_cost, costs
         if costs is not None:
-            base = costs.base_widths[self.layers]
-            self.widths = np.array([[b] + [kept_count(int(b), r, round_to) for r in self.rates] for b in base])
+            self.members = [list(costs.graph.group_of(layer)) for layer in self.layers]  # coupled layers share widths
+            self.widths = np.array([[costs.base_widths[layer]] + [costs.widths([(layer, r)], round_to)[layer]
+                                                                  for r in self.rates] for layer in self.layers])
             self.base_cost = float(self.price(np.zeros((1, len(self.layers)), dtype=np.int64))[0])
             self.saving = np.where(np.isfinite(self.loss), self.base_cost - self._singles(), 0.0)
 
@@ -80,9 +98,9 @@ class _Problem:
         for start in range(0, len(choices), chunk):
             part = choices[start:start + chunk]
             widths = np.repeat(self.costs.base_widths[None], len(part), 0)
-            widths[:, self.layers] = self.widths[np.arange(len(self.layers)), part]
-            params, macs = self.costs.evaluate(widths)
-            out.append(2 * macs / 1e9 if self.metric == "gflops" else params.astype(float))
+            for i, members in enumerate(self.members):
+                widths[:, members] = self.widths[i, part[:, i]][:, None]
+            out.append(self.costs.metric(widths, self.metric))
         return np.concatenate(out) if out else np.zeros(0)
 
     def total_loss(self, choice: np.ndarray) -> float:
@@ -191,26 +209,27 @@ def select_for_budget(table: SensitivityTable, base_cost: float, base_map: float
     """
     if not math.isfinite(target) or target <= 0:
         raise YoloPruneError(f"the {metric} budget must be a positive number, got {target:g}")
-    p = _Problem(table, base_cost, base_map, metric, costs, round_to)
+    cost = _entry_cost(metric, costs, round_to)
+    p = _Problem(table, base_cost, base_map, metric, costs, round_to, cost)
     empty = np.zeros(len(p.layers), dtype=np.int64)
     if p.base_cost <= target:
-        return _choice(p, empty, table, base_cost, base_map, metric)
+        return _choice(p, empty, table, base_cost, base_map, cost)
     floor = float(p.price(_highest(p)[None])[0])
     if floor > target:
         how = "exactly" if costs is not None else "predicted"
         raise YoloPruneError(f"the {metric} budget {target:g} is out of reach: pruning every analysed layer at its "
                              f"highest rate gives {floor:g} ({how}); the unpruned model has {p.base_cost:g}. "
                              f"Choose a target in [{floor:g}, {p.base_cost:g}] or analyse higher rates")
-    starts = [c for c in (_lagrangian(p, target), _dp_start(p, table, base_cost, base_map, target, metric))
+    starts = [c for c in (_lagrangian(p, target), _dp_start(p, table, base_cost, base_map, target, metric, cost))
               if c is not None]
     best = min((_local_search(p, c, target) for c in starts), key=lambda c: (p.total_loss(c), -p.price(c[None])[0]))
-    return _choice(p, best, table, base_cost, base_map, metric)
+    return _choice(p, best, table, base_cost, base_map, cost)
 
 
-def _dp_start(p: _Problem, table, base_cost, base_map, target, metric) -> np.ndarray | None:
+def _dp_start(p: _Problem, table, base_cost, base_map, target, metric, cost: EntryCost) -> np.ndarray | None:
     """The dynamic programme's answer on additive savings, repaired until it fits the exact prices."""
     try:
-        pairs = solve_knapsack(table, base_cost, base_map, base_cost - target, metric)
+        pairs = solve_knapsack(table, base_cost, base_map, base_cost - target, metric, cost=cost)
     except YoloPruneError:
         return None
     choice = np.zeros(len(p.layers), dtype=np.int64)
@@ -219,9 +238,9 @@ def _dp_start(p: _Problem, table, base_cost, base_map, target, metric) -> np.nda
     return _repair(p, choice, target)
 
 
-def _choice(p: _Problem, choice: np.ndarray, table, base_cost, base_map, metric) -> BudgetChoice:
+def _choice(p: _Problem, choice: np.ndarray, table, base_cost, base_map, cost: EntryCost) -> BudgetChoice:
     pairs = p.pairs(choice)
-    predicted = base_cost - sum(base_cost - _cost(table.entries[q], metric) for q in pairs)
+    predicted = base_cost - sum(base_cost - cost(table.entries[q]) for q in pairs)
     exact = float(p.price(choice[None])[0]) if p.costs is not None else None
     return BudgetChoice(pairs, predicted, base_map - p.total_loss(choice), exact)
 
@@ -246,7 +265,7 @@ def _relax(best: np.ndarray, step: int, loss: float) -> tuple[np.ndarray, np.nda
 
 
 def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
-                   metric: str = "gflops", bins: int = 4000) -> list[tuple[int, float]]:
+                   metric: str = "gflops", bins: int = 4000, cost: EntryCost | None = None) -> list[tuple[int, float]]:
     """Minimise summed mAP loss s.t. summed (additive) saving >= ``required_saving`` (<= one rate per layer).
 
     Rounding each saving to the nearest bin can make the real sum fall a hair short; the requirement is
@@ -254,10 +273,10 @@ def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, r
     """
     if required_saving <= 0:
         return []
-    ask = required_saving
+    ask, cost = required_saving, cost or (lambda e: _cost(e, metric))
     for _ in range(8):
-        pairs = _solve_binned(table, base_cost, base_map, ask, metric, bins)
-        real = sum(base_cost - _cost(table.entries[p], metric) for p in pairs)
+        pairs = _solve_binned(table, base_cost, base_map, ask, cost, bins)
+        real = sum(base_cost - cost(table.entries[p]) for p in pairs)
         if real >= required_saving - 1e-9 * abs(required_saving):
             return pairs
         ask += (required_saving - real) + ask / bins
@@ -265,7 +284,7 @@ def solve_knapsack(table: SensitivityTable, base_cost: float, base_map: float, r
 
 
 def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, required_saving: float,
-                  metric: str, bins: int) -> list[tuple[int, float]]:
+                  cost: EntryCost, bins: int) -> list[tuple[int, float]]:
     """The dynamic programme over discretised savings."""
     unit = required_saving / bins
     best = np.full(bins + 1, math.inf)  # best[b]: least loss with saving in bin b (last bin: enough)
@@ -275,7 +294,7 @@ def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, re
         new, pick, src = best.copy(), np.full(bins + 1, -1), np.arange(bins + 1)
         for ri, rate in enumerate(table.rates):
             e = table.entries.get((layer, rate))
-            step = _bins(base_cost - _cost(e, metric), unit) if e is not None else 0
+            step = _bins(base_cost - cost(e), unit) if e is not None else 0
             if step <= 0:
                 continue
             cand, cand_src = _relax(best, step, _loss(base_map, e))
@@ -285,10 +304,25 @@ def _solve_binned(table: SensitivityTable, base_cost: float, base_map: float, re
         best = new
     if not math.isfinite(best[bins]):
         raise YoloPruneError(f"the budget cannot be met even by pruning every analysed layer at its highest rate "
-                             f"(needs a saving of {required_saving:g} {metric})")
+                             f"(needs a saving of {required_saving:g})")
     pairs, b = [], bins
     for layer, pick, src in reversed(trail):
         if pick[b] >= 0:
             pairs.append((layer, table.rates[int(pick[b])]))
         b = int(src[b])
     return sorted(pairs)
+
+
+def select_for_latency(table: SensitivityTable, latency: "LatencyTable", base_map: float, target_ms: float,
+                       round_to: int | None = None) -> BudgetChoice:
+    """:func:`select_for_budget` priced by a measured latency table: every option and every selection the search
+    checks is the table's predicted latency (ms) of the model with those layers pruned."""
+    from yolo_prune.analysis.latency import LatencyCosts
+
+    bad = [layer for layer in table.layers if layer >= len(latency.nodes) or not latency.nodes[layer]["prunable"]]
+    if bad:
+        raise YoloPruneError(f"the latency table has no prunable layer(s) {bad}; was it measured on the analysed "
+                             f"model ({latency.model.get('source') or 'unknown source'})?")
+    costs = LatencyCosts(latency)
+    round_to = latency.settings.get("round_to") if round_to is None else round_to
+    return select_for_budget(table, latency.predict([], round_to), base_map, target_ms, "latency", costs, round_to)

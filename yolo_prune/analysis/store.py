@@ -43,7 +43,13 @@ class ResultStore:
         directory = Path(directory)
         store = cls(directory, settings, model=model)
         if store.json_path.exists() and not exist_ok:
-            saved = json.loads(store.json_path.read_text())
+            try:
+                saved = json.loads(store.json_path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                saved = None
+            if not isinstance(saved, dict):
+                raise YoloPruneError(f"{store.json_path}: not a readable sensitivity.json; use another --name, or "
+                                     f"--exist-ok to replace it") from None
             if saved.get("settings") != settings:
                 diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
                               if saved.get("settings", {}).get(k) != settings.get(k))

@@ -10,6 +10,8 @@ from pathlib import Path
 from yolo_prune.errors import YoloPruneError
 
 _OUTPUT = re.compile(r"^[\w.-]+_(\d+)\.txt$")
+# numpy >= 2 prints scalars as np.float64(0.5): the published test.py writes its per-class list that way
+_NUMPY_SCALAR = re.compile(r"\b(?:np|numpy)\.(?:float|int|uint)(?:16|32|64)\(([^()]*)\)")
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,37 @@ class SensitivityTable:
 
 def _parse_output_file(path: Path, rate: float) -> list[Entry]:
     try:
-        rows = ast.literal_eval(path.read_text())
-    except (ValueError, SyntaxError) as exc:
+        rows = ast.literal_eval(_NUMPY_SCALAR.sub(r"\1", path.read_text()))
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as exc:
         raise YoloPruneError(f"{path}: not a sensitivity output file ({exc.__class__.__name__})") from None
+    if not isinstance(rows, (list, tuple)):
+        raise YoloPruneError(f"{path}: not a sensitivity output file (expected a bracketed list of entries)")
     entries = []
     for i, row in enumerate(rows):
         try:
             layer, (mp, mr, map50, map_, _per_class, _speed, params, gflops) = row
+            entries.append(Entry(int(layer), rate, float(map_), float(map50), int(params), float(gflops)))
         except (TypeError, ValueError):
             raise YoloPruneError(f"{path}: entry {i} is not (layer, (mP, mR, mAP50, mAP, [...], (...), params, "
                                  f"gflops)): {str(row)[:80]}") from None
-        entries.append(Entry(int(layer), rate, float(map_), float(map50), int(params), float(gflops)))
     return entries
+
+
+def _read_json(js: Path) -> SensitivityTable:
+    """Our ``sensitivity.json``; a damaged or foreign file is an error naming it, not a traceback."""
+    try:
+        data = json.loads(js.read_text())
+        entries = {(int(r["layer"]), float(r["rate"])): Entry(int(r["layer"]), float(r["rate"]), float(r["map"]),
+                                                              float(r["map50"]), int(r["params"]), float(r["gflops"]))
+                   for r in data["results"].values()}
+        b = data.get("baseline")
+        baseline = Entry(-1, 0.0, float(b["map"]), float(b["map50"]), int(b["params"]), float(b["gflops"])) if b else None
+        rates = tuple(sorted(float(r) for r in data["settings"].get("rates", sorted({k[1] for k in entries}))))
+        model, img = data.get("model"), data["settings"].get("img")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise YoloPruneError(f"{js}: not a readable sensitivity.json ({type(exc).__name__}: {str(exc)[:80]}); "
+                             "re-run the analysis (with --exist-ok) to rewrite it") from None
+    return SensitivityTable(entries, rates, baseline, str(js), model, img)
 
 
 def read_table(directory: str | Path) -> SensitivityTable:
@@ -71,14 +92,7 @@ def read_table(directory: str | Path) -> SensitivityTable:
         raise YoloPruneError(f"analysis directory not found: {directory}")
     js = directory / "sensitivity.json"
     if js.exists():
-        data = json.loads(js.read_text())
-        entries = {(r["layer"], float(r["rate"])): Entry(r["layer"], float(r["rate"]), r["map"], r["map50"],
-                                                          r["params"], r["gflops"]) for r in data["results"].values()}
-        b = data.get("baseline")
-        baseline = Entry(-1, 0.0, b["map"], b["map50"], b["params"], b["gflops"]) if b else None
-        rates = tuple(sorted(float(r) for r in data["settings"].get("rates", sorted({k[1] for k in entries}))))
-        return SensitivityTable(entries, rates, baseline, str(js), data.get("model"),
-                                data["settings"].get("img"))
+        return _read_json(js)
     files = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _OUTPUT.match(p.name)))
     if not files:
         raise YoloPruneError(f"{directory}: no sensitivity.json and no output_<rate>.txt files")

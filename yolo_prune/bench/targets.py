@@ -58,17 +58,21 @@ def checkpoint_cost(model: Model, img_size: tuple[int, int]) -> tuple[int, float
 
 def load_checkpoint_target(name: str, path: Path, img_size: tuple[int, int] | None,
                            default_img: tuple[int, int] = DEFAULT_IMG) -> Target:
-    """A checkpoint (ours or official YOLOv7) at ``img_size`` (else ``default_img``), a multiple of its max stride."""
+    """A checkpoint (ours or official YOLOv7) at ``img_size`` (else ``default_img``), rounded up to a multiple of its
+    max stride with a warning (YOLOv7's rule)."""
+    import warnings
+
     from yolo_prune.checkpoint import load_model
+    from yolo_prune.data.letterbox import round_up_to_stride
     from yolo_prune.export.onnx_export import max_stride
-    from yolo_prune.export.options import check_img_size
 
     model = load_model(path)
-    img = img_size or default_img
-    try:
-        check_img_size(img, max_stride(model), "--img-size")
-    except YoloPruneError as exc:
-        raise YoloPruneError(f"{name}: {exc}") from None
+    asked = img_size or default_img
+    stride = max_stride(model)
+    img = (round_up_to_stride(asked[0], stride), round_up_to_stride(asked[1], stride))
+    if img != tuple(asked):
+        warnings.warn(f"--img-size {asked[0]} {asked[1]} is not a multiple of the model's max stride {stride} "
+                      f"({name}); using {img[0]} {img[1]}", stacklevel=2)
     params, gflops = checkpoint_cost(model, img)
     return Target(name, path, "checkpoint", img, params, gflops, model=model)
 

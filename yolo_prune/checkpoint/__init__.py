@@ -38,10 +38,16 @@ def _read_native(path: Path) -> dict | None:
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Load a yolo-prune checkpoint or an official YOLOv7 ``.pt`` (float32, eval mode, on CPU)."""
+    """Load a yolo-prune checkpoint, an official YOLOv7 ``.pt`` or Darknet ``.weights`` (with the ``.cfg`` of the
+    same name beside it); float32, eval mode, on CPU."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".weights":  # Darknet: read with the .cfg of the same name
+        from yolo_prune.checkpoint.darknet import load_darknet, sibling_cfg
+
+        model = load_darknet(sibling_cfg(path), path)
+        return LoadedCheckpoint(model, "darknet", [], {"header": list(model.header or ())})
     if not zipfile.is_zipfile(path) and path.stat().st_size < 64:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint")
     native = _read_native(path)

@@ -6,6 +6,9 @@ Layout (a plain dict of primitives and tensors)::
      "cfg": <model cfg dict>, "widths": [out channels of every Conv/RepConv, module order],
      "fused": {"conv_bn": bool, "repconv": bool, "implicit": bool},
      "names": [...], "state_dict": {...}, "history": [ {event dict}, ... ], "extra": {...}}
+
+Classification CNNs use the same dict with ``"task": "classify"`` and their ``arch`` spec instead of ``cfg``
+(:mod:`.classify`).
 """
 from __future__ import annotations
 
@@ -41,7 +44,14 @@ def fused_state(model: Model) -> dict[str, bool]:
 
 def to_checkpoint(model: Model, history: list[dict] | None = None, extra: dict | None = None,
                   half: bool = False) -> dict[str, Any]:
-    """The checkpoint dict for ``model`` (tensors copied to CPU; ``half`` stores floats as fp16)."""
+    """The checkpoint dict for ``model`` (tensors copied to CPU; ``half`` stores floats as fp16); classifiers are
+    written by :mod:`.classify`."""
+    from yolo_prune.models.classify import Classifier
+
+    if isinstance(model, Classifier):
+        from yolo_prune.checkpoint.classify import classifier_checkpoint
+
+        return classifier_checkpoint(model, history, extra, half)
     sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone())
           for k, v in model.state_dict().items()}
     return {"format": FORMAT, "version": VERSION, "cfg": model.yaml, "widths": model.widths(),
@@ -68,8 +78,18 @@ def model_from_native(ckpt: dict, source: str) -> Model:
     """Rebuild the (possibly pruned and fused) model recorded in ``ckpt`` and load its weights strictly."""
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{source}: written by a newer yolo-prune (format version {ckpt['version']})")
+    if ckpt.get("task") == "classify":
+        from yolo_prune.checkpoint.classify import classifier_from_native
+
+        return classifier_from_native(ckpt, source)
     try:
-        model = Model(ckpt["cfg"], widths=ckpt["widths"], source=f"{source} (embedded cfg)")
+        cfg = ckpt["cfg"]
+        if isinstance(cfg, dict) and "darknet" in cfg:  # a model built from a Darknet .cfg
+            from yolo_prune.models.darknet import build_darknet
+
+            model = build_darknet(cfg, widths=ckpt["widths"])
+        else:
+            model = Model(cfg, widths=ckpt["widths"], source=f"{source} (embedded cfg)")
     except KeyError as exc:
         raise CheckpointError(f"{source}: checkpoint lacks '{exc.args[0]}'") from None
     fused = ckpt.get("fused", {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from yolo_prune.errors import YoloPruneError
@@ -21,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "iterate": ("yolo_prune.cli.iterate", "analyse -> select -> prune -> fine-tune, repeated"),
     "export": ("yolo_prune.cli.export", "export to ONNX (verified in ONNX Runtime) or a TensorRT engine"),
     "benchmark": ("yolo_prune.cli.benchmark", "measure latency and throughput of models"),
+    "darknet-prune": ("yolo_prune.cli.darknet_prune", "the Pruning-Darknet workflow on Darknet .cfg + .weights"),
+    "latency-table": ("yolo_prune.cli.latency_table", "measure each prunable layer's latency at each candidate width"),
     "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
 }
 
@@ -47,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warnings_as_lines(command: str):
+    """``warnings.showwarning`` for the CLI: one ``yolo-prune <command>: warning: ...`` line, no source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        print(f"yolo-prune {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each warning once per run (a fresh registry per invocation)
+            warnings.showwarning = _warnings_as_lines(args.command)
+            return int(args.func(args) or 0)
     except YoloPruneError as exc:
         print(f"yolo-prune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

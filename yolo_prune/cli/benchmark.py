@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_prune.bench.runners import RUNTIMES
-from yolo_prune.cli.common import non_negative_int, positive_int
+from yolo_prune.cli.common import img_int, input_file, non_negative_int, output_file, positive_int
 from yolo_prune.errors import YoloPruneError
 
 EPILOG = """examples:
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--device", default="cpu", help="cpu (default), 0, cuda:0 ...")
     p.add_argument("--batch-size", nargs="+", type=positive_int, default=None, metavar="N",
                    help="batch sizes to time (default 1; a static-batch ONNX file uses its own)")
-    p.add_argument("--img-size", nargs="+", type=positive_int, default=None, metavar="N",
+    p.add_argument("--img-size", "--img", dest="img_size", nargs="+", type=img_int, default=None, metavar="N",
                    help="input size: H W, or one value for both (default: the fixed size of the ONNX files given, "
                         "else 640; a fixed-size ONNX file always uses its own)")
     p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed runs first (default 10)")
@@ -53,15 +53,12 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.set_defaults(func=run)
 
 
-def _check_json_path(path: Path | None, weights: list[str]) -> None:
-    """The JSON output must not replace an input file."""
-    if path is None:
-        return
-    for w in weights:
-        if Path(w).exists() and path.resolve() == Path(w).resolve():
-            raise YoloPruneError(f"--json {path}: would overwrite the input {w}")
-    if path.exists() and path.is_dir():
-        raise YoloPruneError(f"--json {path}: is a directory; give a file name")
+def check_args(args: argparse.Namespace) -> None:
+    """Input files readable; the JSON output writable, not a folder and not an input (before anything loads)."""
+    for name in args.weights:
+        input_file(name, "--weights")
+    if args.json is not None:
+        output_file(args.json, "--json", inputs=args.weights, example="speed.json")
 
 
 def _img_size(values: list[int] | None) -> tuple[int, int] | None:
@@ -98,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.fileio import write_text_atomic
     from yolo_prune.pipeline.devices import select_device
 
+    check_args(args)
     settings = BenchSettings(args.runtime, args.warmup, args.iters, args.threads, args.fp16)
     device = select_device(args.device)
     img = _img_size(args.img_size)
-    _check_json_path(args.json, args.weights)
     targets = load_targets(args.weights, args.runtime, img)
     jobs = [(t, b) for t in targets for b in t.batches(args.batch_size)]
 

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from yolo_prune.cli.common import add_model_source, load_model_and_history, print_json
+from yolo_prune.cli.common import add_model_source, check_model_source, load_model_and_history, output_file, print_json
 
 EPILOG = """examples:
   yolo-prune convert-activation --weights yolov7.pt --to leakyrelu --output yolov7-leaky.pt
@@ -36,17 +35,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    """Refuse an output that is a folder or the input file itself (before any work)."""
-    from yolo_prune.errors import YoloPruneError
-
-    out = Path(args.output)
-    if out.is_dir():
-        raise YoloPruneError(f"--output {out} is a folder; give a file name such as {out / 'converted.pt'}")
-    if args.weights:
-        src = Path(args.weights)
-        same = out.exists() and src.exists() and out.samefile(src)
-        if same or out.resolve() == src.resolve():
-            raise YoloPruneError(f"--output {out} is the input checkpoint; write the converted model to a new file")
+    """The input is a readable file; the output is writable, not a folder and not the input (before any work)."""
+    check_model_source(args)
+    output_file(args.output, "--output", inputs=[args.weights])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from yolo_prune.cli.common import add_model_source, load_model_from_args, positive_int
+from yolo_prune.cli.common import (add_model_source, check_model_source, fit_img, img_int, input_dir, input_file,
+                                   load_model_from_args, output_file, positive_int)
 from yolo_prune.errors import YoloPruneError
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    help="onnx (default), engine (TensorRT) or vitis-int8 (power-of-two INT8 QDQ ONNX, AMD Quark)")
     p.add_argument("--output", default=None,
                    help="output file (default: the weights/cfg name with .onnx, .engine or .int8.onnx)")
-    p.add_argument("--img-size", nargs="+", type=positive_int, default=[640], metavar="N",
-                   help="input size: H W, or one value for both (default 640)")
+    p.add_argument("--img-size", "--img", dest="img_size", nargs="+", type=img_int, default=None, metavar="N",
+                   help="input size: H W, or one value for both (default: 1280 for P6 models, a Darknet cfg's width, "
+                   "else 640; rounded up to the model's stride)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (engine profile 1..batch-size)")
     p.add_argument("--grid", action="store_true", help="output decoded predictions [B, N, 5+nc] instead of raw maps")
@@ -122,14 +124,15 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         raise YoloPruneError(f"{', '.join(given)}: only valid with --end2end")
     _check_format_flags(args)
     nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
-    return ExportOptions(img_size=as_hw(args.img_size), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+    return ExportOptions(img_size=as_hw(args.img_size or [640]), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                          grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
                          fp16=args.fp16 and args.format == "onnx", opset=args.opset or DEFAULT_OPSET[args.format],
                          device=args.device, **nms)
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
-    """(ONNX path, engine path or None); the ONNX of an engine sits next to it."""
+    """(ONNX path, engine path or None), checked writable. The ONNX an engine is built from is named after the
+    engine (``m.engine.onnx``), so it never replaces an ``m.onnx`` the user did not name."""
     suffix = {"onnx": ".onnx", "engine": ".engine", "vitis-int8": ".int8.onnx"}[args.format]
     default = Path(args.weights) if args.weights else Path(Path(args.cfg).name)
     out = Path(args.output) if args.output else default.with_suffix(suffix)
@@ -139,7 +142,22 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
         return out, None
     if out.suffix.lower() == ".onnx":
         raise YoloPruneError(f"--output {out}: with --format engine name the engine file (e.g. .engine)")
-    return out.with_suffix(".onnx"), out
+    return out.with_name(out.name + ".onnx"), out
+
+
+def check_args(args: argparse.Namespace) -> tuple["ExportOptions", Path, Path | None]:
+    """Options, output paths and input files, all checked before the model is loaded."""
+    check_model_source(args)
+    opts = export_options(args)
+    onnx_path, engine_path = output_paths(args)
+    for path in (onnx_path, engine_path):
+        if path is not None:
+            output_file(path, "--output", inputs=[args.weights], example=path.name)
+    if args.data is not None:
+        input_file(args.data, "--data")
+    if args.calib_images is not None:
+        input_dir(args.calib_images, "--calib-images")
+    return opts, onnx_path, engine_path
 
 
 def engine_options(args: argparse.Namespace) -> "EngineOptions":
@@ -151,14 +169,16 @@ def engine_options(args: argparse.Namespace) -> "EngineOptions":
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolo_prune.export.onnx_export import export_onnx, max_stride
-    from yolo_prune.export.options import check_img_size
+    from dataclasses import replace
 
-    opts = export_options(args)
+    from yolo_prune.export.onnx_export import export_onnx, max_stride
+
+    opts, onnx_path, engine_path = check_args(args)
     eopts = engine_options(args) if args.format == "engine" else None
-    onnx_path, engine_path = output_paths(args)
     model = load_model_from_args(args)
-    check_img_size(opts.img_size, max_stride(model), "--img-size")
+    stride = max_stride(model)
+    sizes = opts.img_size if args.img_size else (getattr(model, "default_img_size", 640),) * 2
+    opts = replace(opts, img_size=tuple(fit_img(v, stride, "--img-size") for v in sizes))
     if args.format == "vitis-int8":
         return _vitis(args, model, opts, onnx_path)
     if opts.max_wh is not None and opts.max_wh < 2 * max(opts.img_size):

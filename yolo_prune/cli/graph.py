@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, load_model_from_args, print_json
+from yolo_prune.cli.common import add_model_source, check_model_source, load_model_from_args, output_file, print_json
 from yolo_prune.errors import CheckFailed
 
 
@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.graph import check_against, derive_graph, read_published
 
+    check_model_source(args)
+    published = read_published(args.check) if args.check else None
+    if args.out:
+        output_file(args.out, "--out", example="graph.yaml")
     model = load_model_from_args(args)
     graph = derive_graph(model)
     if args.out:
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(graph.describe())
         return 0
-    problems = check_against(read_published(args.check), graph)
+    problems = check_against(published, graph)
     if args.json:
         print_json({"file": args.check, "ok": not problems, "problems": problems})
     if problems:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, load_model_and_history, positive_int, print_json
+from yolo_prune.cli.common import (add_model_source, check_model_source, fit_img, img_int, input_file,
+                                   load_model_and_history, output_file, positive_int, print_json, seed_int)
+from yolo_prune.errors import YoloPruneError
 
 
 def add_pruning_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -18,8 +20,8 @@ def add_pruning_flags(p: argparse.ArgumentParser, required: bool = True) -> None
                    help="keep a multiple of N filters per layer (8 suits TensorRT); default: published rounding")
     p.add_argument("--pruning-config", default=None,
                    help="published-format graph YAML to check against the model (derived automatically if omitted)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the random criterion and the calibration subset "
-                   "(default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for the random criterion and the calibration "
+                   "subset (default 0)")
     add_scoring_flag(p)
     add_criterion_flags(p)
 
@@ -61,16 +63,38 @@ def criterion_options(args: argparse.Namespace):
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text, epilog=(
         'examples:\n  yolo-prune prune --weights yolov7.pt --pruning-params "[(8, 0.5), (18, 0.5)]" '
-        "--criterion 0 --output pruned.pt\n"
+        "--criterion 0 --output pruned.pt\n(the published prune.py form, --name yolov7-pruned.pt, also works)\n"
         "  yolo-prune prune --weights best.pt --data data.yaml --pruning-params 0.3 --criterion taylor "
         "--reconstruct --img 640 --output pruned.pt"), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
     add_pruning_flags(p)
-    p.add_argument("--output", required=True, help="where to write the pruned checkpoint (.pt)")
+    p.add_argument("--output", "--name", dest="output", default=None,
+                   help="where to write the pruned checkpoint (.pt); --name as in the published prune.py; for a model "
+                   "read from a Darknet .cfg, a .weights path writes Darknet files (the .cfg beside it)")
     p.add_argument("--data", default=None, help="data YAML whose training split calibrates data-driven criteria")
-    p.add_argument("--img", type=positive_int, default=640, help="image size for the GFLOPs summary (default 640)")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
+                   help="image size for the GFLOPs summary (default 640; a Darknet cfg's width, 1280 for P6 models)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every input before the model is loaded: source, parameters, criterion, graph file, output location."""
+    from yolo_prune.prune import parse_pruning_params
+    from yolo_prune.prune.criteria import criterion_name
+
+    check_model_source(args)
+    parse_pruning_params(args.pruning_params)
+    criterion_name(args.criterion)
+    if args.pruning_config:
+        input_file(args.pruning_config, "--pruning-config")
+    if args.data:
+        input_file(args.data, "--data")
+    criterion_options(args)  # bad values of the criterion flags fail before any work
+    if not args.output:
+        raise YoloPruneError("--output is required: where to write the pruned checkpoint (--name, as in the "
+                             "published prune.py, works too)")
+    output_file(args.output, "--output", inputs=[args.weights])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,14 +104,22 @@ def run(args: argparse.Namespace) -> int:
 
     from yolo_prune.engine.calibration import calibration_source
 
+    check_args(args)
     options = criterion_options(args)
-    model, history = load_model_and_history(args)
     given = read_published(args.pruning_config) if args.pruning_config else None
-    source = calibration_source(model, args.criterion, options, args.data, args.img, args.seed)
+    model, history = load_model_and_history(args)
+    img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
+    source = calibration_source(model, args.criterion, options, args.data, img, args.seed)
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                   graph=given, inplace=True, img_size=args.img, scoring=args.scoring, options=options,
-                   source=source)
-    save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
+                   graph=given, inplace=True, img_size=img, scoring=args.scoring, options=options, source=source)
+    if str(args.output).endswith(".weights"):
+        from pathlib import Path
+
+        from yolo_prune.checkpoint.darknet import save_darknet
+
+        save_darknet(result.model, Path(args.output).with_suffix(".cfg"), args.output)
+    else:
+        save_checkpoint(result.model, args.output, history=history + [result.history_entry()])
     if args.json:
         print_json({"output": args.output, **result.to_dict()})
     else:

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from yolo_prune.cli.common import fit_img, output_dir
 from yolo_prune.data.synth import (
     MAX_CLASSES,
     SPLITS,
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     p.add_argument("--val", type=int, default=128, metavar="M",
                    help="validation images (default: %(default)s)")
     p.add_argument("--img", type=int, default=320, metavar="S",
-                   help="image size, a multiple of 32 (default: %(default)s)")
+                   help="image size, rounded up to a multiple of 32 (default: %(default)s)")
     p.add_argument("--classes", type=int, default=6, metavar="K",
                    help=f"number of classes, 1-{MAX_CLASSES} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="X",
@@ -53,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     """Generate the dataset with a progress bar and print a short summary; returns the exit code."""
     from tqdm import tqdm
 
+    if isinstance(args.img, int) and args.img > 0:
+        args.img = fit_img(args.img, 32)  # the stride of the models that train on it, YOLOv7's rule
     validate_args(args.train, args.val, args.img, args.classes, args.seed, args.workers)
-    check_out_dir(Path(args.out).expanduser().resolve(), args.exist_ok)
+    out = Path(args.out).expanduser()
+    output_dir(out, "--out")
+    check_out_dir(out.resolve(), args.exist_ok)
     start = time.perf_counter()
     with tqdm(total=args.train + args.val, desc="synth", unit="img", leave=False) as bar:
         result = generate_synthetic(

@@ -1,13 +1,26 @@
-"""`yolo-prune test`: evaluate a model (optionally pruned on the fly), or run the pruning sensitivity analysis."""
+"""`yolo-prune test`: evaluate a model (optionally pruned on the fly), or run the pruning sensitivity analysis.
+
+Takes YOLOv7 ``test.py``'s flags and forms (``--img``/``--img-size``, ``--batch``, ``--conf``, ``--iou``, ``--device
+0|cpu``, ``--weights`` as a list, ``--task``, ``--no-trace``) and the published pruning code's (``--modification
+prune-structured``, ``--pruning-params``, ``--criterion``, ``--prune-output``, ``--pruning-rate``). Every input is
+checked before the model runs.
+"""
 from __future__ import annotations
 
 import argparse
-import ast
+import re
+from dataclasses import replace
+import sys
 from pathlib import Path
 
-from yolo_prune.cli.common import positive_int, print_json
+from yolo_prune.cli.common import (OneWeights, fit_img, img_int, input_file, literal_numbers,
+                                   non_negative_int, output_dir, positive_int, print_json, threshold)
 from yolo_prune.cli.prune import add_pruning_flags
 from yolo_prune.errors import YoloPruneError
+
+ANALYSIS = "pruning_sensitivity_analysis"
+DEFAULT_RATES = "[0.25, 0.5, 0.75]"
+MODIFICATIONS = ("prune-structured", "pruned-structured")  # the published README's table spells it "pruned-"
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -16,76 +29,186 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         "  yolo-prune test --data data.yaml --weights best.pt --task pruning_sensitivity_analysis \\\n"
         "      --pruning-rate '[0.25, 0.5, 0.75]' --criterion 0 --modification prune-structured --name sens"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data YAML (YOLOv7 format)")
-    p.add_argument("--weights", required=True, help="checkpoint (official YOLOv7 .pt, ours) or .onnx")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, default=640, help="image size (default 640)")
+    p.add_argument("--data", required=True, help="data YAML (YOLOv7 format); only the split evaluated must exist")
+    p.add_argument("--weights", required=True, nargs="+", action=OneWeights, metavar="FILE",
+                   help="checkpoint (official YOLOv7 .pt, ours) or .onnx")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width, an ONNX file's own size); "
+                   "rounded up to the model's stride")
     p.add_argument("--batch", "--batch-size", dest="batch", type=positive_int, default=32, help="batch size")
-    p.add_argument("--conf", "--conf-thres", dest="conf", type=float, default=0.001, help="confidence threshold")
-    p.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=0.65, help="NMS IoU threshold")
+    p.add_argument("--conf", "--conf-thres", dest="conf", type=threshold, default=0.001, help="confidence threshold")
+    p.add_argument("--iou", "--iou-thres", dest="iou", type=threshold, default=0.65, help="NMS IoU threshold")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
-    p.add_argument("--task", default="val", choices=["val", "test", "pruning_sensitivity_analysis"])
+    p.add_argument("--task", default="val", choices=["val", "test", "train", ANALYSIS],
+                   help="split to evaluate (val, test, train), or the sensitivity analysis")
     p.add_argument("--name", default="exp", help="run name (output/<name> for the analysis)")
     p.add_argument("--project", default=None, help="parent folder (default runs/test, or output for the analysis)")
     p.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
     p.add_argument("--verbose", action="store_true", help="per-class table")
-    p.add_argument("--workers", type=int, default=2, help="data loader worker processes (default 2)")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data loader worker processes (default 2)")
     p.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--half", action="store_true", help="fp16 inference on CUDA")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--modification", choices=["prune-structured"], default=None,
-                   help="prune the model before evaluating (with --pruning-params)")
+    p.add_argument("--no-trace", action="store_true", help="accepted for YOLOv7 commands (yolo-prune never traces)")
+    p.add_argument("--modification", choices=MODIFICATIONS, default=None,
+                   help="prune-structured: prune the model with --pruning-params before evaluating (implied by "
+                        "--pruning-params; the analysis prunes each layer itself)")
     add_pruning_flags(p, required=False)
-    p.add_argument("--pruning-rate", default="[0.25, 0.5, 0.75]", help="analysis rates, e.g. '[0.25, 0.5, 0.75]'")
-    p.add_argument("--prune-output", default="output.txt", help="analysis output name: <stem>_<int(100*rate)>.txt")
+    p.set_defaults(criterion=None)  # given or not: a criterion without pruning is a usage error
+    p.add_argument("--pruning-rate", default=None, help=f"analysis rates (default '{DEFAULT_RATES}')")
+    p.add_argument("--prune-output", default=None, help="analysis output name: <stem>_<int(100*rate)>.txt "
+                   "(default output.txt)")
     p.add_argument("--layers", default=None, help="analysis: only these conv layers, e.g. '[0, 5, 23]'")
     p.add_argument("--exist-ok", action="store_true", help="analysis: replace an existing analysis of other settings")
-    p.add_argument("--chunk-layers", type=positive_int, default=4, help="analysis: layers per stored chunk")
+    p.add_argument("--chunk-layers", type=positive_int, default=None, help="analysis: layers per stored chunk (4)")
     p.set_defaults(func=run, parser=p)
 
 
-def _literal_list(text: str, flag: str, kind: type) -> list:
+# ------------------------------------------------------------------------------------------- checks
+def _analysis_only(args: argparse.Namespace) -> None:
+    """Analysis flags given for an evaluation are errors, never ignored."""
+    given = [flag for flag, value in (("--pruning-rate", args.pruning_rate), ("--layers", args.layers),
+                                      ("--prune-output", args.prune_output), ("--chunk-layers", args.chunk_layers))
+             if value is not None]
+    if given:
+        raise YoloPruneError(f"{', '.join(given)}: only with --task {ANALYSIS}")
+
+
+def _check_pruning(args: argparse.Namespace, onnx: bool) -> None:
+    """--pruning-params implies --modification prune-structured; pruning flags without it are errors."""
+    from yolo_prune.prune import parse_pruning_params
+
+    if args.pruning_params is None:
+        if args.modification:
+            raise YoloPruneError(f"--modification {args.modification} needs --pruning-params (e.g. \"[(23, 0.5)]\"),"
+                                 f" or --task {ANALYSIS}, which prunes every layer alone")
+        extra = [f for f, v in (("--criterion", args.criterion), ("--round-to", args.round_to),
+                                ("--pruning-config", args.pruning_config)) if v is not None]
+        if extra:
+            raise YoloPruneError(f"{', '.join(extra)}: only with --pruning-params or --task {ANALYSIS}")
+        return
+    if onnx:
+        raise YoloPruneError("--pruning-params: an ONNX file cannot be pruned; give the PyTorch checkpoint")
+    parse_pruning_params(args.pruning_params)
+    if args.pruning_config:
+        input_file(args.pruning_config, "--pruning-config")
+    if not args.modification:
+        print("note: --pruning-params given: evaluating the model pruned with them (--modification "
+              "prune-structured)", file=sys.stderr)
+    args.modification = MODIFICATIONS[0]
+
+
+def _check_analysis(args: argparse.Namespace, onnx: bool) -> None:
+    """Rates, layers and output name of the analysis; what it cannot take."""
+    if onnx:
+        raise YoloPruneError(f"--task {ANALYSIS} prunes PyTorch layers: give the .pt checkpoint, not an ONNX file")
+    if args.pruning_params is not None or args.pruning_config is not None:
+        flag = "--pruning-params" if args.pruning_params is not None else "--pruning-config"
+        raise YoloPruneError(f"{flag}: the analysis prunes every layer alone at each --pruning-rate (its graph is "
+                             "derived from the model); evaluate a pruned model without --task instead")
+    args.rates = literal_numbers(args.pruning_rate or DEFAULT_RATES, "--pruning-rate", float, 0.0, 1.0,
+                                 open_interval=True)
+    args.layer_list = literal_numbers(args.layers, "--layers", int, 0) if args.layers else None
+    name = args.prune_output or "output.txt"
+    stem = Path(name).stem
+    if Path(name).name != name or Path(name).suffix != ".txt" or not re.fullmatch(r"[\w.-]+", stem):
+        raise YoloPruneError(f"--prune-output {args.prune_output}: expected a file name such as output.txt "
+                             "(letters, digits, '.', '_', '-')")
+    args.prefix = stem
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every input of the command, before anything is loaded or written."""
+    from yolo_prune.prune.criteria import criterion_name
+
+    input_file(args.data, "--data")
+    onnx = input_file(args.weights, "--weights").suffix.lower() == ".onnx"
+    if args.task == ANALYSIS:
+        _check_analysis(args, onnx)
+    else:
+        _analysis_only(args)
+        _check_pruning(args, onnx)
+    if args.criterion is not None:
+        criterion_name(args.criterion)
+    args.criterion = args.criterion or "0"
+    from yolo_prune.cli.prune import criterion_options
+
+    criterion_options(args)  # bad values of the criterion flags fail before any work
+    args.out_dir = Path(args.project or ("output" if args.task == ANALYSIS else "runs/test")) / args.name
+    if args.task == ANALYSIS or args.save_json:
+        output_dir(args.out_dir, "--project/--name")
+
+
+# ------------------------------------------------------------------------------------------- model
+def _load_onnx(args: argparse.Namespace):
+    """The ONNX file as a detector; corrupt files and another --img than its fixed size are usage errors."""
+    from yolo_prune.export.ort_model import OrtDetector
+
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise YoloPruneError(f"{flag}: cannot parse {text!r}; expected a list such as [0.25, 0.5]") from None
-    value = value if isinstance(value, (list, tuple)) else [value]
-    if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise YoloPruneError(f"{flag}: expected a non-empty list of numbers, got {text!r}")
-    return [kind(v) for v in value]
+        model = OrtDetector(args.weights)
+    except YoloPruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - protobuf / ONNX Runtime raise many types for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise YoloPruneError(f"--weights {args.weights}: not a readable ONNX model ({reason[:120]})") from None
+    fixed = model.img_size
+    if args.img is not None and (args.img, args.img) != tuple(fixed):
+        raise YoloPruneError(f"--img {args.img}: the ONNX input of {args.weights} is fixed at {fixed[0]}x{fixed[1]}; "
+                             f"use --img {fixed[0]} or re-export with `yolo-prune export --img-size {args.img}`")
+    args.img = int(fixed[0])
+    return model
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, data):
+    """The model to evaluate (pruned when asked), its class count checked against the data."""
     from yolo_prune.checkpoint import load_model
+    from yolo_prune.pipeline.evaluation import check_model_classes
 
-    if str(args.weights).endswith(".onnx"):
-        from yolo_prune.export.ort_model import OrtDetector  # evaluated through ONNX Runtime
-        return OrtDetector(args.weights)
-    model = load_model(args.weights)
-    if args.modification == "prune-structured":
-        if not args.pruning_params:
-            args.parser.error("--modification prune-structured needs --pruning-params")
+    if args.weights.lower().endswith(".onnx"):
+        model = _load_onnx(args)
+    else:
+        model = load_model(args.weights)
+        args.img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
+    check_model_classes(model, data, args.weights)
+    if args.task == ANALYSIS and args.layer_list:
+        _check_layers(model, args.layer_list)
+    if args.modification and args.task != ANALYSIS:
         from yolo_prune.cli.prune import criterion_options
         from yolo_prune.engine.calibration import calibration_source
+        from yolo_prune.graph import read_published
         from yolo_prune.prune import prune
 
+        given = read_published(args.pruning_config) if args.pruning_config else None
         options = criterion_options(args)
         source = calibration_source(model, args.criterion, options, args.data, args.img, args.seed)
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                      inplace=True, summarize=False, scoring=args.scoring, options=options, source=source).model
+                      graph=given, inplace=True, summarize=False, scoring=args.scoring, options=options,
+                      source=source).model
     return model
+
+
+def _check_layers(model, layers: list[int]) -> None:
+    """--layers must name prunable conv layers of this model."""
+    from yolo_prune.graph.derive import derive_graph
+
+    prunable = set(derive_graph(model).prunable)
+    bad = [layer for layer in layers if layer not in prunable]
+    if bad:
+        raise YoloPruneError(f"--layers: {bad} are not prunable conv layers of the model (prunable: "
+                             f"{min(prunable)}..{max(prunable)}; `yolo-prune graph --weights ... --print` lists them)")
 
 
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.pipeline.devices import select_device
     from yolo_prune.pipeline.evaluation import DataSettings
 
-    if not Path(args.data).is_file():
-        raise YoloPruneError(f"--data {args.data}: file not found")
+    check_args(args)
     device = select_device(args.device)
-    split = "test" if args.task == "test" else "val"
+    split = args.task if args.task in ("train", "test") else "val"
     data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images)
-    model = _load(args)
-    if args.task == "pruning_sensitivity_analysis":
+    model = _load(args, data)
+    data = replace(data, img_size=args.img)  # the size fitted to the model's stride
+    if args.task == ANALYSIS:
         return _analyse(args, model, data, device)
     return _evaluate(args, model, data, device)
 
@@ -95,10 +218,9 @@ def _evaluate(args, model, data, device) -> int:
     from yolo_prune.models.complexity import count_gflops, count_params
     from yolo_prune.pipeline.evaluation import evaluate_on_data
 
-    out_dir = Path(args.project or "runs/test") / args.name
     result = evaluate_on_data(model, data, device=device, conf_thres=args.conf, iou_thres=args.iou,
-                              half=args.half, save_json=str(out_dir / "predictions.json") if args.save_json else None,
-                              verbose=False, progress=not args.json)
+                              half=args.half, progress=not args.json, verbose=False, source=args.weights,
+                              save_json=str(args.out_dir / "predictions.json") if args.save_json else None)
     is_torch = hasattr(model, "parameters")
     params = count_params(model) if is_torch else None
     gflops = count_gflops(model.cpu(), args.img) if is_torch else None
@@ -117,20 +239,14 @@ def _analyse(args, model, data, device) -> int:
     from yolo_prune.cli.prune import criterion_options
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
-    rates = _literal_list(args.pruning_rate, "--pruning-rate", float)
-    bad = [r for r in rates if not 0 < r < 1]
-    if bad:
-        raise YoloPruneError(f"--pruning-rate: rates must lie in (0, 1), got {bad}")
-    layers = _literal_list(args.layers, "--layers", int) if args.layers else None
-    out_dir = Path(args.project or "output") / args.name
-    analysis = AnalysisSettings(rates, args.criterion, args.round_to, args.seed, layers, args.conf, args.iou,
-                                args.chunk_layers, Path(args.prune_output).stem, criterion_options(args))
-    store = sensitivity_on_data(model, data, analysis, out_dir, device=device, half=args.half,
+    analysis = AnalysisSettings(args.rates, args.criterion, args.round_to, args.seed, args.layer_list, args.conf,
+                                args.iou, args.chunk_layers or 4, args.prefix, criterion_options(args))
+    store = sensitivity_on_data(model, data, analysis, args.out_dir, device=device, half=args.half,
                                 exist_ok=args.exist_ok, source=str(args.weights), progress=not args.json)
     if args.json:
-        print_json({"output": str(out_dir), "baseline": store.baseline, "n_results": len(store.results)})
+        print_json({"output": str(args.out_dir), "baseline": store.baseline, "n_results": len(store.results)})
     else:
         base = store.baseline
-        print(f"analysis in {out_dir}: {len(store.results)} configurations; baseline mAP@.5:.95 "
-              f"{base['map']:.4f}, mAP@.5 {base['map50']:.4f}" if base else f"analysis in {out_dir}")
+        print(f"analysis in {args.out_dir}: {len(store.results)} configurations; baseline mAP@.5:.95 "
+              f"{base['map']:.4f}, mAP@.5 {base['map50']:.4f}" if base else f"analysis in {args.out_dir}")
     return 0

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import positive_int
+import sys
+
+from yolo_prune.cli.common import (img_int, input_file, non_negative_float, non_negative_int, output_dir,
+                                   positive_int)
 from yolo_prune.cli.prune import add_pruning_flags, criterion_options
+from yolo_prune.errors import YoloPruneError
 
 EPILOG = """examples:
   yolo-prune train --weights yolov7-tiny.pt --data data.yaml --hyp scratch.tiny --epochs 100 --batch-size 32
@@ -19,18 +23,23 @@ EPILOG = """examples:
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt or ours")
-    p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny) or a cfg .yaml")
+    p.add_argument("--weights", default=None, help="checkpoint to fine-tune: an official YOLOv7 .pt, ours, or Darknet "
+                   ".weights (the .cfg of the same name beside them)")
+    p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny), a cfg .yaml or a "
+                   "Darknet .cfg")
     p.add_argument("--data", default=None, help="data YAML (YOLOv7 format); nc and names come from it")
-    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: finetune, scratch.p5, scratch.tiny, "
-                   "scratch.custom (default: finetune with --weights, scratch.p5 with --cfg or --from-scratch)")
+    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: finetune, scratch.p5, scratch.p6, "
+                   "scratch.tiny, scratch.custom (default: finetune with --weights; with --cfg or --from-scratch "
+                   "scratch.p6 for P6 models, else scratch.p5)")
     p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
                    help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
-    p.add_argument("--img", "--img-size", dest="img", type=positive_int, nargs="+", default=[640],
-                   help="image size (default 640; a second value, as in 'train test', is ignored)")
+    p.add_argument("--img", "--img-size", dest="img", type=img_int, nargs="+", default=None,
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width; YOLOv7's 'train test' "
+                        "pair, e.g. 640 640, is accepted: training and evaluation both use the first); rounded up to "
+                        "the model's max stride")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
-    p.add_argument("--workers", type=int, default=8, help="data loader worker processes (default 8)")
+    p.add_argument("--workers", type=non_negative_int, default=8, help="data loader worker processes (default 8)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs (default runs/train)")
     p.add_argument("--name", default="exp", help="run name: project/name, or name2, name3... if it exists")
     p.add_argument("--exist-ok", action="store_true", help="write into project/name even if it exists")
@@ -40,11 +49,12 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--from-scratch", action="store_true", help="keep the (pruned) architecture, re-initialise weights")
     p.add_argument("--distill", action="store_true",
                    help="distil from the model before pruning: + w * MSE(student maps, teacher maps)")
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight w of the distillation term (default 1)")
+    p.add_argument("--distill-weight", type=non_negative_float, default=1.0,
+                   help="weight w of the distillation term (default 1)")
     p.add_argument("--feature-distill", choices=["kept", "adapter"], default=None,
                    help="also distil the neck outputs; student channels matched to the teacher's by the kept "
                    "indices or by a trained 1x1 adapter")
-    p.add_argument("--feature-distill-weight", type=float, default=1.0,
+    p.add_argument("--feature-distill-weight", type=non_negative_float, default=1.0,
                    help="weight of the feature-distillation term (normalised MSE; default 1)")
     p.add_argument("--pruning-iter", type=positive_int, default=1,
                    help="prune in K rounds, each removing 1/K of every layer's filters and fine-tuning "
@@ -62,7 +72,7 @@ def settings_from_args(args: argparse.Namespace):
 
     return TrainSettings(
         data=args.data, weights=args.weights, cfg=args.cfg, hyp=args.hyp, epochs=args.epochs,
-        batch_size=args.batch_size, img_size=args.img[0], device=args.device, workers=args.workers,
+        batch_size=args.batch_size, img_size=args.img[0] if args.img else None, device=args.device, workers=args.workers,
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
         pruning_config=args.pruning_config, seed=args.seed, scoring=args.scoring, from_scratch=args.from_scratch,
@@ -71,9 +81,26 @@ def settings_from_args(args: argparse.Namespace):
         max_val_images=args.max_val_images, sync_bn=args.sync_bn)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Files and the output location before anything is loaded (hyp, data, weights and pruning parameters are
+    read and checked by the trainer before the run folder is created)."""
+    if args.img and len(args.img) > 2:
+        raise YoloPruneError(f"--img takes one size or YOLOv7's 'train test' pair, got {' '.join(map(str, args.img))}")
+    if args.img and len(args.img) == 2 and args.img[1] != args.img[0]:
+        print(f"note: --img {args.img[0]} {args.img[1]}: training and evaluation both use {args.img[0]}",
+              file=sys.stderr)
+    if args.resume:
+        return
+    for flag, value in (("--data", args.data), ("--weights", args.weights), ("--pruning-config", args.pruning_config)):
+        if value:
+            input_file(value, flag)
+    output_dir(args.project, "--project")
+
+
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.engine.trainer import train
 
+    check_args(args)
     if args.pruning_iter > 1:
         from yolo_prune.pipeline.schedule import train_iteratively
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
-from yolo_prune.errors import DataError
+from yolo_prune.errors import ConfigError, DataError
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "dng", "webp", "mpo")
 REQUIRED_SPLITS = ("train", "val")
@@ -33,14 +33,28 @@ class DataConfig:
     root: str = ""
 
 
-def load_data_config(path: str | os.PathLike[str]) -> DataConfig:
-    """Read and validate a YOLOv7 data YAML; raises DataError naming the file and key on any problem."""
+def load_data_config(path: str | os.PathLike[str], splits: Sequence[str] | None = None) -> DataConfig:
+    """Read and validate a YOLOv7 data YAML; raises DataError naming the file and key on any problem.
+
+    ``splits``: resolve only these splits (each then required; the others are left empty), e.g. ``("val",)`` for
+    evaluation, which must not fail on a ``train:`` path that exists only on the training machine. Default:
+    ``train`` and ``val`` required, ``test`` optional.
+    """
     yaml_path = os.path.abspath(os.fspath(path))
     raw = _read_yaml(yaml_path)
     root = _root_dir(raw, yaml_path)
     nc, names = _classes(raw, yaml_path)
-    splits = {key: _split(raw, key, root, yaml_path) for key in ("train", "val", "test")}
-    return DataConfig(yaml_path, splits["train"], splits["val"], splits["test"], nc, names, root)
+    wanted = ("train", "val", "test") if splits is None else tuple(splits)
+    required = REQUIRED_SPLITS if splits is None else wanted
+    found = {key: _split(raw, key, root, yaml_path, key in required) if key in wanted else None
+             for key in ("train", "val", "test")}
+    return DataConfig(yaml_path, found["train"] or (), found["val"] or (), found["test"], nc, names, root)
+
+
+def class_count_error(model_nc: int, weights: str, data: str, data_nc: int, hint: str = "") -> ConfigError:
+    """The one message, for every command, of a model whose class count differs from the data YAML's."""
+    return ConfigError(f"--weights {weights} has nc={model_nc} classes but --data {data} has nc={data_nc}"
+                       + (f"; {hint}" if hint else ""))
 
 
 def is_image_file(path: str) -> bool:
@@ -50,13 +64,11 @@ def is_image_file(path: str) -> bool:
 
 def _read_yaml(yaml_path: str) -> dict[str, Any]:
     """Load the YAML mapping, turning I/O and syntax problems into DataError."""
+    from yolo_prune.fileio import read_text
+
+    text = read_text(yaml_path, "data YAML", DataError)
     try:
-        with open(yaml_path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise DataError(f"{yaml_path}: data YAML not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{yaml_path}: cannot read data YAML: {e}") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise DataError(f"{yaml_path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -97,7 +109,8 @@ def _classes(raw: dict[str, Any], yaml_path: str) -> tuple[int, tuple[str, ...]]
     return nc, tuple(str(n) for n in names)
 
 
-def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str) -> Optional[tuple[str, ...]]:
+def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str,
+           required: bool) -> Optional[tuple[str, ...]]:
     """Resolve one split's source(s) to a tuple of absolute image paths (None for an absent optional split).
 
     An existing but empty folder gives ``()``: evaluation-only data (``yolo-prune synth --train 0``) loads, and
@@ -105,7 +118,7 @@ def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str) -> Optional
     """
     value = raw.get(key)
     if value in (None, "", []):
-        if key in REQUIRED_SPLITS:
+        if required:
             raise DataError(f"{yaml_path}: missing required key '{key}'")
         return None
     sources = value if isinstance(value, list) else [value]

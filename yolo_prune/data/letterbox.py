@@ -30,6 +30,11 @@ def as_hw(shape: ShapeLike) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def round_up_to_stride(size: int, stride: int) -> int:
+    """The smallest multiple of ``stride`` >= ``size``: YOLOv7's rule for image sizes (``check_img_size``)."""
+    return -(-int(size) // int(stride)) * int(stride)
+
+
 def resize(img: np.ndarray, size_wh: tuple[int, int], resample: Image.Resampling = BILINEAR) -> np.ndarray:
     """Resize an HWC uint8 image to ``(w, h)`` with Pillow (stands in for cv2.resize); returns the input if unchanged."""
     if (img.shape[1], img.shape[0]) == tuple(size_wh):

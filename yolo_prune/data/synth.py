@@ -49,6 +49,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from yolo_prune.errors import DataError
+from yolo_prune.fileio import umask_mode
 
 CLASS_NAMES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon", "crescent",
@@ -593,6 +594,7 @@ def generate_synthetic(
     params = {"seed": int(seed), "n_train": int(n_train), "n_val": int(n_val),
               "img_size": int(img_size), "n_classes": int(n_classes)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, umask_mode(directory=True))  # mkdtemp makes it owner-only; the dataset is an ordinary folder
     try:
         for sub in ("images", "labels"):
             for split in SPLITS:

@@ -1,6 +1,7 @@
 """Label assignment for the YOLOv7 loss: which prediction cells are positives, and for which target.
 
-Two strategies share one candidate generator (:func:`candidate_cells`, YOLOv7's ``find_3_positive``):
+Two strategies share one candidate generator (:func:`candidate_cells`: YOLOv7's ``find_3_positive`` with
+``bias=0.5``, the auxiliary heads' ``find_5_positive`` with ``bias=1.0``):
 
 * :class:`RatioAssigner` (``loss_ota: 0``) - every candidate is a positive for the target that produced
   it (YOLOv5 ``build_targets``).
@@ -13,7 +14,7 @@ Conventions: ``targets`` is [M, 6] = (image index, class, cx, cy, w, h) normalis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -65,28 +66,40 @@ def decode_xywh(raw: Tensor, cells: Tensor, anchors: Tensor) -> Tensor:
     return torch.cat((xy, wh), 1)
 
 
-def _neighbour_offsets(device: torch.device, dtype: torch.dtype) -> Tensor:
+BoxCoder = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""Decodes raw [n, 4] with cells [n, 2] and anchors [n, 2] (grid units) to cx, cy, w, h: :func:`decode_xywh`
+for YOLOv7 heads; heads with another decoding expose ``box_coders`` (one per level, e.g. Darknet's)."""
+
+
+def box_coders(head: object, nl: int) -> list[BoxCoder]:
+    """The head's per-level box decoding for training (``head.box_coders``), else YOLOv7's for every level."""
+    return list(getattr(head, "box_coders", None) or [decode_xywh] * nl)
+
+
+def _neighbour_offsets(device: torch.device, dtype: torch.dtype, bias: float) -> Tensor:
     """[5, 2] cell offsets (x, y) subtracted from a target centre: own cell, left, up, right, down."""
     off = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device, dtype=dtype)
-    return off * 0.5
+    return off * bias
 
 
-def _neighbour_mask(xy: Tensor, gain: Tensor) -> Tensor:
+def _neighbour_mask(xy: Tensor, gain: Tensor, bias: float) -> Tensor:
     """[5, n] which of the offsets of :func:`_neighbour_offsets` to use for grid centres xy [n, 2].
 
-    The own cell always; the left/up neighbour when the centre sits in the cell's left/upper half
-    (and is not in the first cell), the right/down neighbour likewise for the other half.
+    The own cell always; with ``bias`` 0.5 the left/up neighbour when the centre sits in the cell's left/upper
+    half (and is not in the first cell), the right/down neighbour likewise for the other half; with ``bias`` 1.0
+    all four neighbours (away from the border), as the official ``find_5_positive``.
     """
 
     def near(v: Tensor) -> Tensor:
-        return (v % 1.0 < 0.5) & (v > 1.0)
+        return (v % 1.0 < bias) & (v > 1.0)
 
     own = torch.ones_like(xy[:, :1], dtype=torch.bool)
     return torch.cat((own, near(xy), near(gain - xy)), 1).T
 
 
-def _level_candidates(targets: Tensor, ny: int, nx: int, anchors: Tensor, anchor_t: float) -> LevelMatch:
-    """Candidates of one level: anchors within ``anchor_t`` of the target's w/h, own cell + 2 nearest neighbours.
+def _level_candidates(targets: Tensor, ny: int, nx: int, anchors: Tensor, anchor_t: float,
+                      bias: float = 0.5) -> LevelMatch:
+    """Candidates of one level: anchors within ``anchor_t`` of the target's w/h, own cell + neighbours (``bias``).
 
     targets [M, 6]; anchors [na, 2] grid units.
     """
@@ -98,9 +111,9 @@ def _level_candidates(targets: Tensor, ny: int, nx: int, anchors: Tensor, anchor
     fits = torch.max(ratio, 1.0 / ratio).amax(2) < anchor_t  # [na, M]
     a_idx, t_idx = fits.nonzero(as_tuple=True)
     xy = targets[t_idx, 2:4] * gain  # [n, 2]
-    use = _neighbour_mask(xy, gain)  # [5, n]
+    use = _neighbour_mask(xy, gain, bias)  # [5, n]
     k_idx, n_idx = use.nonzero(as_tuple=True)
-    cell = (xy[n_idx] - _neighbour_offsets(xy.device, xy.dtype)[k_idx]).long()
+    cell = (xy[n_idx] - _neighbour_offsets(xy.device, xy.dtype, bias)[k_idx]).long()
     t_sel = t_idx[n_idx]
     return LevelMatch(
         b=targets[t_sel, 0].long(),
@@ -112,14 +125,14 @@ def _level_candidates(targets: Tensor, ny: int, nx: int, anchors: Tensor, anchor
 
 
 def candidate_cells(
-    targets: Tensor, grid_hw: Sequence[tuple[int, int]], anchors: Tensor, anchor_t: float
+    targets: Tensor, grid_hw: Sequence[tuple[int, int]], anchors: Tensor, anchor_t: float, bias: float = 0.5
 ) -> list[LevelMatch]:
-    """YOLOv7 ``find_3_positive`` for every level.
+    """YOLOv7 ``find_3_positive`` (``bias`` 0.5) or ``find_5_positive`` (``bias`` 1.0) for every level.
 
     targets [M, 6]; grid_hw[l] = (ny, nx) of level l; anchors [nl, na, 2] grid units.
     """
     return [
-        _level_candidates(targets, ny, nx, anchors[i], anchor_t) for i, (ny, nx) in enumerate(grid_hw)
+        _level_candidates(targets, ny, nx, anchors[i], anchor_t, bias) for i, (ny, nx) in enumerate(grid_hw)
     ]
 
 
@@ -201,7 +214,8 @@ class SimOTAAssigner:
     """YOLOv7 OTA assignment (``loss_ota: 1``): candidates from :func:`candidate_cells`, then dynamic-k.
 
     Like YOLOv7, a cell proposed by two targets of one image is two pool entries (it can be taken twice,
-    counting double in the means); ``unique_cells=True`` pools each cell once instead.
+    counting double in the means); ``unique_cells=True`` pools each cell once instead. ``ComputeLossOTA`` uses
+    ``topk=10, bias=0.5``; ``ComputeLossAuxOTA`` uses ``topk=20`` with ``bias=0.5`` (lead) and ``1.0`` (aux).
     """
 
     def __init__(
@@ -212,14 +226,19 @@ class SimOTAAssigner:
         topk: int = 10,
         iou_weight: float = 3.0,
         unique_cells: bool = False,
+        bias: float = 0.5,
+        coders: Sequence[BoxCoder] | None = None,
     ) -> None:
-        """anchors [nl, na, 2] grid units; stride [nl] pixels per cell; topk/iou_weight as in YOLOv7."""
+        """anchors [nl, na, 2] grid units; stride [nl] pixels per cell; topk/iou_weight as in YOLOv7; ``bias``
+        picks the candidate cells (:func:`candidate_cells`); ``coders`` decode boxes per level (YOLOv7's)."""
         self.anchors = anchors.detach().float()
         self.stride = torch.as_tensor(stride).detach().float()
         self.anchor_t = float(anchor_t)
         self.topk = int(topk)
         self.iou_weight = float(iou_weight)
         self.unique_cells = bool(unique_cells)
+        self.bias = float(bias)
+        self.coders = list(coders) if coders is not None else [decode_xywh] * len(self.anchors)
 
     def _decode_pool(self, preds: Sequence[Tensor], pool: _Pool) -> tuple[Tensor, Tensor]:
         """Pooled cells -> (boxes xyxy in pixels [P, 4], class scores sqrt(sigmoid(cls) * sigmoid(obj)) [P, nc])."""
@@ -231,7 +250,7 @@ class SimOTAAssigner:
             b, a, gj, gi = pool.b[sel], pool.a[sel], pool.gj[sel], pool.gi[sel]
             ps = p[b, a, gj, gi].float()  # [n, no]
             cells = torch.stack((gi, gj), 1).float()
-            xywh = decode_xywh(ps[:, :4], cells, self.anchors[i].to(ps.device)[a]) * self.stride[i].item()
+            xywh = self.coders[i](ps[:, :4], cells, self.anchors[i].to(ps.device)[a]) * self.stride[i].item()
             boxes[sel] = box_convert(xywh, "cxcywh", "xyxy")
             scores[sel] = (ps[:, 5:].sigmoid() * ps[:, 4:5].sigmoid()).sqrt()
         return boxes, scores
@@ -256,7 +275,7 @@ class SimOTAAssigner:
         """preds: nl raw maps; targets [M, 6]; img_hw (H, W) of the network input in pixels."""
         device = preds[0].device
         anchors = self.anchors.to(targets.device)
-        cands = candidate_cells(targets.float(), _grid_hw(preds), anchors, self.anchor_t)
+        cands = candidate_cells(targets.float(), _grid_hw(preds), anchors, self.anchor_t, self.bias)
         if sum(len(m) for m in cands) == 0:
             return [LevelMatch.empty(device) for _ in preds]
         pool = _pool_candidates(cands, self.unique_cells)
@@ -275,8 +294,9 @@ class SimOTAAssigner:
         ]
 
 
-def make_assigner(loss_ota: int, anchors: Tensor, stride: Tensor, anchor_t: float) -> Assigner:
+def make_assigner(loss_ota: int, anchors: Tensor, stride: Tensor, anchor_t: float,
+                  coders: Sequence[BoxCoder] | None = None) -> Assigner:
     """The strategy for hyp ``loss_ota``: 1 -> :class:`SimOTAAssigner`, 0 -> :class:`RatioAssigner`."""
     if int(loss_ota):
-        return SimOTAAssigner(anchors, stride, anchor_t)
+        return SimOTAAssigner(anchors, stride, anchor_t, coders=coders)
     return RatioAssigner(anchors, anchor_t)

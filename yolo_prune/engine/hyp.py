@@ -23,11 +23,32 @@ REQUIRED_KEYS: tuple[str, ...] = (
 
 #: Optional keys and the value used when a file leaves them out.
 OPTIONAL_DEFAULTS: Mapping[str, int | float] = MappingProxyType(
-    {"loss_ota": 1, "copy_paste": 0.0, "paste_in": 0.0, "label_smoothing": 0.0}
+    {"loss_ota": 1, "copy_paste": 0.0, "paste_in": 0.0, "label_smoothing": 0.0, "aux_weight": 0.25}
 )
+
+_PROBABILITY = (0.0, 1.0, True)  # [0, 1]
+#: Valid ranges ``(low, high, low included)``, high always included; None = unbounded. Values outside them make
+#: training fail much later (or diverge): they are refused when the file is read, naming key and line.
+RANGES: Mapping[str, tuple[float, float | None, bool]] = MappingProxyType({
+    "lr0": (0.0, None, False), "lrf": (0.0, 1.0, False), "momentum": (0.0, 1.0, True),
+    "weight_decay": (0.0, None, True), "warmup_epochs": (0.0, None, True), "warmup_momentum": (0.0, 1.0, True),
+    "warmup_bias_lr": (0.0, None, True), "box": (0.0, None, True), "cls": (0.0, None, True),
+    "obj": (0.0, None, True), "cls_pw": (0.0, None, False), "obj_pw": (0.0, None, False),
+    "iou_t": (0.0, 1.0, False), "anchor_t": (0.0, None, False), "fl_gamma": (0.0, None, True),
+    "hsv_h": _PROBABILITY, "hsv_s": _PROBABILITY, "hsv_v": _PROBABILITY, "degrees": (0.0, 180.0, True),
+    "translate": _PROBABILITY, "scale": _PROBABILITY, "shear": (0.0, 90.0, True), "perspective": (0.0, 0.1, True),
+    "flipud": _PROBABILITY, "fliplr": _PROBABILITY, "mosaic": _PROBABILITY, "mixup": _PROBABILITY,
+    "copy_paste": _PROBABILITY, "paste_in": _PROBABILITY, "label_smoothing": _PROBABILITY,
+})
 
 #: Keys accepted without a default (``anchors``: anchors per level, commented out in the official files).
 _OTHER_KNOWN: frozenset[str] = frozenset({"anchors"})
+
+
+def default_hyp_name(model: Any) -> str:
+    """The shipped hyp a model trains with when none is given: ``scratch.p6`` for P6 models (official
+    ``train_aux.py`` recipe), else ``scratch.p5``."""
+    return "scratch.p6" if getattr(model, "is_p6", False) else "scratch.p5"
 
 
 def hyp_dir() -> Path:
@@ -45,6 +66,9 @@ def resolve_hyp_path(path_or_name: str | Path) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"hyp {path}: is a directory, expected a hyp .yaml file or a shipped name "
+                          f"({', '.join(shipped_hyp_names())})")
     name = str(path_or_name).removesuffix(".yaml").removeprefix("hyp.")
     if name in shipped_hyp_names():
         return hyp_dir() / f"hyp.{name}.yaml"
@@ -76,6 +100,11 @@ def _check_value(key: str, value: Any, where: str) -> int | float:
         if value not in (0, 1):
             raise ConfigError(f"{where}: hyp key 'loss_ota' must be 0 or 1, got {value!r}")
         return int(value)
+    if key in RANGES:
+        low, high, low_included = RANGES[key]
+        if value < low or (value == low and not low_included) or (high is not None and value > high):
+            expected = f"{'>=' if low_included else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise ConfigError(f"{where}: hyp key '{key}' must be {expected}, got {value!r}")
     return value
 
 
@@ -111,12 +140,12 @@ def load_hyp(path_or_name: str | Path) -> dict[str, Any]:
     ``label_smoothing`` (defaults 1, 0, 0, 0), plus any unknown keys (warned about).
     Raises :class:`ConfigError` (naming the file) for unreadable, malformed or incomplete files.
     """
+    from yolo_prune.fileio import read_text
+
     path = resolve_hyp_path(path_or_name)
+    text = read_text(path, "hyp", ConfigError)
     try:
-        text = path.read_text(encoding="utf-8")
         raw, lines = yaml.safe_load(text), _key_lines(text)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read hyp file: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     return validate_hyp(raw, str(path), lines)

@@ -8,6 +8,7 @@ Usage, as the official trainer does::
     loss.backward()                              # loss = total * batch size, items = (box, obj, cls, total)
 
 Label assignment is delegated to a strategy from :mod:`yolo_prune.engine.assign`, picked by hyp ``loss_ota``.
+:class:`AuxYoloLoss` is the P6 models' loss with auxiliary heads (official ``ComputeLossAuxOTA``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from yolo_prune.engine.assign import Assigner, LevelMatch, decode_xywh, make_assigner
+from yolo_prune.engine.assign import Assigner, LevelMatch, SimOTAAssigner, box_coders, make_assigner
 
 
 class HeadLike(Protocol):
@@ -126,8 +127,10 @@ class YoloLoss:
         self.cp, self.cn = 1.0 - 0.5 * eps, 0.5 * eps  # positive / negative class targets
         self.gr = 1.0  # objectness target = (1 - gr) + gr * IoU
         self.balance = level_balance(self.nl)
+        self.coders = box_coders(head, self.nl)  # per-level box decoding (YOLOv7's, or e.g. Darknet's)
+        self.anchor_t = float(hyp["anchor_t"])
         self.assigner = assigner or make_assigner(
-            int(hyp.get("loss_ota", 1)), self.anchors, self.stride, float(hyp["anchor_t"])
+            int(hyp.get("loss_ota", 1)), self.anchors, self.stride, self.anchor_t, self.coders
         )
 
     def _img_hw(self, preds: Sequence[Tensor], imgs: Tensor | None) -> tuple[int, int]:
@@ -148,7 +151,7 @@ class YoloLoss:
             return zero, zero, tobj
         ps = p[m.b, m.a, m.gj, m.gi].float()  # [n, no]
         cells = torch.stack((m.gi, m.gj), 1).float()
-        pbox = decode_xywh(ps[:, :4], cells, self.anchors[i].to(p.device)[m.a])
+        pbox = self.coders[i](ps[:, :4], cells, self.anchors[i].to(p.device)[m.a])
         ny, nx = p.shape[2], p.shape[3]
         tbox = targets[m.t, 2:6].float() * torch.tensor([nx, ny, nx, ny], device=p.device)
         ciou = bbox_ciou(pbox, tbox)
@@ -159,6 +162,22 @@ class YoloLoss:
             t[torch.arange(len(m), device=p.device), targets[m.t, 1].long()] = self.cp
             lcls = bce_loss(ps[:, 5:], t, self.cls_pw, self.gamma)
         return (1.0 - ciou).mean(), lcls, tobj
+
+    def _terms(self, preds: Sequence[Tensor], matches: Sequence[LevelMatch], targets: Tensor) -> list[Tensor]:
+        """[box, objectness (level-balanced), class] summed over the levels of ``preds``, before the gains."""
+        lbox, lobj, lcls = (preds[0].new_zeros(1, dtype=torch.float32) for _ in range(3))
+        for i, (p, m) in enumerate(zip(preds, matches)):
+            box_i, cls_i, tobj = self._level_terms(i, p, m, targets)
+            lbox = lbox + box_i
+            lcls = lcls + cls_i
+            lobj = lobj + bce_loss(p[..., 4].float(), tobj.float(), self.obj_pw, self.gamma) * self.balance[i]
+        return [lbox, lobj, lcls]
+
+    def _total(self, terms: Sequence[Tensor], batch: int) -> tuple[Tensor, Tensor]:
+        """Apply the gains: (loss [1] = total * batch, items [4] = (box, obj, cls, total), detached)."""
+        lbox, lobj, lcls = (t * g for t, g in zip(terms, self.gains))
+        total = lbox + lobj + lcls
+        return total * batch, torch.cat((lbox, lobj, lcls, total)).detach()
 
     def __call__(
         self, preds: Sequence[Tensor], targets: Tensor, imgs: Tensor | None = None
@@ -171,15 +190,54 @@ class YoloLoss:
         preds = list(preds)[: self.nl]
         targets = targets.to(preds[0].device)
         matches = self.assigner(preds, targets, self._img_hw(preds, imgs))
-        lbox, lobj, lcls = (preds[0].new_zeros(1, dtype=torch.float32) for _ in range(3))
-        for i, (p, m) in enumerate(zip(preds, matches)):
-            box_i, cls_i, tobj = self._level_terms(i, p, m, targets)
-            lbox = lbox + box_i
-            lcls = lcls + cls_i
-            lobj = lobj + bce_loss(p[..., 4].float(), tobj.float(), self.obj_pw, self.gamma) * self.balance[i]
-        lbox, lobj, lcls = lbox * self.gains[0], lobj * self.gains[1], lcls * self.gains[2]
-        total = lbox + lobj + lcls
-        return total * preds[0].shape[0], torch.cat((lbox, lobj, lcls, total)).detach()
+        return self._total(self._terms(preds, matches, targets), preds[0].shape[0])
+
+
+class AuxYoloLoss(YoloLoss):
+    """The loss of models with auxiliary heads (``IAuxDetect``: yolov7-w6/e6/d6/e6e), as the official
+    ``ComputeLossAuxOTA`` of ``train_aux.py`` defines it.
+
+    ``preds`` holds the nl lead maps, then the nl auxiliary maps (same grids). Assignment is *lead-guided*: both
+    label sets are chosen by OTA from the **lead** heads' predictions; the lead's from 3 candidate cells per level
+    (``bias`` 0.5, YOLOv7's ``find_3_positive``), the auxiliary heads' from 5 (``bias`` 1.0: the cell and its four
+    neighbours, ``find_5_positive``), both with dynamic k from the 20 best IoUs. The auxiliary terms (box, class,
+    and objectness with the same level balance) enter with weight ``aux_weight`` (hyp key ``aux_weight``,
+    official 0.25) before the gains. Without auxiliary maps (eval-mode outputs) it is :class:`YoloLoss` with the
+    lead assignment.
+    """
+
+    def __init__(self, head: HeadLike, hyp: Mapping[str, Any], aux_weight: float | None = None) -> None:
+        super().__init__(head, hyp, assigner=None)
+        self.assigner = SimOTAAssigner(self.anchors, self.stride, self.anchor_t, topk=20, bias=0.5,
+                                       coders=self.coders)
+        self.aux_assigner = SimOTAAssigner(self.anchors, self.stride, self.anchor_t, topk=20, bias=1.0,
+                                           coders=self.coders)
+        self.aux_weight = float(hyp.get("aux_weight", 0.25) if aux_weight is None else aux_weight)
+
+    def __call__(
+        self, preds: Sequence[Tensor], targets: Tensor, imgs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """preds: 2*nl raw maps [B, na, ny, nx, nc + 5] (lead, then auxiliary); targets [M, 6]; imgs [B, 3, H, W].
+
+        Returns (loss [1] = total * B, items [4] = (box, obj, cls, total) with the auxiliary terms included).
+        """
+        preds = list(preds)
+        lead, aux = preds[: self.nl], preds[self.nl: 2 * self.nl]
+        targets = targets.to(lead[0].device)
+        img_hw = self._img_hw(lead, imgs)
+        terms = self._terms(lead, self.assigner(lead, targets, img_hw), targets)
+        if len(aux) == self.nl:
+            aux_terms = self._terms(aux, self.aux_assigner(lead, targets, img_hw), targets)
+            terms = [t + self.aux_weight * a for t, a in zip(terms, aux_terms)]
+        return self._total(terms, lead[0].shape[0])
+
+
+def make_loss(head: HeadLike, hyp: Mapping[str, Any]) -> YoloLoss:
+    """The training loss for ``head`` (hyp gains already scaled): :class:`AuxYoloLoss` for heads with auxiliary
+    outputs (``IAuxDetect``, as the official ``train_aux.py``), else :class:`YoloLoss`."""
+    from yolo_prune.models.heads import IAuxDetect
+
+    return AuxYoloLoss(head, hyp) if isinstance(head, IAuxDetect) and len(head.m2) else YoloLoss(head, hyp)
 
 
 def detection_loss_fn(model: Any, img_size: int, hyp: str = "scratch.tiny"):
@@ -188,5 +246,5 @@ def detection_loss_fn(model: Any, img_size: int, hyp: str = "scratch.tiny"):
     from yolo_prune.engine.hyp import load_hyp
 
     head = model.detect
-    loss = YoloLoss(head, scale_loss_gains(load_hyp(hyp), head.nl, head.nc, img_size))
+    loss = make_loss(head, scale_loss_gains(load_hyp(hyp), head.nl, head.nc, img_size))
     return lambda raw, targets, imgs: loss(raw, targets, imgs)[0]

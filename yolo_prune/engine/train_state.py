@@ -47,18 +47,18 @@ class TrainSettings:
     True for the newest last.pt under ``project``) every other field is read from the checkpoint except
     ``device``, ``workers`` and ``progress``. ``batch_size`` is the total over all ranks. ``augment=False``
     turns off mosaic/HSV/flip/affine (API only; used by tests). ``hyp`` None: ``finetune`` when starting from
-    ``weights``, ``scratch.p5`` for ``cfg`` or ``from_scratch``. ``criterion_options``: CriterionOptions fields
-    (data-driven criteria, global selection, reconstruction). ``feature_distill`` ("kept" or "adapter"): also
+    ``weights``, the model's default for ``cfg`` or ``from_scratch`` (``scratch.p6`` for P6, else ``scratch.p5``).
+    ``criterion_options``: CriterionOptions fields (data-driven criteria, global selection, reconstruction). ``feature_distill`` ("kept" or "adapter"): also
     distil the neck outputs (the head's inputs). Raises ConfigError/PruningError.
     """
 
     data: str | None = None
     weights: str | None = None
     cfg: str | None = None
-    hyp: str | None = None
+    hyp: str | None = None  # None: finetune from weights; else scratch.p6 for P6 models, scratch.p5 for others
     epochs: int = 300
     batch_size: int = 16
-    img_size: int = 640
+    img_size: int | None = None  # None: the model's default (1280 for P6 models, a Darknet cfg's width, else 640)
     device: str = ""
     workers: int = 8
     project: str = "runs/train"
@@ -87,8 +87,11 @@ class TrainSettings:
 
         self.criterion = str(self.criterion)
         self.scoring = scoring_name(self.scoring)
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("seed", 0)):
-            _positive(name, getattr(self, name), minimum)
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 1), ("workers", 0), ("seed", 0)):
+            if getattr(self, name) is not None or name != "img_size":  # img_size None: the model's default
+                _positive(name, getattr(self, name), minimum)
+        if self.seed > 2**32 - 1:
+            raise ConfigError(f"seed must be at most 2**32 - 1 (NumPy's range), got {self.seed}")
         for name in ("round_to", "max_val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
@@ -100,8 +103,8 @@ class TrainSettings:
             raise ConfigError(f"--feature-distill {self.feature_distill!r}: choose kept or adapter")
         if self.resume:
             return
-        if self.hyp is None:
-            self.hyp = "finetune" if self.weights and not self.from_scratch else "scratch.p5"
+        if self.hyp is None and self.weights and not self.from_scratch:
+            self.hyp = "finetune"  # otherwise the model's default (default_hyp_name), once it is built
         from yolo_prune.prune.options import CriterionOptions
 
         unknown = set(self.criterion_options) - set(CriterionOptions.__dataclass_fields__)
@@ -231,20 +234,47 @@ def new_run_dir(project: str | Path, name: str, exist_ok: bool) -> Path:
     raise YoloPruneError(f"{base}: no free run name (tried {name} .. {name}9999)")
 
 
+def _last_activity(run_dir: Path) -> float:
+    """When a run folder last changed: its ``last.pt`` (written every epoch) or ``opt.yaml`` (written at start)."""
+    times = [f.stat().st_mtime for f in (run_dir / "weights" / "last.pt", run_dir / "opt.yaml") if f.is_file()]
+    return max(times, default=0.0)
+
+
 def find_last(resume: str | bool, project: str | Path) -> Path:
     """The ``last.pt`` to resume: the given file, ``<dir>/weights/last.pt`` for a run folder, or (``True``)
-    the most recently modified ``last.pt`` under ``project``."""
+    that of the run under ``project`` that changed last. A newest run stopped before its first epoch ended has
+    no ``last.pt``: that is an error naming it (never an older, unrelated run picked instead)."""
     if resume is True:
-        found = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(f"--resume: no last.pt under {project} to resume")
-        return found[-1]
+        runs = {p.parent.parent for p in Path(project).glob("**/weights/last.pt")}
+        runs |= {p.parent for p in Path(project).glob("**/opt.yaml")}
+        if not runs:
+            raise CheckpointError(f"--resume: no run to resume under {project}")
+        newest = max(runs, key=_last_activity)
+        if not (newest / "weights" / "last.pt").is_file():
+            raise CheckpointError(f"--resume: the newest run {newest} stopped before its first epoch ended, so it "
+                                  f"has no last.pt; start it again (or give the run folder to resume explicitly)")
+        return newest / "weights" / "last.pt"
     path = Path(str(resume))
     if path.is_dir():
         path = path / "weights" / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {path}")
     return path
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Hold an exclusive lock on the run folder (released when the returned descriptor is closed) so two runs
+    never write into one folder (``--exist-ok`` twice, a resume while the run still trains)."""
+    import fcntl
+
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise YoloPruneError(f"{run_dir} is in use by another training run; wait for it, or choose another "
+                             f"--name") from None
+    return fd
 
 
 def read_train_state(raw: dict[str, Any] | None, path: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,9 +33,10 @@ from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
 from yolo_prune.engine.ema import ModelEMA, unwrap
 from yolo_prune.engine.optim import Schedule, build_optimizer
 from yolo_prune.engine.train_state import (STATE_KEY, STATE_VERSION, TrainResult, TrainSettings, TrainState,
-                                           find_last, fitness, new_run_dir, read_train_state, strip_checkpoint,
+                                           find_last, fitness, lock_run_dir, new_run_dir, read_train_state,
+                                           strip_checkpoint,
                                            train_entry, write_records, write_run_files)
-from yolo_prune.errors import ConfigError, DataError, YoloPruneError
+from yolo_prune.errors import CheckpointError, ConfigError, DataError, YoloPruneError
 
 __all__ = ["TrainResult", "TrainSettings", "train"]
 
@@ -77,25 +78,39 @@ def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[d
     if settings.weights:
         loaded = load_checkpoint(settings.weights)
         model, history = loaded.model, list(loaded.history)
+        _check_finite(model, settings.weights)
         if model.nc != data.nc:
-            raise ConfigError(f"--weights {settings.weights} has nc={model.nc} classes but --data {settings.data} "
-                              f"has nc={data.nc}; layers are never re-initialised silently (use --cfg to train "
-                              f"a new head from scratch)")
+            from yolo_prune.data.config import class_count_error
+
+            raise class_count_error(model.nc, settings.weights, settings.data, data.nc, "layers are never "
+                                    "re-initialised silently (use --cfg to train a new head from scratch)")
     else:
         model, history = build_model(settings.cfg, nc=data.nc), []
     model.names = list(data.names)
     return model, history
 
 
+def _check_finite(model: nn.Module, weights: str) -> None:
+    """NaN or infinite weights cannot train (the loss is NaN at once): say so, instead of blaming ``lr0`` later."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"--weights {weights}: {name} holds NaN or infinite values; the checkpoint is "
+                                  f"damaged and cannot be fine-tuned")
+
+
 def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     """Hyp, data, model; pruned (history entry kept) and/or re-initialised as the settings ask."""
     from yolo_prune.data import load_data_config
-    from yolo_prune.engine.hyp import load_hyp
+    from yolo_prune.engine.hyp import default_hyp_name, load_hyp
 
-    hyp = load_hyp(settings.hyp)
+    if settings.hyp is not None:
+        load_hyp(settings.hyp)  # a bad hyp file is reported before the model is read
     data = load_data_config(settings.data)
     _seed_everything(settings.seed)
     model, history = _source_model(settings, data)
+    settings = replace(settings, hyp=settings.hyp or default_hyp_name(model),
+                       img_size=settings.img_size or getattr(model, "default_img_size", 640))
+    hyp = load_hyp(settings.hyp)
     teacher = model if settings.distill or settings.feature_distill else None
     kept: dict = {}
     if settings.pruning_params is not None:
@@ -153,7 +168,7 @@ class _Run:
     dist: DistInfo
     device: torch.device
     model: nn.Module
-    loss: Any  # YoloLoss
+    loss: Any  # YoloLoss (AuxYoloLoss for models with auxiliary heads)
     optimizer: torch.optim.SGD
     scaler: torch.amp.GradScaler
     schedule: Schedule
@@ -174,10 +189,13 @@ class _Run:
 
 def _grid_size(model: nn.Module, img_size: int) -> tuple[int, int]:
     """(max stride, image size rounded up to it); rounding is announced, as YOLOv7's check_img_size does."""
+    from yolo_prune.data.letterbox import round_up_to_stride
+
     gs = max(int(model.stride.max()), 32)
-    size = -(-img_size // gs) * gs
+    size = round_up_to_stride(img_size, gs)
     if size != img_size:
-        warnings.warn(f"--img-size {img_size} is not a multiple of the max stride {gs}; using {size}", stacklevel=3)
+        warnings.warn(f"--img {img_size} is not a multiple of the model's max stride {gs}; using {size}",
+                      stacklevel=3)
     return gs, size
 
 
@@ -228,13 +246,13 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
 
 def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _Run:
     """Model on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder (created on rank 0)."""
-    from yolo_prune.engine.loss import YoloLoss, scale_loss_gains
+    from yolo_prune.engine.loss import make_loss, scale_loss_gains
 
     s, model = inputs.settings, inputs.model.float().to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
     gs, img = _grid_size(model, s.img_size)
-    loss = YoloLoss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
+    loss = make_loss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
     train_loader, val_loader = _loaders(inputs, dist_info, gs, img)
     optimizer = build_optimizer(model, inputs.hyp, s.batch_size)
     ema = ModelEMA((inputs.ema_model or model).float().to(device)) if dist_info.main else None
@@ -407,8 +425,10 @@ def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None)
     """
     started = time.time()
     dist_info, device = start_distributed(settings.device)
+    lock = None
     try:
         run = _build_run(_load_inputs(settings), dist_info, device)
+        lock = lock_run_dir(run.run_dir) if dist_info.main else None
         if dist_info.main and run.inputs.state is None:
             write_run_files(run.run_dir, run.inputs.hyp, run.settings)
         _header(run)
@@ -423,4 +443,6 @@ def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None)
             _finish(run, started)
         return TrainResult.from_state(run.run_dir, run.state)
     finally:
+        if lock is not None:
+            os.close(lock)
         stop_distributed(dist_info)

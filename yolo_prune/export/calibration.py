@@ -24,12 +24,30 @@ def calibration_files(folder: str | Path, limit: int) -> list[Path]:
 def calibration_batches(files: Sequence[Path], batch: int, img_size: tuple[int, int], stride: int = 32,
                         fp16_input: bool = False) -> Iterator[np.ndarray]:
     """Letterboxed batches [batch, 3, H, W] RGB 0..1 (float32, float16 with ``fp16_input``), exactly as
-    evaluation pre-processes images; a short last batch is dropped (TensorRT needs full batches)."""
-    from PIL import Image
-
+    evaluation pre-processes images; a short last batch is dropped (TensorRT needs full batches). An unreadable
+    or corrupt image is skipped with a warning, as training and evaluation skip it."""
     from yolo_prune.data.letterbox import preprocess
 
-    for start in range(0, len(files) - batch + 1, batch):
-        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in files[start: start + batch]]
-        arr = np.concatenate([preprocess(im, img_size, stride)[0].numpy() for im in imgs])
-        yield arr.astype(np.float16 if fp16_input else np.float32)
+    pending: list[np.ndarray] = []
+    for f in files:
+        img = _read_rgb(f)
+        if img is None:
+            continue
+        pending.append(preprocess(img, img_size, stride)[0].numpy())
+        if len(pending) == batch:
+            yield np.concatenate(pending).astype(np.float16 if fp16_input else np.float32)
+            pending = []
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    """The image as HWC RGB uint8 (decoded as evaluation decodes it), or None with a warning naming it."""
+    import warnings
+
+    from yolo_prune.data.dataset import load_image_rgb
+    from yolo_prune.errors import DataError
+
+    try:
+        return load_image_rgb(str(path))
+    except DataError as exc:
+        warnings.warn(f"{path}: skipping unreadable or corrupt image ({exc.__cause__ or exc})", stacklevel=3)
+        return None

@@ -66,9 +66,13 @@ def prepare_model(model: nn.Module, opts: ExportOptions) -> nn.Module:
 
 
 def export_metadata(model: nn.Module, opts: ExportOptions) -> dict[str, Any]:
-    """What a runtime needs to use the graph: options, classes, strides and anchors (pixels)."""
+    """What a runtime needs to use the graph: options, classes, strides and anchors (pixels), and for heads that
+    decode as Darknet's [yolo] layers, each level's ``scale_x_y`` and ``new_coords``."""
     head = model.detect
-    return {
+    levels = getattr(head, "levels", None)
+    darknet = {"darknet_decode": [{"scale_xy": lv.scale_xy, "new_coords": lv.new_coords} for lv in levels]} \
+        if levels else {}
+    return darknet | {
         "format_version": 1,
         "options": opts.to_dict(),
         "nc": int(head.nc),

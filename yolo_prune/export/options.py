@@ -8,6 +8,17 @@ from yolo_prune.data.letterbox import as_hw as letterbox_hw
 from yolo_prune.errors import YoloPruneError
 
 MODES = ("raw", "grid", "trt_nms", "ort_nms")
+MIN_OPSET = 11  # NonMaxSuppression, Resize
+
+
+def max_opset() -> int:
+    """The highest opset torch's TorchScript-based exporter (the one used here) writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # older/newer torch: its documented floor for this exporter
+        return 17
 
 
 def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -94,6 +105,7 @@ def _problems(o: ExportOptions) -> list[str]:
         p.append("max_wh only applies to end2end graphs (ONNX Runtime NMS)")
     if o.conv_maps and (o.grid or o.end2end):
         p.append("conv_maps (head conv outputs) excludes grid and end2end")
-    if o.opset < 11:
-        p.append(f"opset must be >= 11 (NonMaxSuppression, Resize), got {o.opset}")
+    if not MIN_OPSET <= o.opset <= max_opset():
+        p.append(f"opset must be from {MIN_OPSET} (NonMaxSuppression, Resize) to {max_opset()} (the highest this "
+                 f"torch exports), got {o.opset}")
     return p

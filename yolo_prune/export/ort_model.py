@@ -81,9 +81,17 @@ def _session(path: Path, providers: list[str]) -> Any:
 
 
 def _decoder(meta: dict[str, Any]) -> Any:
-    """A weightless detection head that decodes raw maps with the stored strides and pixel anchors."""
+    """A weightless detection head that decodes raw maps with the stored strides and pixel anchors (as Darknet's
+    [yolo] layers do when the metadata says so)."""
     from yolo_prune.models.heads import Detect
 
-    head = Detect(int(meta["nc"]), meta["anchors"], ch=())
+    if "darknet_decode" in meta:
+        from yolo_prune.models.darknet import DarknetDetect, YoloLevel
+
+        levels = [YoloLevel(tuple(zip(a[::2], a[1::2])), d["scale_xy"], d["new_coords"], -1, -1)
+                  for a, d in zip(meta["anchors"], meta["darknet_decode"])]
+        head = DarknetDetect(int(meta["nc"]), levels, [])
+    else:
+        head = Detect(int(meta["nc"]), meta["anchors"], ch=())
     head.stride = torch.tensor(meta["stride"], dtype=torch.float32)
     return head.eval()

@@ -174,6 +174,17 @@ def agreement(model: nn.Module, proto: "onnx.ModelProto", images: torch.Tensor) 
     return cos, diff
 
 
+def _readable(files: Sequence[Path]) -> list[Path]:
+    """The calibration images that decode; each corrupt one is skipped with a warning, as in training and evaluation
+    (checked before quantizing, so the warnings are not lost inside the quantizer)."""
+    from yolo_prune.data.dataset import scan_images
+
+    good, _, _ = scan_images([str(f) for f in files])
+    if not good:
+        raise YoloPruneError(f"calibration set is empty: none of the {len(files)} images could be read")
+    return [Path(f) for f in good]
+
+
 def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequence[int], calib_files: Sequence[Path],
                       opts: VitisOptions = VitisOptions()) -> VitisResult:
     """Quantize ``model`` (not modified) for a DPU and write ``path`` only after every check passed."""
@@ -193,7 +204,7 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
         float_path, q_path = Path(tmp).resolve() / "float.onnx", Path(tmp).resolve() / "int8.onnx"
         onnx.save(float_proto, str(float_path))
         exclude = head_conv_nodes(float_proto) if opts.keep_head_float else []
-        files = [Path(f).resolve() for f in list(calib_files)[: opts.calib_count]]
+        files = _readable([Path(f).resolve() for f in list(calib_files)[: opts.calib_count]])
         arrays = calibration_batches(files, 1, export.img_size, stride)  # the inference pre-processing
         used = quantize(float_path, q_path, arrays, exclude)
         proto = onnx.load(str(q_path))

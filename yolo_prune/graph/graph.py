@@ -1,11 +1,15 @@
 """``PruningGraph``: a printable, queryable connectivity graph, and the published YAML format.
 
 Published format: ``nconv: N`` and ``pruning_cfg: [[consumers, slices, sizes], ...]``, one entry per conv
-(N Conv/RepConv in module order, then the head output convs).
+(N Conv/RepConv in module order, then the head output convs). Graphs with *coupled groups* (layers whose
+outputs meet in a residual add, so their filters must go with the same indices) add one key the published
+format does not have, ``coupled: [[layer, layer, ...], ...]``; graphs without residual adds (YOLOv7, -tiny, x)
+are written exactly in the published format.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ class PruningGraph:
 
     nodes: tuple[ConvNode, ...]
     nconv: int
+    groups: tuple[tuple[int, ...], ...] = ()  # coupled layers (sorted, >= 2 each): pruned with the same indices
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -30,15 +35,38 @@ class PruningGraph:
 
     def __repr__(self) -> str:
         n_prunable = sum(n.prunable for n in self.nodes)
-        return f"PruningGraph(nconv={self.nconv}, head={len(self.nodes) - self.nconv}, prunable={n_prunable})"
+        coupled = f", coupled={len(self.groups)}" if self.groups else ""
+        return (f"PruningGraph(nconv={self.nconv}, head={len(self.nodes) - self.nconv}, prunable={n_prunable}"
+                f"{coupled})")
 
     def describe(self) -> str:
-        """One line per conv: name, kind, width, consumers as ``conv[slot]``, prunable or why not."""
-        return "\n".join([repr(self)] + [n.describe() for n in self.nodes])
+        """One line per conv: name, kind, width, consumers as ``conv[slot]``, prunable or why not; then the
+        coupled groups."""
+        groups = [f"coupled {list(g)}: {', '.join(self.nodes[i].name for i in g)}" for g in self.groups]
+        return "\n".join([repr(self)] + [n.describe() for n in self.nodes] + groups)
 
     @property
     def prunable(self) -> list[int]:
         return [n.index for n in self.nodes if n.prunable]
+
+    def group_of(self, index: int) -> tuple[int, ...]:
+        """The coupled group holding layer ``index`` (``(index,)`` when it is not coupled)."""
+        return next((g for g in self.groups if index in g), (index,))
+
+    def parts_of(self, index: int) -> int:
+        """Equal chunks the filters of ``index`` (and its coupled group) must be pruned in (1: no constraint)."""
+        return math.lcm(*(self.nodes[i].parts for i in self.group_of(index)))
+
+    @property
+    def prunable_units(self) -> list[tuple[int, ...]]:
+        """Prunable layers with coupled ones joined: one tuple per independent pruning decision."""
+        seen: set[int] = set()
+        units = []
+        for i in self.prunable:
+            if i not in seen:
+                units.append(self.group_of(i))
+                seen.update(units[-1])
+        return units
 
     def entries(self) -> list[Entry]:
         """The published ``pruning_cfg`` entries."""
@@ -46,7 +74,12 @@ class PruningGraph:
 
     def fingerprint(self) -> str:
         """Short hash of the structure and widths, stored with pruning plans."""
-        payload = json.dumps([self.nconv, self.entries(), [n.out_channels for n in self.nodes]])
+        parts = [self.nconv, self.entries(), [n.out_channels for n in self.nodes]]
+        if self.groups:
+            parts.append([list(g) for g in self.groups])
+        if any(n.parts > 1 for n in self.nodes):
+            parts.append([n.parts for n in self.nodes])
+        payload = json.dumps(parts)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_yaml(self, title: str = "") -> str:
@@ -58,6 +91,9 @@ class PruningGraph:
         for node, (consumers, slices, sizes) in zip(self.nodes, self.entries()):
             lines.append(f"[{consumers}, {slices}, {sizes}], # {node.index} {node.name}")
         lines.append("]")
+        if self.groups:
+            lines.append("# layers whose outputs are added (residual): their filters are pruned with the same indices")
+            lines.append(f"coupled: {[list(g) for g in self.groups]}")
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path, title: str = "") -> Path:

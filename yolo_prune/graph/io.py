@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from yolo_prune.errors import ConfigError
+from yolo_prune.fileio import read_text
 from yolo_prune.fileio import write_text_atomic  # noqa: F401 - kept importable from here
 from yolo_prune.graph.graph import Entry, PruningGraph
 
@@ -18,6 +19,7 @@ class PublishedGraph:
     nconv: int
     entries: list[Entry]
     path: str
+    coupled: list[list[int]] | None = None  # the optional ``coupled`` key (residual-add groups)
 
 
 def _int_list(value: object, where: str) -> list[int]:
@@ -30,13 +32,13 @@ def read_published(path: str | Path) -> PublishedGraph:
     """Parse a published-format graph file, validating its shape (not its truth: see ``check_against``)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"pruning graph not found: {path}") from None
+        data = yaml.safe_load(read_text(path, "pruning graph", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict) or "pruning_cfg" not in data or "nconv" not in data:
         raise ConfigError(f"{path}: expected keys 'nconv' and 'pruning_cfg'")
+    if isinstance(data["nconv"], bool) or not isinstance(data["nconv"], int) or data["nconv"] < 0:
+        raise ConfigError(f"{path}: 'nconv' must be a non-negative integer, got {data['nconv']!r}")
     raw = data["pruning_cfg"]
     if not isinstance(raw, list):
         raise ConfigError(f"{path}: 'pruning_cfg' must be a list of [consumers, slices, sizes]")
@@ -49,7 +51,12 @@ def read_published(path: str | Path) -> PublishedGraph:
         if consumers and len(consumers) != len(slices):
             raise ConfigError(f"{where}: {len(consumers)} consumers but {len(slices)} slices")
         entries.append((consumers, slices if consumers else [], sizes))
-    return PublishedGraph(int(data["nconv"]), entries, str(path))
+    coupled = data.get("coupled")
+    if coupled is not None:
+        if not isinstance(coupled, list):
+            raise ConfigError(f"{path}: 'coupled' must be a list of layer lists, e.g. [[3, 7, 12]]")
+        coupled = [sorted(_int_list(g, f"{path}: coupled group {i}")) for i, g in enumerate(coupled)]
+    return PublishedGraph(int(data["nconv"]), entries, str(path), coupled)
 
 
 def check_against(published: PublishedGraph, graph: PruningGraph) -> list[str]:
@@ -66,4 +73,8 @@ def check_against(published: PublishedGraph, graph: PruningGraph) -> list[str]:
                             ("sizes", theirs[2], ours[2])):
             if a != b:
                 problems.append(f"layer {i} ({node.name}): file says {label} {a}, the model says {b}")
+    ours = sorted(list(g) for g in graph.groups)
+    theirs = sorted(published.coupled or [])
+    if theirs != ours:
+        problems.append(f"coupled groups: file says {theirs}, the model says {ours}")
     return problems

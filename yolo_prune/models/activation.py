@@ -173,6 +173,9 @@ def convert_activations(model: Model, to: str = "leakyrelu", slope: str | float 
         name = type(act).__name__
         return name in wanted and ACTIVATIONS.get(name) is type(act) and not _matches(act, target)
 
+    if "backbone" not in model.yaml:
+        raise ConversionError("activation conversion rewrites YOLOv7 cfg rows; this model was not built from one "
+                              "(a Darknet .cfg: edit its activation= lines and convert the weights instead)")
     raw_rows = list(model.yaml["backbone"]) + list(model.yaml["head"])
     if not (len(raw_rows) == len(model.specs) == len(model.model)):
         raise ConversionError(f"the model's cfg has {len(raw_rows)} rows but the model has {len(model.model)} layers")

@@ -23,7 +23,8 @@ def resolve_cfg(name_or_path: str | Path) -> Path:
     path = Path(text)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
-            raise ConfigError(f"model cfg not found: {path}")
+            raise ConfigError(f"model cfg {path}: " + ("is a directory, expected a .yaml file" if path.is_dir()
+                                                         else "file not found"))
         return path
     variant, _, stem = text.rpartition("/")
     candidate = CFG_DIR / (variant or "training") / f"{stem}.yaml"
@@ -34,8 +35,17 @@ def resolve_cfg(name_or_path: str | Path) -> Path:
 
 def build_model(cfg: str | Path | dict, nc: int | None = None, ch: int = 3,
                 widths: Sequence[int] | None = None) -> Model:
-    """Build a Model from a shipped name, a cfg path or a cfg dict (``nc`` overrides the cfg's)."""
+    """Build a Model from a shipped name, a cfg path or a cfg dict (``nc`` overrides the cfg's). A Darknet
+    ``.cfg`` path, or the cfg dict of a Darknet model (its ``yaml``), builds a :class:`DarknetModel`."""
     if isinstance(cfg, dict):
+        if "darknet" in cfg:
+            from yolo_prune.models.darknet import build_darknet
+
+            return build_darknet(cfg, nc=nc, widths=widths)
         return Model(cfg, ch=ch, nc=nc, widths=widths)
+    if str(cfg).endswith(".cfg"):
+        from yolo_prune.models.darknet import build_darknet, read_darknet_cfg
+
+        return build_darknet(read_darknet_cfg(cfg), nc=nc, widths=widths)
     path = resolve_cfg(cfg)
     return Model(load_cfg(path), ch=ch, nc=nc, widths=widths, source=str(path))

@@ -1,7 +1,7 @@
 """Exact parameter and FLOP accounting.
 
 GFLOPs follow the YOLOv7 ecosystem (``thop`` as used by the official ``model_info``): 2 x (multiply-accumulates
-of every convolution, without bias terms, plus one op per output element of an ``nn.Upsample``). Pooling,
+of every convolution and linear layer, without bias terms, plus one op per output element of an ``nn.Upsample``). Pooling,
 activations and concatenations count zero, BatchNorm is treated as foldable. Shapes come from a forward
 pass on the ``meta`` device, so the count is exact for any input size and costs no compute.
 """
@@ -36,6 +36,8 @@ def _cost(name: str, mod: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> Op
         return OpCost(name, mod.in_channels, mod.out_channels, tuple(out.shape[-2:]), out[0].numel() * kernel)
     if isinstance(mod, nn.Upsample):
         return OpCost(name, inp.shape[1], out.shape[1], tuple(out.shape[-2:]), out[0].numel())
+    if isinstance(mod, nn.Linear):
+        return OpCost(name, mod.in_features, mod.out_features, (1, 1), out[0].numel() * mod.in_features)
     return None
 
 
@@ -46,7 +48,7 @@ def op_costs(model: nn.Module, img_size: int | tuple[int, int] = 640, ch: int = 
     costs: list[OpCost] = []
     handles = []
     for name, m in meta.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Upsample)):
+        if isinstance(m, (nn.Conv2d, nn.Upsample, nn.Linear)):
             def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = name) -> None:
                 cost = _cost(name, mod, inp[0], out)
                 if cost is not None:

@@ -105,11 +105,15 @@ def fuse(model: nn.Module, conv_bn: bool = True, repconv: bool = True, implicit:
 
 
 def deployable_copy(model: nn.Module, device: torch.device | str = "cpu", fp16: bool = False) -> nn.Module:
-    """What runs in deployment: a copy with every re-parameterisation (BN, RepConv, implicit), eval mode, no
-    gradients, on ``device``, half precision if asked; ``model`` itself is untouched (exporters, benchmarks)."""
+    """What runs in deployment: a copy with every re-parameterisation (BN, RepConv, implicit) and without the
+    training-only auxiliary heads of P6 models, eval mode, no gradients, on ``device``, half precision if asked;
+    ``model`` itself is untouched (exporters, benchmarks)."""
     import copy
 
-    prepared = fuse(copy.deepcopy(model).float().eval(), conv_bn=True, repconv=True, implicit=True)
+    from yolo_prune.models.aux import drop_aux_heads, has_aux_heads
+
+    prepared = drop_aux_heads(model) if has_aux_heads(model) else copy.deepcopy(model)
+    prepared = fuse(prepared.float().eval(), conv_bn=True, repconv=True, implicit=True)
     prepared.requires_grad_(False)
     prepared.to(device)
     return prepared.half() if fp16 else prepared

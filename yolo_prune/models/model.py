@@ -30,7 +30,6 @@ class Model(nn.Module):
         cfg = copy.deepcopy(cfg)
         if nc is not None and nc != cfg.get("nc"):
             cfg["nc"] = int(nc)
-        self.yaml: dict[str, Any] = cfg
         specs = parse_layers(cfg, source)
         anchors = cfg["anchors"]
         na = (len(anchors[0]) // 2) if isinstance(anchors, list) else int(anchors)
@@ -40,10 +39,16 @@ class Model(nn.Module):
             raise ConfigError(f"{source}: width list has {len(widths)} entries but the model has {ctx.cursor} convolutions")
         if not isinstance(modules[-1], Detect):
             raise ConfigError(f"{source}: the last layer must be a detection head (Detect/IDetect/IAuxDetect)")
+        self._adopt(cfg, specs, modules, ch)
+
+    def _adopt(self, cfg: dict[str, Any], specs: Sequence[LayerSpec], modules: Sequence[nn.Module], ch: int) -> None:
+        """Take built layers (the last one a detection head) with their rows; set up strides and anchors.
+        Model families built from other formats (Darknet) construct their layers and call this."""
+        self.yaml: dict[str, Any] = cfg
         self.model = nn.Sequential(*modules)
         self.specs: tuple[LayerSpec, ...] = tuple(specs)
         self.save = sorted(_saved_layers(specs))
-        self.names = [str(i) for i in range(cfg["nc"])]
+        self.names = [str(i) for i in range(self.detect.nc)]
         self.ch_in = ch
         self._init_head()
 
@@ -65,12 +70,13 @@ class Model(nn.Module):
         head = self.detect
         strides = self._layer_strides()
         head_inputs = self.specs[-1].sources()[: head.nl]
-        head.stride = torch.tensor([strides[s] for s in head_inputs], dtype=torch.float32)
+        level_strides = [strides[s] for s in head_inputs]
+        head.stride = torch.tensor(level_strides, dtype=torch.float32, device="cpu")
         _check_anchor_order(head)
-        head.anchors /= head.stride.view(-1, 1, 1)
+        head.anchors /= head.stride.view(-1, 1, 1).to(head.anchors.device)
         self.stride = head.stride
         for convs in ([head.m] + ([head.m2] if isinstance(head, IAuxDetect) else [])):
-            for conv, s in zip(convs, head.stride):
+            for conv, s in zip(convs, level_strides):
                 b = conv.bias.detach().view(head.na, -1)
                 b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
                 b[:, 5:] += math.log(0.6 / (head.nc - 0.99))
@@ -84,6 +90,16 @@ class Model(nn.Module):
     @property
     def nc(self) -> int:
         return self.detect.nc
+
+    @property
+    def is_p6(self) -> bool:
+        """A P6 model (yolov7-w6/e6/d6/e6e): outputs down to stride 64, trained at 1280 with ``scratch.p6``."""
+        return float(self.stride.max()) >= 64
+
+    @property
+    def default_img_size(self) -> int:
+        """Image size used when none is given: 1280 for P6 models (as the official P6 recipe), else 640."""
+        return 1280 if self.is_p6 else 640
 
     def conv_modules(self) -> list[nn.Module]:
         """Conv/RepConv modules in module order: the published conv-layer indexing (head convs excluded)."""
@@ -151,6 +167,8 @@ def _layer_out_channels(m: nn.Module, inp: list[int]) -> int:
         return 4 * inp[0]
     if isinstance(m, Detect):
         return 0
+    if hasattr(m, "out_channels_for"):  # layers of other model families (Darknet route groups)
+        return m.out_channels_for(inp)
     return inp[0]  # pooling, upsampling, Shortcut
 
 
@@ -178,7 +196,10 @@ def _module_stride(m: nn.Module) -> float:
 
 
 def _check_anchor_order(head: Detect) -> None:
-    """Flip anchors if their order disagrees with the stride order (official check_anchor_order)."""
+    """Flip anchors if their order disagrees with the stride order (official check_anchor_order); models built
+    on the meta device (for counting) keep the cfg's order."""
+    if head.anchor_grid.is_meta:
+        return
     a = head.anchor_grid.prod(-1).view(-1)
     da, ds = a[-1] - a[0], head.stride[-1] - head.stride[0]
     if da.sign() != ds.sign():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +110,38 @@ def _check_row(row: Any, index: int, source: str) -> tuple[Any, int, str, list]:
     return f, n, m, args
 
 
-def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
-    """Turn ``backbone + head`` rows into LayerSpecs, resolving symbols and checking references."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_header(cfg: dict, source: str = "<cfg>") -> None:
+    """``nc``, ``anchors``, ``depth_multiple``, ``width_multiple`` and the row lists have usable types and values
+    (a string ``nc`` or a negative ``width_multiple`` would otherwise fail deep inside the builder)."""
     for key in ("nc", "anchors", "backbone", "head"):
         if key not in cfg:
             raise ConfigError(f"{source}: missing key '{key}'")
+    nc = cfg["nc"]
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+        raise ConfigError(f"{source}: 'nc' must be a positive integer (number of classes), got {nc!r}")
+    anchors = cfg["anchors"]
+    levels_ok = isinstance(anchors, list) and anchors and all(
+        isinstance(a, list) and a and len(a) % 2 == 0 and len(a) == len(anchors[0])
+        and all(_is_number(v) and v > 0 for v in a) for a in anchors)
+    if not (levels_ok or (isinstance(anchors, int) and not isinstance(anchors, bool) and anchors >= 1)):
+        raise ConfigError(f"{source}: 'anchors' must be a list of levels [w1, h1, w2, h2, ...] of positive numbers "
+                          f"(the same count per level) or a positive anchor count, got {anchors!r}")
+    for key in ("depth_multiple", "width_multiple"):
+        value = cfg.get(key, 1.0)
+        if not _is_number(value) or not 0 < value <= 16:
+            raise ConfigError(f"{source}: '{key}' must be a number in (0, 16], got {value!r}")
+    for key in ("backbone", "head"):
+        if not isinstance(cfg[key], list):
+            raise ConfigError(f"{source}: '{key}' must be a list of [from, number, module, args] rows")
+
+
+def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
+    """Turn ``backbone + head`` rows into LayerSpecs, resolving symbols and checking references."""
+    check_header(cfg, source)
     symbols = {"nc": cfg["nc"], "anchors": cfg["anchors"]}
     gd = float(cfg.get("depth_multiple", 1.0))
     specs: list[LayerSpec] = []
@@ -132,12 +160,11 @@ def parse_layers(cfg: dict, source: str = "<cfg>") -> list[LayerSpec]:
 
 def load_cfg(path: str | Path) -> dict:
     """Read a cfg YAML file into a dict (no symbol resolution yet)."""
+    from yolo_prune.fileio import read_text
+
     path = Path(path)
     try:
-        with path.open() as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"model cfg not found: {path}") from exc
+        data = yaml.safe_load(read_text(path, "model cfg", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch.nn as nn
+
 from yolo_prune.models.complexity import count_params, op_costs
 from yolo_prune.models.model import Model
 
@@ -58,10 +60,23 @@ def summarize(model: Model, img_size: int = 640) -> ModelSummary:
 
 def format_summary(summary: ModelSummary) -> str:
     """A fixed-width table plus totals."""
-    lines = [f"{'idx':>4} {'module':<12} {'from':<18} {'c_in':>6} {'c_out':>6} {'params':>12} {'GFLOPs':>9}"]
+    width = max([12] + [len(r.module) for r in summary.layers])
+    lines = [f"{'idx':>4} {'module':<{width}} {'from':<18} {'c_in':>6} {'c_out':>6} {'params':>12} {'GFLOPs':>9}"]
     for r in summary.layers:
-        lines.append(f"{r.index:>4} {r.module:<12} {str(r.from_):<18} {r.c_in:>6} {r.c_out:>6} "
+        lines.append(f"{r.index:>4} {r.module:<{width}} {str(r.from_):<18} {r.c_in:>6} {r.c_out:>6} "
                      f"{r.params:>12,} {r.gflops:>9.3f}")
-    lines.append(f"total: {summary.params:,} parameters, {summary.gflops:.3f} GFLOPs @{summary.img_size}, "
-                 f"{summary.n_convs} Conv/RepConv + {summary.n_head_convs} head convs")
+    convs = (f"{summary.n_convs} Conv/RepConv + {summary.n_head_convs} head convs" if summary.n_head_convs
+             else f"{summary.n_convs} convs")
+    lines.append(f"total: {summary.params:,} parameters, {summary.gflops:.3f} GFLOPs @{summary.img_size}, {convs}")
     return "\n".join(lines)
+
+
+def summarize_ops(model: nn.Module, img_size: int, ch: int) -> ModelSummary:
+    """Summary of a network without cfg rows (classifiers): one row per Conv2d/Linear, named by module path."""
+    rows = []
+    modules = dict(model.named_modules())
+    for i, cost in enumerate(op_costs(model, img_size, ch)):
+        rows.append(LayerRow(i, cost.name, -1, cost.in_channels, cost.out_channels,
+                             count_params(modules[cost.name]), 2 * cost.macs / 1e9))
+    convs = sum(isinstance(m, nn.Conv2d) for m in modules.values())
+    return ModelSummary(rows, count_params(model), sum(r.gflops for r in rows), img_size, convs, 0)

@@ -27,12 +27,22 @@ def split_images(settings: DataSettings) -> tuple[list[str], Any]:
     """Image paths of the split and the data config; clear errors for missing splits."""
     from yolo_prune.data import load_data_config
 
-    cfg = load_data_config(settings.data)
+    cfg = load_data_config(settings.data, splits=(settings.split,))  # other splits may live elsewhere
     paths = getattr(cfg, settings.split, None)
     if not paths:
         raise DataError(f"{settings.data}: split '{settings.split}' is missing or has no images")
     paths = list(paths)[: settings.max_images] if settings.max_images else list(paths)
     return paths, cfg
+
+
+def check_model_classes(model: Any, settings: DataSettings, source: str) -> None:
+    """The model's class count must be the data's (the CLI's message), checked before any image is read."""
+    from yolo_prune.data import load_data_config
+    from yolo_prune.data.config import class_count_error
+
+    data_nc = load_data_config(settings.data, splits=()).nc
+    if int(model.nc) != data_nc:
+        raise class_count_error(int(model.nc), source, settings.data, data_nc)
 
 
 def make_loader(settings: DataSettings, stride: int):
@@ -59,10 +69,13 @@ def coco_json_for(cfg: Any, data_yaml: str) -> str | None:
 
 def evaluate_on_data(model: torch.nn.Module, settings: DataSettings, *, device: torch.device,
                      conf_thres: float = 0.001, iou_thres: float = 0.65, half: bool = False,
-                     save_json: str | None = None, verbose: bool = False, progress: bool = True):
-    """EvalResult of ``model`` on the split (ground truth from the YOLO labels)."""
+                     save_json: str | None = None, verbose: bool = False, progress: bool = True,
+                     source: str = "model"):
+    """EvalResult of ``model`` on the split (ground truth from the YOLO labels); ``source`` names the model in
+    the error raised when its class count differs from the data's."""
     from yolo_prune.engine.evaluator import evaluate
 
+    check_model_classes(model, settings, source)
     stride = int(getattr(model, "stride", torch.tensor([32])).max()) if hasattr(model, "stride") else 32
     loader, cfg = make_loader(settings, stride)
     return evaluate(model, loader, nc=cfg.nc, names=cfg.names, conf_thres=conf_thres, iou_thres=iou_thres,
@@ -121,6 +134,7 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
                 "criterion": criterion, "round_to": analysis.round_to, "seed": analysis.seed,
                 "conf": analysis.conf_thres, "iou": analysis.iou_thres,
                 "layers": list(analysis.layers) if analysis.layers is not None else None, **extra}
+    check_model_classes(model, data, source or "model")
     dist = from_environment(device.type)
     model = model.to(device).eval()
     if half and device.type == "cuda":

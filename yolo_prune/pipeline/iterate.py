@@ -133,11 +133,82 @@ def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: Train
     return row
 
 
+SETTINGS_FILE = "iterate.json"
+
+
+def recorded_settings(settings: IterateSettings) -> dict:
+    """What the results in ``out_dir`` depend on (not ``iterations``: a finished loop may be extended)."""
+    d = asdict(settings)
+    d.pop("iterations"), d.pop("out_dir")
+    d["weights"] = str(Path(settings.weights).resolve())
+    d["data"]["data"] = str(Path(settings.data.data).resolve())
+    return json.loads(json.dumps(d))  # tuples -> lists, as read back
+
+
+def check_out_dir(settings: IterateSettings) -> None:
+    """Refuse to resume a folder whose iterations were made with other settings (their results would be
+    reported as this run's)."""
+    out = Path(settings.out_dir)
+    if out.exists() and not out.is_dir():
+        raise YoloPruneError(f"--out {out}: is a file, expected a directory")
+    saved_path = out / SETTINGS_FILE
+    if saved_path.is_file():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except ValueError:
+            raise YoloPruneError(f"{saved_path}: not readable; use another --out") from None
+    elif (out / "iter_0.json").is_file():  # a folder written before the settings were recorded: its weights
+        first = json.loads((out / "iter_0.json").read_text())
+        saved = {**recorded_settings(settings), "weights": str(Path(first.get("weights", "")).resolve())}
+    else:
+        return
+    now = recorded_settings(settings)
+    diff = _differences(saved, now)
+    if diff:
+        raise YoloPruneError(f"--out {out} holds iterations made with other settings ({', '.join(diff)}); use "
+                             f"another --out (or the settings it was made with, to resume it)")
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """Names of the settings that differ (nested dataclasses flattened as ``data.img_size``)."""
+    keys = sorted(set(saved) | set(now))
+    out = []
+    for k in keys:
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix + k)
+    return out
+
+
+def check_model(settings: IterateSettings) -> None:
+    """The starting model fits the data (class count) and the GFLOPs target lies below its cost."""
+    from yolo_prune.checkpoint import load_model
+    from yolo_prune.models.complexity import count_gflops
+    from yolo_prune.pipeline.evaluation import check_model_classes
+
+    model = load_model(settings.weights)
+    check_model_classes(model, settings.data, settings.weights)
+    target = settings.selection.target_gflops
+    if target is not None:
+        gflops = count_gflops(model, settings.data.img_size)
+        if target >= gflops:
+            raise YoloPruneError(f"--target-gflops {target:g}: {settings.weights} has {gflops:.4g} GFLOPs at "
+                                 f"{settings.data.img_size} px already; give a smaller target")
+
+
 def run_iterations(settings: IterateSettings, train_fn: TrainFn, device: torch.device,
                    progress: bool = True) -> list[IterationRow]:
-    """Run (or resume) the loop; returns the summary rows (row 0 = the starting model)."""
+    """Run (or resume) the loop; returns the summary rows (row 0 = the starting model).
+
+    The output folder's recorded settings and the model are checked before anything is written.
+    """
+    check_out_dir(settings)
+    check_model(settings)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(recorded_settings(settings), indent=1))
     first = out / "iter_0.json"
     if first.exists():
         rows = [IterationRow(**json.loads(first.read_text()))]

@@ -155,7 +155,10 @@ def _taylor_in(model: nn.Module, graph: PruningGraph, consumer: int, slot: int, 
                grads: dict[str, Tensor]) -> Tensor:
     """Per producer filter: the consumer's input-channel kernels of that slot (and an ImplicitA's slice)."""
     cnode = graph[consumer]
-    offset = sum(size for _, size in cnode.inputs[:slot])
+    if cnode.inputs[slot].parts > 1:
+        raise PruningError(f"group-taylor: {cnode.name} reads its input in chunks (a Darknet route group); "
+                           f"use taylor or taylor-weight")
+    offset = sum(s.size for s in cnode.inputs[:slot])
     module = model.get_submodule(cnode.name)
     total = torch.zeros(width)
     for pname, p in module.named_parameters():

@@ -21,7 +21,7 @@ from yolo_prune.graph.derive import trace_layouts
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.models.complexity import op_costs
 from yolo_prune.models.heads import ImplicitA
-from yolo_prune.prune.params import kept_count
+from yolo_prune.prune.plan import pruned_width
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,26 @@ class CostModel:
         return cls(graph, *builder.layout_matrix(), builder.terms)
 
     def widths(self, pairs: Iterable[tuple[int, float]], round_to: int | None = None) -> np.ndarray:
-        """Per-layer widths after pruning ``pairs`` (layer, rate) with the pruner's rounding."""
+        """Per-layer widths after pruning ``pairs`` (layer, rate) with the pruner's rounding (coupled layers share
+        the width, layers read in chunks keep the same number per chunk)."""
         w = self.base_widths.copy()
         for layer, rate in pairs:
-            w[layer] = kept_count(int(self.base_widths[layer]), rate, round_to)
+            w[list(self.graph.group_of(layer))] = pruned_width(self.graph, layer, rate, round_to)
         return w
 
     def evaluate(self, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Params and MACs for a batch of width vectors [K, n] (int64), exactly."""
-        w = np.atleast_2d(np.asarray(widths, dtype=np.int64))
+        """Params and MACs for a batch of width vectors [K, n], exactly (float64 sums of integers, rounded)."""
+        w = np.atleast_2d(np.asarray(widths, dtype=np.float64))
         inputs = w @ self._layouts.T + self._layout_const  # [K, layouts]: channels each layout carries
-        one = np.ones((len(w), 1), dtype=np.int64)
+        one = np.ones((len(w), 1))
         prod = np.concatenate([w, one], 1)[:, self._out] * np.concatenate([inputs, one], 1)[:, self._in]
-        return prod @ self._p + self._const[0], prod @ self._m + self._const[1]
+        params, macs = prod @ self._p + self._const[0], prod @ self._m + self._const[1]
+        return np.rint(params).astype(np.int64), np.rint(macs).astype(np.int64)
+
+    def metric(self, widths: np.ndarray, name: str) -> np.ndarray:
+        """GFLOPs (``gflops``) or params of a batch of width vectors [K, n] (the budget search's pricer)."""
+        params, macs = self.evaluate(widths)
+        return 2 * macs / 1e9 if name == "gflops" else params.astype(float)
 
     def cost(self, pairs: Iterable[tuple[int, float]] = (), round_to: int | None = None) -> SelectionCost:
         """Params and GFLOPs of the model with ``pairs`` pruned."""
@@ -109,15 +116,16 @@ class _Builder:
         return None
 
     def layout_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """Layouts as counts of each node's output (SPP repeats count twice) plus fixed channels."""
-        mat = np.zeros((len(self.layouts), len(self.graph)), dtype=np.int64)
-        const = np.zeros(len(self.layouts), dtype=np.int64)
+        """Layouts as multiples of each node's output (SPP repeats count twice, a chunk slot 1/parts) plus fixed
+        channels."""
+        mat = np.zeros((len(self.layouts), len(self.graph)))
+        const = np.zeros(len(self.layouts))
         for k, layout in enumerate(self.layouts):
-            for producer, size in layout:
-                if producer is None:
-                    const[k] += size
+            for slot in layout:
+                if slot.producer is None:
+                    const[k] += slot.size
                 else:
-                    mat[k, producer] += 1
+                    mat[k, slot.producer] += 1.0 / slot.parts
         return mat, const
 
     def module(self, name: str, m: nn.Module, hw: dict, layer_inputs: list) -> None:
@@ -142,7 +150,7 @@ class _Builder:
 
     def conv(self, name: str, m: nn.Conv2d, node: int, out_hw: tuple[int, int]) -> None:
         n = self.graph[node]
-        self.check(name, m.in_channels, sum(size for _, size in n.inputs))
+        self.check(name, m.in_channels, sum(slot.size for slot in n.inputs))
         self.check(name, m.out_channels, n.out_channels)
         k = m.kernel_size[0] * m.kernel_size[1]
         if m.groups != 1:  # grouped: neither side is prunable (the graph ties them)
@@ -160,7 +168,7 @@ class _Builder:
         node = self.by_name.get(f"{head}.m.{level}") if attr == "ia" else None
         if node is None:
             raise PruningError(f"cost model: cannot tell which head conv {name} sits in front of")
-        self.check(name, m.implicit.shape[1], sum(size for _, size in self.graph[node].inputs))
+        self.check(name, m.implicit.shape[1], sum(slot.size for slot in self.graph[node].inputs))
         self.terms.add(-1, node, params=1)
 
     def upsample(self, name: str, m: nn.Upsample, out_hw: tuple[int, int], layer_inputs: list) -> None:

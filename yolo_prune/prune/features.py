@@ -64,7 +64,11 @@ class _Stop(Exception):
 
 def _pre_activation_modules(model: nn.Module) -> list[nn.Module]:
     """Each conv block's activation module, whose input is the map after BatchNorm (in conv-index order)."""
-    modules = [m.act for m in model.conv_modules()]
+    blocks = model.conv_modules() if hasattr(model, "conv_modules") else []
+    if not blocks or any(not isinstance(getattr(m, "act", None), nn.Module) for m in blocks):
+        raise PruningError(f"data-driven and gradient criteria read conv blocks (conv, BN, activation) of a detector; "
+                           f"{type(model).__name__} has none: use a weight criterion (l1, l2, bn, hac)")
+    modules = [m.act for m in blocks]
     if len({id(m) for m in modules}) != len(modules):
         raise PruningError("conv blocks share an activation module; data-driven criteria need one per block")
     return modules

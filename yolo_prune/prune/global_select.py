@@ -19,18 +19,23 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.prune.context import CriterionContext
 from yolo_prune.prune.criteria import get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
-from yolo_prune.prune.plan import layer_filters, layer_generator
+from yolo_prune.prune.plan import layer_generator
+from yolo_prune.prune.units import layer_filters
 
 MAX_LAYER_RATE = 0.9
 
 
 def score_layers(model: nn.Module, graph: PruningGraph, layers: Sequence[int], criterion: str,
                  context: CriterionContext, seed: int = 0) -> dict[int, torch.Tensor]:
-    """Every listed layer's filter scores under ``criterion`` (on the model as it is; ``context`` prepared here)."""
+    """Every listed layer's filter scores under ``criterion`` (on the model as it is; ``context`` prepared here),
+    summed over the layer's coupled group (its members lose the same filters)."""
     context.prepare(criterion, layers)
-    score_fn, modules = get_criterion(criterion), model.conv_modules()
-    return {layer: score_fn(layer_filters(modules[layer], layer_generator(seed, layer), graph[layer].name,
-                                          layer=layer, context=context)).float().cpu() for layer in layers}
+    score_fn = get_criterion(criterion)
+
+    def score(layer: int) -> torch.Tensor:
+        generator = layer_generator(seed, layer)
+        return sum(score_fn(layer_filters(model, graph[m], generator, None, context)) for m in graph.group_of(layer))
+    return {layer: score(layer).float().cpu() for layer in layers}
 
 
 def rate_for_kept(filters: int, kept: int, round_to: int | None = None) -> float:

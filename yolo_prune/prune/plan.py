@@ -15,16 +15,17 @@ import torch.nn as nn
 
 from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.models.blocks import Conv, RepConv
 from yolo_prune.prune.context import NEEDS, CriterionContext
-from yolo_prune.prune.criteria import LayerFilters, criterion_name, get_criterion, score_dtype
+from yolo_prune.prune.criteria import criterion_name, get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
 from yolo_prune.prune.surgery import input_index
+from yolo_prune.prune.units import layer_filters, out_channels
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer's decision: rate asked, filters before, kept indices (sorted)."""
+    """One layer's decision: rate asked, filters before, kept indices (sorted). For a layer of a coupled group
+    the decision holds for every member of the group (scored jointly: summed criterion)."""
 
     layer: int
     rate: float
@@ -69,41 +70,19 @@ def layer_generator(seed: int, layer: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + layer) % (2 ** 63))
 
 
-def layer_filters(module: nn.Module, generator: torch.Generator, name: str,
-                  inputs: torch.Tensor | None = None, layer: int = -1,
-                  context: CriterionContext | None = None) -> LayerFilters:
-    """The weights and BN scales a criterion sees for a Conv or RepConv (both RepConv branches), restricted to
-    the input channels ``inputs`` (None: all); ``layer`` and ``context`` for data-driven criteria."""
-    if isinstance(module, Conv):
-        gammas = (module.bn.weight,) if isinstance(module.bn, nn.BatchNorm2d) else ()
-        convs, bns = (module.conv,), gammas
-    elif module.rbr_reparam is not None:
-        convs, bns = (module.rbr_reparam,), ()
-    else:
-        branches = (module.rbr_dense, module.rbr_1x1)
-        convs, bns = tuple(b[0] for b in branches), tuple(b[1].weight for b in branches)
-    weights = tuple(c.weight if inputs is None else _input_slice(c.weight, inputs) for c in convs)
-    return LayerFilters(weights, bns, generator, name, inputs, score_dtype(convs[0].weight), layer, context)
-
-
-def _input_slice(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """``weight[:, inputs]`` as a contiguous tensor (through a 3-D view: several times faster for 3x3 kernels)."""
-    out, _, kh, kw = weight.shape
-    flat = weight.detach().reshape(out, weight.shape[1], kh * kw)
-    return flat.index_select(1, inputs.to(weight.device)).view(out, len(inputs), kh, kw)
-
-
 def visible_inputs(graph: PruningGraph, layer: int, decided: dict[int, torch.Tensor]) -> torch.Tensor | None:
     """Input channels of ``layer`` left after the already decided producers removed theirs (None: all)."""
-    if not any(producer in decided for producer, _ in graph[layer].inputs):
+    if not any(slot.producer in decided for slot in graph[layer].inputs):
         return None
     return input_index(graph, layer, decided)
 
 
 def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates:
-    """Expand a global rate to every prunable layer and validate explicit layer indices."""
+    """Expand a global rate to every prunable layer (one entry per coupled group: its first layer) and validate
+    explicit layer indices (two layers of one coupled group cannot both be listed)."""
     if isinstance(params, float):
-        return [(i, params) for i in graph.prunable]
+        return [(unit[0], params) for unit in graph.prunable_units]
+    listed: dict[tuple[int, ...], int] = {}
     for layer, _ in params:
         if not 0 <= layer < len(graph):
             raise PruningError(f"layer {layer} is out of range: the model has conv layers 0..{graph.nconv - 1} "
@@ -111,6 +90,11 @@ def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates
         node = graph[layer]
         if not node.prunable:
             raise PruningError(f"layer {layer} ({node.name}) cannot be pruned: {node.reason}")
+        group = graph.group_of(layer)
+        if group in listed:
+            raise PruningError(f"layers {listed[group]} and {layer} are coupled by a residual add (group "
+                               f"{list(group)}: pruned together with the same filters); list only one of them")
+        listed[group] = layer
     return list(params)
 
 
@@ -126,32 +110,44 @@ def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float,
     """
     name, strategy = criterion_name(criterion), scoring_name(scoring)
     score_fn = get_criterion(name)
-    modules = [m for m in model.modules() if isinstance(m, (Conv, RepConv))]
-    if len(modules) != graph.nconv:
-        raise PruningError(f"the pruning graph has {graph.nconv} conv layers but the model has {len(modules)}")
     rates = sorted(resolve_rates(graph, params))
     if name in NEEDS:
         context = context or CriterionContext(model, graph)
         context.prepare(name, [layer for layer, _ in rates])
     layers, decided = [], {}
     for layer, rate in rates:
-        node = graph[layer]
-        before = node.out_channels
-        if before != _out_channels(modules[layer]):
-            raise PruningError(f"layer {layer} ({node.name}): graph says {before} filters, model has "
-                               f"{_out_channels(modules[layer])}; derive the graph from this model")
-        inputs = visible_inputs(graph, layer, decided) if strategy == "sequential" else None
-        scores = score_fn(layer_filters(modules[layer], layer_generator(seed, layer), node.name, inputs, layer,
-                                        context))
-        n_keep = kept_count(before, rate, round_to)
-        order = torch.argsort(scores.cpu())  # ascending: removed first; ties as the published pruner
-        kept = tuple(sorted(order[before - n_keep:].tolist()))
+        before = graph[layer].out_channels
+        group = graph.group_of(layer)
+        for member in group:
+            node = graph[member]
+            if out_channels(model, node) != before:
+                raise PruningError(f"layer {member} ({node.name}): graph says {before} filters, model has "
+                                   f"{out_channels(model, node)}; derive the graph from this model")
+        generator = layer_generator(seed, layer)
+        scores = sum(score_fn(layer_filters(model, graph[m], generator,
+                                            visible_inputs(graph, m, decided) if strategy == "sequential" else None,
+                                            context))
+                     for m in group)
+        kept = choose_kept(scores, rate, round_to, graph.parts_of(layer))
         layers.append(LayerPlan(layer, rate, before, kept))
-        decided[layer] = torch.tensor(kept, dtype=torch.long)
+        for m in group:
+            decided[m] = torch.tensor(kept, dtype=torch.long)
     return PruningPlan(tuple(layers), name, round_to, seed, graph.fingerprint(), strategy)
 
 
-def _out_channels(m: nn.Module) -> int:
-    if isinstance(m, Conv):
-        return m.conv.out_channels
-    return (m.rbr_reparam if m.rbr_reparam is not None else m.rbr_dense[0]).out_channels
+def choose_kept(scores: torch.Tensor, rate: float, round_to: int | None = None, parts: int = 1) -> tuple[int, ...]:
+    """The highest-scoring filters to keep (sorted; ties as ``torch.argsort``, as the published pruner). A layer read
+    in ``parts`` equal chunks (Darknet route groups) keeps the same number in each chunk, so every chunk stays equal."""
+    per = len(scores) // parts
+    n_keep = kept_count(per, rate, round_to)
+    kept: list[int] = []
+    for j in range(parts):
+        order = torch.argsort(scores[j * per:(j + 1) * per].cpu())  # ascending: removed first
+        kept += (order[per - n_keep:] + j * per).tolist()
+    return tuple(sorted(kept))
+
+
+def pruned_width(graph: PruningGraph, layer: int, rate: float, round_to: int | None = None) -> int:
+    """Filters ``layer`` (and its coupled group) keeps at ``rate``: the pruner's rounding per chunk."""
+    parts = graph.parts_of(layer)
+    return kept_count(graph[layer].out_channels // parts, rate, round_to) * parts

@@ -11,7 +11,6 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.graph.io import PublishedGraph, check_against
 from yolo_prune.errors import PruningError
 from yolo_prune.models.complexity import count_gflops, count_params
-from yolo_prune.models.model import Model
 from yolo_prune.prune.context import CriterionContext, wants_options
 from yolo_prune.prune.criteria import criterion_name
 from yolo_prune.prune.features import FeatureSource
@@ -22,6 +21,7 @@ from yolo_prune.prune.options import CriterionOptions
 from yolo_prune.prune.params import LayerRates, kept_count, parse_pruning_params
 from yolo_prune.prune.plan import PruningPlan, make_plan, resolve_rates
 from yolo_prune.prune.surgery import apply_plan
+from yolo_prune.prune.units import module_of
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class LayerChange:
 class PruneResult:
     """The pruned model, the plan that made it, and a summary (params/GFLOPs before and after)."""
 
-    model: Model
+    model: nn.Module
     plan: PruningPlan
     layers: list[LayerChange] = field(default_factory=list)
     params_before: int = 0
@@ -64,7 +64,7 @@ class PruneResult:
                 "params_after": self.params_after, **({"criterion_options": self.options} if self.options else {})}
 
 
-def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningGraph:
+def resolve_graph(model: nn.Module, given: PublishedGraph | None = None) -> PruningGraph:
     """The model's derived graph; a user-supplied published graph must agree with it."""
     graph = derive_graph(model)
     if given is not None:
@@ -75,12 +75,18 @@ def resolve_graph(model: Model, given: PublishedGraph | None = None) -> PruningG
     return graph
 
 
-def prune(model: Model, params: str | float | LayerRates, criterion: str | int = "l2", *,
+def _cost(model: nn.Module, img_size: int) -> tuple[int, float]:
+    return count_params(model), count_gflops(model, img_size, getattr(model, "ch_in", 3))
+
+
+def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | int = "l2", *,
           round_to: int | None = None, seed: int = 0, graph: PruningGraph | PublishedGraph | None = None,
-          inplace: bool = False, summarize: bool = True, img_size: int = 640,
+          inplace: bool = False, summarize: bool = True, img_size: int | None = None,
           scoring: str = "sequential", options: CriterionOptions | None = None,
           source: FeatureSource | None = None) -> PruneResult:
-    """Structurally prune ``model`` (a copy unless ``inplace``) and return the result with a summary.
+    """Structurally prune ``model`` (a YOLOv7 ``Model``, a Darknet model, or a traced network such as a
+    ``Classifier``; a copy unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``;
+    default: the model's own input size).
 
     ``scoring``: ``sequential`` (default, the published pruner's choices) or ``independent`` (see ``make_plan``).
     ``options`` (CriterionOptions) choose per-layer or global selection, reconstruction and the data-driven
@@ -88,6 +94,7 @@ def prune(model: Model, params: str | float | LayerRates, criterion: str | int =
     gradients to the criteria that need them. Such criteria score every layer on the unpruned model before
     anything changes.
     """
+    img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:
         raise PruningError(f"--round-to must be a positive integer, got {round_to}")
     name, options = criterion_name(criterion), options or CriterionOptions()
@@ -98,7 +105,7 @@ def prune(model: Model, params: str | float | LayerRates, criterion: str | int =
     context.prepare(name, [layer for layer, _ in resolve_rates(graph, parsed)])
     if options.selection == "global":
         parsed = _global(model, graph, parsed, name, round_to, seed, context)
-    before = (count_params(model), count_gflops(model, img_size)) if summarize else (0, 0.0)
+    before = _cost(model, img_size) if summarize else (0, 0.0)
     target = model if inplace else copy.deepcopy(model)
     if name == "pls-lc-multi":
         rewrite_pls_lc(target, graph, source, [(layer, kept_count(graph[layer].out_channels, rate, round_to))
@@ -108,23 +115,27 @@ def prune(model: Model, params: str | float | LayerRates, criterion: str | int =
         if source is None:
             raise PruningError("--reconstruct needs calibration images: give --data")
         reconstruct_plan(target, graph, source, plan.kept_map())
-    convs = target.conv_modules()
-    params_before_layer = [sum(p.numel() for p in m.parameters()) for m in convs] if summarize else []
+
+    def layer_params(layer: int) -> int:
+        return sum(p.numel() for m in graph.group_of(layer) for p in module_of(target, graph[m]).parameters())
+
+    params_before_layer = {lp.layer: layer_params(lp.layer) for lp in plan.layers} if summarize else {}
     apply_plan(target, graph, plan)
     result = PruneResult(target, plan, img_size=img_size,
                          options=options.to_dict() if wants_options(name, options) else None)
     if summarize:
         result.params_before, result.gflops_before = before
-        result.params_after, result.gflops_after = count_params(target), count_gflops(target, img_size)
+        result.params_after, result.gflops_after = _cost(target, img_size)
         for lp in plan.layers:
             node = graph[lp.layer]
-            removed = params_before_layer[lp.layer] - sum(p.numel() for p in convs[lp.layer].parameters())
+            removed = params_before_layer[lp.layer] - layer_params(lp.layer)
             result.layers.append(LayerChange(lp.layer, node.name, lp.rate, lp.before, len(lp.kept), removed,
-                                             tuple(sorted({c for c, _ in node.consumers}))))
+                                             tuple(sorted({c for m in graph.group_of(lp.layer)
+                                                           for c, _ in graph[m].consumers}))))
     return result
 
 
-def _global(model: Model, graph: PruningGraph, params: LayerRates | float, criterion: str, round_to: int | None,
+def _global(model: nn.Module, graph: PruningGraph, params: LayerRates | float, criterion: str, round_to: int | None,
             seed: int, context: CriterionContext) -> LayerRates:
     """Per-layer rates from ranking every prunable layer's filters together (``--selection global``)."""
     if not isinstance(params, float):
@@ -132,7 +143,8 @@ def _global(model: Model, graph: PruningGraph, params: LayerRates | float, crite
                            "not a per-layer list")
     if criterion == "pls-lc-multi":
         raise PruningError("pls-lc-multi rewrites each layer's filters; it has no global ranking (use --selection layer)")
-    return global_rates(score_layers(model, graph, graph.prunable, criterion, context, seed), params, round_to)
+    return global_rates(score_layers(model, graph, [unit[0] for unit in graph.prunable_units], criterion, context,
+                                     seed), params, round_to)
 
 
 def format_result(result: PruneResult) -> str:
