@@ -95,7 +95,12 @@ def test_native_shape_mismatch_is_an_error(tmp_path, tiny_model):
     ckpt = torch.load(path, weights_only=True)
     ckpt["widths"][3] = 16  # architecture says 16 filters, weights have 32
     torch.save(ckpt, path)
-    with pytest.raises(CheckpointError, match=r"model\.3\.conv\.weight: checkpoint \(32, 64, 1, 1\) vs model \(16, 64, 1, 1\)"):
+    with pytest.raises(CheckpointError, match=r"widths\[3\] = 16 but the weights hold 32 filters \(model\.3\.conv\.weight\)"):
+        yp.load_model(path)
+    ckpt = torch.load(yp.save_checkpoint(tiny_model, tmp_path / "m.pt"), weights_only=True)
+    ckpt["state_dict"]["model.3.bn.running_mean"] = torch.zeros(16)  # one BN buffer of another size
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"model\.3\.bn\.running_mean: checkpoint \(16,\) vs model \(32,\)"):
         yp.load_model(path)
 
 

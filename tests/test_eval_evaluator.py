@@ -174,8 +174,13 @@ def test_format_results_table() -> None:
     r = evaluate(FakeModel(scenes), _loader(scenes), nc=NC, names=NAMES, progress=False)
     text = format_results(r, NAMES, verbose=True, file=None)
     lines = text.splitlines()
-    assert lines[0].split() == ["Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95"]
+    assert lines[0].split() == ["Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95", "COCO@.5",
+                                "COCO@.5:.95"]
     assert lines[1].split()[:3] == ["all", str(len(ORIG)), str(r.n_labels)]
+    # test.py's own four numbers as the official script prints them (%.3g), then pycocotools' two
+    assert lines[1].split()[3:] == ["%.3g" % v for v in (r.mp, r.mr, r.map50_yolo, r.map_yolo, r.map50, r.map)]
+    row = r.rows[0]
+    assert lines[2].split()[3:] == ["%.3g" % v for v in (row.p, row.r, row.ap50_yolo, row.ap_yolo, row.ap50, row.ap)]
     assert len(lines) == 3 + len(r.rows) and lines[-1].startswith("Speed: ")
     assert "Speed" in format_results(r, file=io.StringIO()) and len(format_results(r, file=None).splitlines()) == 3
     import contextlib

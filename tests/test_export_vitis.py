@@ -276,7 +276,7 @@ def test_compile_script_rejects_bad_input(tmp_path, int8):
 
     def run(*argv, **env):
         return subprocess.run(["bash", str(VITIS / "compile.sh"), *argv], capture_output=True, text=True,
-                              env=dict(os.environ, **env))
+                              env=dict(os.environ, **env), cwd=tmp_path)
 
     r = run(str(tmp_path / "missing.onnx"), "kv260")
     assert r.returncode == 2 and "no such model file" in r.stderr
@@ -285,6 +285,7 @@ def test_compile_script_rejects_bad_input(tmp_path, int8):
     r = run(str(int8), "vek280", PYTHON=sys.executable)  # the ONNX path needs the Vitis AI EP: clear failure
     assert r.returncode == 2 and "VitisAIExecutionProvider is not available" in r.stderr
     assert "DPUCV2DX8G (Vitis AI 3.5)" in r.stdout
+    assert not list(tmp_path.glob("compiled_*")), "a failed compile left its output folder behind"
 
 
 def test_vitis_readme_states_what_was_not_run():

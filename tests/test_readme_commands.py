@@ -67,15 +67,15 @@ def _logical_lines(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
 
 def doc_commands(path: Path = README) -> list[DocCommand]:
     """Every yolo-prune command in the shell code blocks of ``path``."""
-    commands, block, inside, lines, variables = [], 0, False, [], {}
+    commands, block, inside, shell, lines, variables = [], 0, False, False, [], {}
     for number, text in enumerate(path.read_text().splitlines(), 1):
         fence = re.match(r"^\s*```\s*(\w*)", text)
-        if fence and not inside:
-            inside, lines, variables = fence.group(1) in ("", "bash", "sh", "shell", "console"), [], {}
+        if fence and not inside:  # an opening fence of any language (a python block's closing fence opens nothing)
+            inside, shell, lines, variables = True, fence.group(1) in ("", "bash", "sh", "shell", "console"), [], {}
             block += 1
             continue
         if fence:
-            for start, logical in _logical_lines(lines):
+            for start, logical in _logical_lines(lines if shell else []):
                 words = shlex.split(logical, comments=True)
                 if len(words) == 1 and re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0]):
                     name, value = words[0].split("=", 1)

@@ -85,6 +85,9 @@ def test_outputs_and_baseline_match_plain_evaluation(small_set, tmp_path, capsys
                  "--device", "cpu", "--workers", "0", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert saved["baseline"]["map"] == pytest.approx(plain["map"], abs=1e-9) and plain["map"] > 0
+    # the analysis stores what `test` reports: mp/mr test.py's, map50/map pycocotools', test.py's set apart
+    assert saved["baseline"]["official"] == pytest.approx(plain["official"], abs=1e-9)
+    assert (saved["baseline"]["mp"], saved["baseline"]["mr"]) == pytest.approx((plain["mp"], plain["mr"]), abs=1e-9)
     # pruning on the fly evaluates the same as the analysis entry
     assert main(["test", "--data", str(data), "--weights", str(weights), "--img", "96", "--batch", "4",
                  "--device", "cpu", "--workers", "0", "--json", "--modification", "prune-structured",

@@ -43,6 +43,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 echo "target $TARGET: $DPU (Vitis AI $VAI)"
+if [[ ! -e $OUT ]]; then  # a folder this run creates is removed again if the compile fails (no half-written output)
+  trap 'rc=$?; [[ $rc -eq 0 ]] || rm -rf -- "$OUT"; exit $rc' EXIT
+fi
 mkdir -p "$OUT"
 
 case $MODEL in

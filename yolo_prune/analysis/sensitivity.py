@@ -32,7 +32,8 @@ class Scorer(Protocol):
     def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
 
     def finish(self, state: Any) -> dict[str, Any]:
-        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95)."""
+        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95); may add
+        ``official`` ({mp, mr, map50, map} as YOLOv7 test.py computes them), which is stored alongside."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,9 @@ def _update(scorer: Scorer, cfg: _Config, pred: torch.Tensor, meta: Any, seconds
 def _metrics(scorer: Scorer, cfg: _Config, n_images: int, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
     t_inf, t_nms = 1e3 * cfg.seconds / max(n_images, 1), 1e3 * cfg.nms_seconds / max(n_images, 1)
+    official = {k: float(v) for k, v in m["official"].items()} if "official" in m else {}
     return {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
-            "per_class": [float(v) for v in m["per_class"]],
+            **({"official": official} if official else {}), "per_class": [float(v) for v in m["per_class"]],
             "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
             "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
 

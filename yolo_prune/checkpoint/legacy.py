@@ -3,27 +3,39 @@
 The pickle is read with the restricted unpickler into inert stand-ins; the model is rebuilt from the cfg
 dict it carries (``Model.yaml``) with the channel counts found in its weights (so checkpoints pruned by
 the published code load too), re-parameterised the same way if it was fused, and the weights are copied
-with strict key and shape checks.
+with strict key and shape checks. A dry run on the meta device first makes sure the embedded cfg describes
+exactly the tensors the file holds, so a malformed cfg fails by name instead of allocating.
+
+What the official ``train.py`` writes (``best.pt``, ``last.pt``, ``epoch_*.pt``)::
+
+    {'epoch', 'best_fitness': numpy array, 'training_results': str, 'model': Model (fp16),
+     'ema': Model (fp16) or None, 'updates', 'optimizer': state dict or None, 'wandb_id'}
+
+The published ``prune.py`` prunes the ``ema`` (or ``model``) object in place, gives it a ``pruning_cfg``
+attribute and saves the dict again: both entries then hold the same pruned model.
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
-from yolo_prune.checkpoint.state import load_state_strict
+from yolo_prune.checkpoint.native import rebuild
 from yolo_prune.checkpoint.unpickler import AttributeRef, StandIn, restricted_pickle_module
 from yolo_prune.errors import CheckpointError
-from yolo_prune.models.fuse import fold_implicit, fuse_conv_bn, fuse_repconv
 from yolo_prune.models.model import Model
 
 
 def read_official(path: str | Path) -> dict:
     """Unpickle an official checkpoint into a dict whose model entries are stand-ins."""
     try:
-        ckpt = torch.load(path, map_location="cpu", pickle_module=restricted_pickle_module, weights_only=False)
+        with warnings.catch_warnings():  # legacy-format files store module source that stand-ins cannot match
+            warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+            ckpt = torch.load(path, map_location="cpu", pickle_module=restricted_pickle_module, weights_only=False)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except Exception as exc:  # corrupt zip, truncated file, not a pickle
@@ -32,7 +44,8 @@ def read_official(path: str | Path) -> dict:
 
 
 def pick_model(ckpt: Any, path: str | Path) -> StandIn:
-    """The pickled ``models.yolo.Model``: ``ema`` when present, else ``model`` (or the object itself)."""
+    """The pickled ``models.yolo.Model``: ``ema`` when present, else ``model`` (as the official ``attempt_load``),
+    or the pickled object itself (``torch.save(model)``, e.g. the trainer's ``init.pt``)."""
     candidates = [ckpt.get("ema"), ckpt.get("model")] if isinstance(ckpt, dict) else [ckpt]
     for obj in candidates:
         if isinstance(obj, StandIn) and obj.qualname.endswith(".Model"):
@@ -83,24 +96,38 @@ def _head_is_fused(root: StandIn) -> bool:
     return isinstance(fwd, AttributeRef) and fwd.name == "fuseforward"
 
 
+def training_info(ckpt: Any, root: StandIn) -> dict[str, Any]:
+    """What an official checkpoint says about its training (epoch, best fitness), as plain Python values."""
+    info: dict[str, Any] = {"pruned_by_published_code": "pruning_cfg" in root.state}
+    if not isinstance(ckpt, dict):
+        return info
+    if isinstance(ckpt.get("epoch"), int):
+        info["epoch"] = ckpt["epoch"]
+    fitness = np.asarray(ckpt.get("best_fitness", []))
+    if fitness.size and fitness.dtype.kind in "iuf":  # a float, or the numpy array train.py keeps
+        info["best_fitness"] = float(fitness.reshape(-1)[0])
+    return info
+
+
 def model_from_official(path: str | Path) -> tuple[Model, dict]:
     """Rebuild our Model (float32, eval mode) from an official checkpoint; also returns metadata."""
-    root = pick_model(read_official(path), path)
+    ckpt = read_official(path)
+    root = pick_model(ckpt, path)
     cfg = root.state.get("yaml")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: the pickled model carries no cfg dict ('yaml' attribute)")
     sd = state_dict_of(root)
-    model = Model(cfg, ch=int(cfg.get("ch", 3)), widths=conv_widths(root, sd), source=f"{path} (embedded cfg)")
-    if any(k.endswith("rbr_reparam.weight") for k in sd):
-        fuse_repconv(model)
-    if any(k.endswith(".conv.bias") for k in sd):
-        fuse_conv_bn(model)
-    head_fused = _head_is_fused(root)
-    if head_fused:
-        fold_implicit(model)
+    fused = {"repconv": any(k.endswith("rbr_reparam.weight") for k in sd),
+             "conv_bn": any(k.endswith(".conv.bias") for k in sd), "implicit": _head_is_fused(root)}
+    if fused["implicit"]:
         sd = OrderedDict((k, v) for k, v in sd.items() if ".ia." not in k and ".im." not in k)
-    load_state_strict(model, sd, str(path))
+    try:
+        widths = conv_widths(root, sd)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: a pickled convolution has no weight {exc}") from None
+    model = rebuild(cfg, widths, fused, sd, str(path), ch=cfg.get("ch", 3))
     names = root.state.get("names")
     if isinstance(names, (list, tuple)) and len(names) == model.nc:
         model.names = [str(n) for n in names]
-    return model.float().eval(), {"source_format": "yolov7-official", "implicit_folded": head_fused}
+    meta = {"source_format": "yolov7-official", "implicit_folded": fused["implicit"], **training_info(ckpt, root)}
+    return model.float().eval(), meta

@@ -13,18 +13,19 @@ Classification CNNs use the same dict with ``"task": "classify"`` and their ``ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
-from yolo_prune.checkpoint.state import load_state_strict
-from yolo_prune.errors import CheckpointError
+from yolo_prune.checkpoint.state import build_within, load_state_strict
+from yolo_prune.errors import CheckpointError, ConfigError
 from yolo_prune.fileio import write_atomic
 from yolo_prune.models.blocks import Conv, RepConv
 from yolo_prune.models.fuse import fold_implicit, fuse_conv_bn, fuse_repconv
 from yolo_prune.models.heads import IDetect
 from yolo_prune.models.model import Model
+from yolo_prune.models.spec import check_header
 
 FORMAT = "yolo-prune"
 VERSION = 1
@@ -74,6 +75,76 @@ def is_native(ckpt: Any) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
 
 
+# State-dict keys of the weight of every Conv/RepConv (module order = the order ``Model.widths`` lists them).
+_CONV_WEIGHTS = (".conv.weight", ".rbr_dense.0.weight", ".rbr_reparam.weight")
+
+
+def check_widths(widths: Any, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """A recorded width list is positive integers, one per convolution, equal to the filters the weights hold."""
+    if not isinstance(widths, (list, tuple)) or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+        raise CheckpointError(f"{source}: 'widths' must be a list of integers, got {str(widths)[:80]}")
+    held = [(k, int(t.shape[0])) for k, t in state.items() if k.endswith(_CONV_WEIGHTS) and t.ndim == 4]
+    if len(held) != len(widths):
+        raise CheckpointError(f"{source}: 'widths' lists {len(widths)} convolutions but the weights hold {len(held)}")
+    for i, (w, (key, filters)) in enumerate(zip(widths, held)):
+        if w != filters:
+            raise CheckpointError(f"{source}: widths[{i}] = {w} but the weights hold {filters} filters ({key})")
+
+
+def _check_head(cfg: dict, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """The cfg's class count and anchors fix the head convolutions' filters: they must be what the weights hold
+    (checked before building, so an absurd ``nc`` is named instead of allocated)."""
+    last = len(cfg["backbone"]) + len(cfg["head"]) - 1
+    na = len(cfg["anchors"][0]) // 2 if isinstance(cfg["anchors"], list) else cfg["anchors"]
+    expected = na * (cfg["nc"] + 5)
+    for key, t in state.items():
+        if key.startswith(f"model.{last}.m") and key.endswith(".weight") and t.ndim == 4 and t.shape[0] != expected:
+            raise CheckpointError(f"{source} (embedded cfg): nc={cfg['nc']} with {na} anchors per level needs "
+                                  f"{expected} filters in the head, but {key} holds {t.shape[0]}")
+
+
+def _reparameterise(model: nn.Module, fused: Mapping[str, bool]) -> nn.Module:
+    """Apply the re-parameterisations a checkpoint records (RepConv merge, Conv+BN folding, implicit folding)."""
+    if fused.get("repconv"):
+        fuse_repconv(model)
+    if fused.get("conv_bn"):
+        fuse_conv_bn(model)
+    if fused.get("implicit"):
+        fold_implicit(model)
+    return model
+
+
+def rebuild(cfg: Any, widths: Any, fused: Mapping[str, bool], state: Mapping[str, torch.Tensor], source: str,
+            ch: Any = 3) -> Model:
+    """The recorded architecture, re-parameterised as recorded, with ``state`` loaded strictly.
+
+    Every shape is checked against ``state`` in a dry run before anything is allocated, and a malformed
+    embedded cfg (string ``nc``, bad ``anchors``, negative ``width_multiple`` ...) is a CheckpointError naming it.
+    """
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: the embedded cfg is not a mapping")
+    if not isinstance(ch, int) or isinstance(ch, bool) or ch < 1:
+        raise CheckpointError(f"{source} (embedded cfg): 'ch' (input channels) must be a positive integer, got {ch!r}")
+    try:
+        check_header(cfg, f"{source} (embedded cfg)")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    _check_head(cfg, state, source)
+
+    def build() -> Model:
+        return _reparameterise(Model(cfg, ch=ch, widths=widths, source=f"{source} (embedded cfg)"), fused)
+
+    try:
+        model = build_within(build, state, source)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(f"{source} (embedded cfg): does not describe a buildable model "
+                              f"({type(exc).__name__}: {exc})") from None
+    load_state_strict(model, state, source)
+    return model
+
+
 def model_from_native(ckpt: dict, source: str) -> Model:
     """Rebuild the (possibly pruned and fused) model recorded in ``ckpt`` and load its weights strictly."""
     if ckpt.get("version", 0) > VERSION:
@@ -82,24 +153,22 @@ def model_from_native(ckpt: dict, source: str) -> Model:
         from yolo_prune.checkpoint.classify import classifier_from_native
 
         return classifier_from_native(ckpt, source)
-    try:
-        cfg = ckpt["cfg"]
-        if isinstance(cfg, dict) and "darknet" in cfg:  # a model built from a Darknet .cfg
-            from yolo_prune.models.darknet import build_darknet
+    missing = [k for k in ("cfg", "widths", "state_dict") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{source}: checkpoint lacks '{missing[0]}'")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: 'state_dict' must map names to tensors")
+    fused = ckpt.get("fused") if isinstance(ckpt.get("fused"), dict) else {}
+    cfg = ckpt["cfg"]
+    if isinstance(cfg, dict) and "darknet" in cfg:  # a model built from a Darknet .cfg
+        from yolo_prune.models.darknet import build_darknet
 
-            model = build_darknet(cfg, widths=ckpt["widths"])
-        else:
-            model = Model(cfg, widths=ckpt["widths"], source=f"{source} (embedded cfg)")
-    except KeyError as exc:
-        raise CheckpointError(f"{source}: checkpoint lacks '{exc.args[0]}'") from None
-    fused = ckpt.get("fused", {})
-    if fused.get("repconv"):
-        fuse_repconv(model)
-    if fused.get("conv_bn"):
-        fuse_conv_bn(model)
-    if fused.get("implicit"):
-        fold_implicit(model)
-    load_state_strict(model, ckpt["state_dict"], source)
+        model = _reparameterise(build_darknet(cfg, widths=ckpt["widths"]), fused)
+        load_state_strict(model, state, source)
+    else:
+        check_widths(ckpt["widths"], state, source)
+        model = rebuild(cfg, list(ckpt["widths"]), fused, state, source)
     if len(ckpt.get("names") or []) == model.nc:
         model.names = [str(n) for n in ckpt["names"]]
     return model.float().eval()

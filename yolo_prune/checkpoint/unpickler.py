@@ -1,9 +1,10 @@
 """A restricted unpickler for official YOLOv7 ``.pt`` pickles.
 
 Every global the pickle names is looked up in a whitelist: tensor-rebuild helpers and plain containers
-resolve to the real objects; YOLOv7 and ``torch.nn`` classes resolve to *inert stand-ins* that only record
-their state; anything else (``os.system``, ``subprocess.Popen``, ``builtins.eval`` ...) is refused before it
-can run. Nothing from the official code base is imported or executed.
+resolve to the real objects; YOLOv7 and ``torch.nn`` classes and ``argparse.Namespace`` (a training ``opt``)
+resolve to *inert stand-ins* that only record their state; the numpy objects official trainers leave behind
+are rebuilt by :mod:`.pickled_numpy`; anything else (``os.system``, ``subprocess.Popen``, ``builtins.eval``,
+``numpy.load`` ...) is refused before it can run. Nothing from the official code base is imported or executed.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from yolo_prune.checkpoint.pickled_numpy import NUMPY_GLOBALS
 from yolo_prune.errors import CheckpointError
 
 
@@ -65,11 +67,13 @@ _REAL: dict[tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "getattr"): AttributeRef,
+    **NUMPY_GLOBALS,
 }
 _DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
-# Module prefixes whose classes become inert stand-ins (the official code base, torch.nn layers, and the
-# odd numpy scalar / argparse namespace that training scripts leave in checkpoints).
-_STAND_IN_PREFIXES = ("models.", "utils.", "torch.nn.modules.", "numpy.", "argparse")
+# Module prefixes whose classes become inert stand-ins (the official code base and torch.nn layers), and single
+# classes that training scripts leave in checkpoints (an ``opt`` namespace).
+_STAND_IN_PREFIXES = ("models.", "utils.", "torch.nn.modules.")
+_STAND_IN_NAMES = {("argparse", "Namespace")}
 
 
 def resolve_global(module: str, name: str, cache: dict[str, type[StandIn]]) -> Any:
@@ -79,10 +83,12 @@ def resolve_global(module: str, name: str, cache: dict[str, type[StandIn]]) -> A
         return _REAL[(module, name)]
     if module == "torch" and name in _DTYPES:
         return getattr(torch, name)
-    if module.startswith(_STAND_IN_PREFIXES) and name.isidentifier() and not name.startswith("__"):
+    stands_in = module.startswith(_STAND_IN_PREFIXES) and name.isidentifier() and not name.startswith("__")
+    if stands_in or (module, name) in _STAND_IN_NAMES:
         return stand_in(f"{module}.{name}", cache)
     raise CheckpointError(f"refusing global '{module}.{name}': it is not part of a YOLOv7 checkpoint "
-                          f"(allowed: models.*/utils.* classes, torch.nn layers, tensors and containers)")
+                          f"(allowed: models.*/utils.* classes, torch.nn layers, tensors, containers, "
+                          f"numpy arrays/scalars of plain dtypes, argparse.Namespace)")
 
 
 class RestrictedUnpickler(pickle.Unpickler):

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args, model, data, device) -> int:
-    from yolo_prune.engine.evaluator import format_results
+    from yolo_prune.engine.evaluator import format_results, official_metrics
     from yolo_prune.models.complexity import count_gflops, count_params
     from yolo_prune.pipeline.evaluation import evaluate_on_data
 
@@ -224,10 +224,10 @@ def _evaluate(args, model, data, device) -> int:
     is_torch = hasattr(model, "parameters")
     params = count_params(model) if is_torch else None
     gflops = count_gflops(model.cpu(), args.img) if is_torch else None
-    if args.json:
+    if args.json:  # top-level map50/map: pycocotools; "official": test.py's own P, R, mAP@.5, mAP@.5:.95
         print_json({"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
-                    "per_class": result.class_ap, "speed": list(result.speed), "params": params, "gflops": gflops,
-                    "n_images": result.n_images})
+                    "official": official_metrics(result), "per_class": result.class_ap, "speed": list(result.speed),
+                    "params": params, "gflops": gflops, "n_images": result.n_images})
         return 0
     format_results(result, model.names if hasattr(model, "names") else None, verbose=args.verbose)
     if is_torch:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from yolo_prune.errors import DataError
 
 from .augment import augment_hsv, merge_hyp, mixup, mosaic4, random_flip, random_perspective
-from .letterbox import BILINEAR, BOX, letterbox, resize, xywhn_to_xyxy, xyxy_to_xywhn
+from .letterbox import AREA, LINEAR, letterbox, resize, xywhn_to_xyxy, xyxy_to_xywhn
 
 BOX_TOL = 1e-3  # tolerance on normalised coordinates before a label counts as out of range
 IO_THREADS = 8  # header/label reads are I/O bound
@@ -237,14 +237,14 @@ class YoloDataset(Dataset):
     def load_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Decode image ``index`` and resize its long side to ``img_size``; returns (img, (h0, w0), (h, w)).
 
-        Shrinking without augmentation uses area averaging (YOLOv7: cv2.INTER_AREA), otherwise bilinear.
+        Shrinking without augmentation uses area averaging (cv2.INTER_AREA), otherwise bilinear, as YOLOv7.
         """
         img = load_image_rgb(self.image_paths[index])
         h0, w0 = img.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:
-            resample = BOX if r < 1 and not self.augment else BILINEAR
-            img = resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), resample)
+            interpolation = AREA if r < 1 and not self.augment else LINEAR
+            img = resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), interpolation)
         return img, (h0, w0), img.shape[:2]
 
     def _mosaic_source(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar, Union
 
 import numpy as np
-from PIL import Image
 
 if TYPE_CHECKING:
     import torch
@@ -18,8 +17,8 @@ if TYPE_CHECKING:
 ShapeLike = Union[int, Sequence[int]]
 Boxes = TypeVar("Boxes")  # numpy array or torch tensor; torch is imported only when used (keeps imports light)
 
-BILINEAR = Image.Resampling.BILINEAR
-BOX = Image.Resampling.BOX  # area averaging: Pillow's closest match to cv2.INTER_AREA when shrinking
+LINEAR = "linear"  # cv2.INTER_LINEAR: YOLOv7's interpolation for enlarging, augmenting and letterboxing
+AREA = "area"  # cv2.INTER_AREA: YOLOv7's interpolation for shrinking images it evaluates
 
 
 def as_hw(shape: ShapeLike) -> tuple[int, int]:
@@ -35,11 +34,19 @@ def round_up_to_stride(size: int, stride: int) -> int:
     return -(-int(size) // int(stride)) * int(stride)
 
 
-def resize(img: np.ndarray, size_wh: tuple[int, int], resample: Image.Resampling = BILINEAR) -> np.ndarray:
-    """Resize an HWC uint8 image to ``(w, h)`` with Pillow (stands in for cv2.resize); returns the input if unchanged."""
+def resize(img: np.ndarray, size_wh: tuple[int, int], interpolation: str = LINEAR) -> np.ndarray:
+    """Resize an HWC uint8 image to ``(w, h)`` with OpenCV, as YOLOv7 does; returns the input if unchanged.
+
+    The pixels matter: test.py's P and R are read at the best-F1 confidence, which moves with small input
+    changes (Pillow's antialiased shrinking shifted them by several points on a real validation set).
+    """
     if (img.shape[1], img.shape[0]) == tuple(size_wh):
         return img
-    return np.array(Image.fromarray(np.ascontiguousarray(img)).resize(tuple(size_wh), resample))
+    import cv2
+
+    flag = {LINEAR: cv2.INTER_LINEAR, AREA: cv2.INTER_AREA}[interpolation]
+    out = cv2.resize(np.ascontiguousarray(img), tuple(int(v) for v in size_wh), interpolation=flag)
+    return out if out.ndim == img.ndim else out[..., None]  # OpenCV drops a single channel axis
 
 
 def letterbox(

@@ -31,7 +31,8 @@ from yolo_prune.engine.postprocess import non_max_suppression
 from yolo_prune.errors import DataError, YoloPruneError
 
 Names = Sequence[str] | Mapping[int, str] | None
-HEADER = ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
+HEADER = ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")  # YOLOv7 test.py's table
+COCO_HEADER = ("COCO@.5", "COCO@.5:.95")  # pycocotools, appended on the right
 
 
 @dataclass
@@ -86,8 +87,9 @@ class EvalRun:
     dets: list[Tensor] = field(default_factory=list)  # [n, 6] (x1, y1, x2, y2, conf, cls)
     t_inf: float = 0.0
     t_nms: float = 0.0
-    hw: tuple[int, int] = (0, 0)
+    hw: tuple[int, int] = (0, 0)  # input size of the latest batch
     batch: int = 0
+    nominal_hw: tuple[int, int] | None = None  # reported instead of ``hw`` (test.py prints --img, not batch shapes)
 
     def add(self, path: str, hw0: tuple[int, int], labels: Tensor, dets: Tensor) -> None:
         """Record one image: labels [m, 5] (cls, xyxy), dets [n, 6] (xyxy, conf, cls) in NMS order."""
@@ -251,6 +253,7 @@ def evaluate(
     save_json: str | Path | None = None,
     verbose: bool = False,
     progress: bool = True,
+    img_size: int | None = None,
 ) -> EvalResult:
     """Evaluate a detector like YOLOv7 ``test.py`` (multi-label NMS, max 300 detections per image).
 
@@ -258,12 +261,15 @@ def evaluate(
     back in its training mode afterwards. ``coco_gt`` is a COCO json/dict/object (images matched by
     file name or numeric stem, class i -> i-th category id); by default ground truth is built from the
     labels. ``save_json`` is a ``.json`` path or a folder for ``predictions.json``. ``verbose`` prints the
-    per-class table and pycocotools' summary. Raises DataError when no image was evaluated.
+    per-class table and pycocotools' summary. ``img_size`` is the input size the speed line names (test.py
+    prints ``--img`` although its rectangular batches vary); default: the last batch's. Raises DataError when
+    no image was evaluated.
     """
     device = torch.device(device)
     half = bool(half) and device.type == "cuda"
     net, restore = _prepare_model(model, device, half)
     run, names_l = EvalRun(StatsAccumulator()), _name_list(names, nc)
+    run.nominal_hw = (img_size, img_size) if img_size else None
     try:
         with torch.inference_mode():
             for batch in _batches(dataloader, max_images, progress):
@@ -289,7 +295,8 @@ def summarize(
     coco, cat_ids, json_path = _coco_metrics(run, nc, names, coco_gt, save_json, verbose)
     ap, ap50 = _class_coco_ap(coco, cat_ids)
     n = len(run.paths)
-    speed = (run.t_inf / n * 1e3, run.t_nms / n * 1e3, (run.t_inf + run.t_nms) / n * 1e3, *run.hw, run.batch)
+    speed = (run.t_inf / n * 1e3, run.t_nms / n * 1e3, (run.t_inf + run.t_nms) / n * 1e3, *(run.nominal_hw or run.hw),
+             run.batch)
     return EvalResult(
         mp=yolo.mp, mr=yolo.mr, map50=coco.map50, map=coco.map, map50_yolo=yolo.map50, map_yolo=yolo.map,
         class_ap=ap, class_ap50=ap50, rows=_rows(yolo, ap, ap50, names, n), speed=speed, n_images=n,
@@ -297,21 +304,30 @@ def summarize(
     )
 
 
+def official_metrics(result: EvalResult) -> dict[str, float]:
+    """test.py's own summary (P, R and its interpolated mAPs), keyed as in ``yolo-prune test --json``."""
+    return {"mp": result.mp, "mr": result.mr, "map50": result.map50_yolo, "map": result.map_yolo}
+
+
 def format_results(
     result: EvalResult, names: Names = None, verbose: bool = False, file: TextIO | None | str = "stdout",
 ) -> str:
-    """The YOLOv7 ``test.py`` printout: header, 'all' row, per-class rows when ``verbose``, speed line.
+    """The YOLOv7 ``test.py`` printout with the pycocotools mAPs appended: header, 'all' row, per-class rows
+    when ``verbose``, speed line.
 
-    mAP@.5 and mAP@.5:.95 are the pycocotools numbers; P and R are YOLOv7's. ``names`` overrides the row
-    names. Printed to ``file`` (default: ``sys.stdout`` at call time, so redirections apply; None: not
+    Columns P, R, mAP@.5, mAP@.5:.95 are test.py's own numbers (what the official script prints for the same
+    predictions); COCO@.5 and COCO@.5:.95 are pycocotools' (the authoritative mAP). ``names`` overrides the
+    row names. Printed to ``file`` (default: ``sys.stdout`` at call time, so redirections apply; None: not
     printed); the text is returned.
     """
-    pf = "%20s" + "%12i" * 2 + "%12.3g" * 4
-    lines = [("%20s" + "%12s" * 6) % HEADER,
-             pf % ("all", result.n_images, result.n_labels, result.mp, result.mr, result.map50, result.map)]
+    pf = "%20s" + "%12i" * 2 + "%12.3g" * 6
+    lines = [("%20s" + "%12s" * 8) % (*HEADER, *COCO_HEADER),
+             pf % ("all", result.n_images, result.n_labels, result.mp, result.mr, result.map50_yolo,
+                   result.map_yolo, result.map50, result.map)]
     if verbose:
         label = (lambda r: _name_list(names, r.cls + 1)[r.cls]) if names is not None else (lambda r: r.name)
-        lines += [pf % (label(r), r.images, r.labels, r.p, r.r, r.ap50, r.ap) for r in result.rows]
+        lines += [pf % (label(r), r.images, r.labels, r.p, r.r, r.ap50_yolo, r.ap_yolo, r.ap50, r.ap)
+                  for r in result.rows]
     lines.append("Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g" % result.speed)
     text = "\n".join(lines)
     if file is not None:

@@ -41,6 +41,8 @@ class OrtDetector:
         self.img_size: tuple[int, int] = tuple(self.meta["options"]["img_size"])  # type: ignore[assignment]
         inp = self.session.get_inputs()[0]
         self._input, self._batch = inp.name, inp.shape[0] if isinstance(inp.shape[0], int) else None
+        fixed = all(isinstance(d, int) for d in inp.shape[2:4])
+        self.input_hw: tuple[int, int] | None = (int(inp.shape[2]), int(inp.shape[3])) if fixed else None
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self._head = _decoder(self.meta) if mode in ("raw", "conv") else None
 

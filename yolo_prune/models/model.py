@@ -197,7 +197,7 @@ def _module_stride(m: nn.Module) -> float:
 
 def _check_anchor_order(head: Detect) -> None:
     """Flip anchors if their order disagrees with the stride order (official check_anchor_order); models built
-    on the meta device (for counting) keep the cfg's order."""
+    on the meta device (for counting, or a checkpoint's dry run) keep the cfg's order."""
     if head.anchor_grid.is_meta:
         return
     a = head.anchor_grid.prod(-1).view(-1)

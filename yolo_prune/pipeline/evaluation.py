@@ -45,13 +45,18 @@ def check_model_classes(model: Any, settings: DataSettings, source: str) -> None
         raise class_count_error(int(model.nc), source, settings.data, data_nc)
 
 
-def make_loader(settings: DataSettings, stride: int):
-    """A deterministic evaluation DataLoader over the split (worker processes, letterboxed batches)."""
+def make_loader(settings: DataSettings, stride: int, rect: bool = True):
+    """A deterministic evaluation DataLoader over the split (worker processes, letterboxed batches).
+
+    ``rect``: YOLOv7 test.py's rectangular batches (images sorted by aspect ratio, each batch letterboxed to its
+    own stride-multiple shape, pad 0.5), so predictions and test.py's numbers are the official ones; False gives
+    square ``img_size`` inputs for models with a fixed input shape (exported ONNX files).
+    """
     from yolo_prune.data import create_dataloader
 
     paths, cfg = split_images(settings)
     loader, _ = create_dataloader(paths, cfg.nc, settings.img_size, settings.batch_size, augment=False,
-                                  rect=False, workers=settings.workers, shuffle=False, stride=stride)
+                                  rect=rect, workers=settings.workers, shuffle=False, stride=stride, pad=0.5)
     return loader, cfg
 
 
@@ -77,10 +82,10 @@ def evaluate_on_data(model: torch.nn.Module, settings: DataSettings, *, device: 
 
     check_model_classes(model, settings, source)
     stride = int(getattr(model, "stride", torch.tensor([32])).max()) if hasattr(model, "stride") else 32
-    loader, cfg = make_loader(settings, stride)
+    loader, cfg = make_loader(settings, stride, rect=getattr(model, "input_hw", None) is None)
     return evaluate(model, loader, nc=cfg.nc, names=cfg.names, conf_thres=conf_thres, iou_thres=iou_thres,
                     device=device, half=half, max_images=settings.max_images, save_json=save_json,
-                    verbose=verbose, progress=progress)
+                    verbose=verbose, progress=progress, img_size=settings.img_size)
 
 
 def cached_batches(settings: DataSettings, stride: int, device: torch.device) -> tuple[list, Any]:

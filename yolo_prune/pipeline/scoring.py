@@ -41,6 +41,8 @@ class DetectionScorer:
 
     def finish(self, state: Any) -> dict[str, Any]:
         result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False)
+        # as `yolo-prune test --json`: mp/mr from test.py, map50/map from pycocotools, test.py's own set apart
         return {"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
+                "official": ev.official_metrics(result),
                 # classes without labels report the overall mAP, as the published analysis does
                 "per_class": [result.map if v != v else v for v in result.class_ap]}
