@@ -254,8 +254,9 @@ class FeatureSource:
 
 def calibration_batches(image_paths: Sequence[str], nc: int, img_size: int, count: int, seed: int,
                         batch_size: int = 16, stride: int = 32, workers: int = 0) -> list[CalibrationBatch]:
-    """A seeded random subset of ``count`` images, letterboxed and scaled exactly as for evaluation (RGB,
-    square ``img_size``, no augmentation), in batches of ``batch_size``."""
+    """A seeded random subset of ``count`` images, preprocessed as for inference (the same letterbox and 0..1
+    scaling, RGB, no augmentation) to a square ``img_size`` (evaluation of PyTorch models uses YOLOv7's rectangular
+    batches, which pad differently), in batches of ``batch_size``."""
     from yolo_prune.data import create_dataloader
 
     if not image_paths:
