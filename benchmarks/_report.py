@@ -39,10 +39,8 @@ def machine(packages: Sequence[str] = (), extra: dict[str, str] | None = None) -
     """
     import torch
 
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    # the CPUs this process may use (what ``nproc`` prints without OMP_NUM_THREADS, which benchmarks often set)
+    nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

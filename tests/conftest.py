@@ -50,3 +50,11 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_model("yolov7-tiny").eval()
+
+
+@pytest.fixture()
+def tiny_quant_model(tiny_model):
+    """A fresh DPU fake-quantized copy of the random yolov7-tiny (not calibrated)."""
+    from yolo_prune.quant.prepare import quantize_model
+
+    return quantize_model(tiny_model, "dpu", 64)

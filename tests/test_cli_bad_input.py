@@ -116,6 +116,23 @@ BAD = [
     (SA.replace("[0.5]", "'[0.5, 0.5]'"), "--pruning-rate: 0.5 listed more than once"),
     (SA.replace("[0.5]", "[1.5]"), "--pruning-rate: 1.5 is out of range"),
     (f"{SA} --prune-output ../x.txt", "--prune-output ../x.txt: expected a file name such as output.txt"),
+    # classification CNNs, kernel masks, FBS, Li et al.'s sweep
+    ("classify train --arch scnnb --data nowhere:x --project runs", "--data nowhere:x: not a known dataset"),
+    ("classify train --arch scnnb --data cifar10:adir --project runs", "cifar-10-batches-py/ (nothing is downloaded"),
+    ("classify train --weights m.pt --project runs", "--weights m.pt is not a classifier checkpoint"),
+    ("classify train --arch scnnb --img 18 --project runs", "scnnb: img_size must be a multiple of 4"),
+    ("classify train --arch scnnb --scoring lazy", "invalid choice: 'lazy'"),
+    ("classify sensitivity --weights m.pt --pruning-rate [1.5]", "--pruning-rate: 1.5 is out of range"),
+    ("classify sensitivity --weights m.pt", "m.pt is not a classifier checkpoint"),
+    ("mask --weights m.pt --percent 0.5 --output m.pt", "--output m.pt: is the input checkpoint m.pt"),
+    ("mask --weights m.pt --percent 1.5 --output x.pt", "--percent: expected a fraction in (0, 1), got '1.5'"),
+    ("mask --weights m.pt --percent 0.5", "--percent needs --output"),
+    (f"fbs --weights m.pt --data {DATA} --density 1.5 --out o", "--density must be in (0, 1], got 1.5"),
+    (f"fbs --weights m.pt --data {DATA} --layers [999] --out o", "layer 999 cannot be gated: out of range"),
+    (f"fbs --weights m.pt --data {DATA} --out afile", "--out afile: is a file, expected a directory"),
+    ("sweep --percents '[0.5, 2]' --out o", "--percents: 2 is out of range"),
+    ("sweep --weights m.pt --out o", "--weights m.pt is not a classifier checkpoint"),
+    ("sweep --arch scnnb --retrain-epochs 0 --out o", "--retrain-epochs: expected a positive integer, got '0'"),
 ]
 
 
@@ -134,7 +151,8 @@ def test_bad_value_exits_2_with_one_line_and_writes_nothing(workspace, command, 
     code, _, err = run_cli(command, cwd=workspace)
     errors = [line for line in err.splitlines() if ": error:" in line]
     assert code == 2 and "Traceback" not in err, f"{command!r} -> exit {code}\n{err[-2000:]}"
-    assert len(errors) == 1 and errors[0].startswith(f"yolo-prune {command.split()[0]}: error: "), err
+    name = " ".join(command.split()[:2 if command.startswith("classify ") else 1])  # classify has sub-commands
+    assert len(errors) == 1 and errors[0].startswith(f"yolo-prune {name}: error: "), err
     assert message in errors[0], f"{command!r}: {errors[0]!r} lacks {message!r}"
     assert snapshot(workspace) == before, f"{command!r} left {snapshot(workspace) - before}"
     assert time.perf_counter() - started < 30, "rejected only after doing work"

@@ -73,7 +73,7 @@ def test_unknown_format_is_a_usage_error():
     (["--img-size", "64", "96", "128"], "one or two values"),
     (["--img-size", "64", "--conf-thres", "0.3"], "--conf-thres: only valid with --end2end"),
     (["--img-size", "64", "--max-wh", "640"], "--max-wh: only valid with --end2end"),
-    (["--img-size", "64", "--int8", "--dla", "0"], "--int8, --dla: only valid with --format engine"),
+    (["--img-size", "64", "--int8", "--dla", "0"], "--dla: only valid with --format engine"),  # --int8: Q/DQ ONNX
     (["--img-size", "64", "--format", "engine", "--output", "x.onnx"], "name the engine file"),
     (["--img-size", "64", "--end2end", "--iou-thres", "1.5"], "iou_thres must be in (0, 1]"),
 ])

@@ -72,6 +72,17 @@ def test_build_engine_script_runs_trtexec_with_the_flags(stub, tmp_path):
     assert "dummy dynamic ranges" in r.stderr and (tmp_path / "m.engine").is_file()
 
 
+def test_build_engine_script_builds_a_qdq_onnx_without_a_cache_and_without_the_warning(stub, tmp_path):
+    env, log = stub
+    onnx_path = tmp_path / "m.qdq.onnx"
+    onnx_path.write_bytes(b"\x08\x07QuantizeLinear\x12DequantizeLinear")  # op types as the protobuf stores them
+    r = subprocess.run(["bash", str(JETSON / "build_engine.sh"), str(onnx_path), "--int8", "--fp16"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--int8" in log.read_text() and "--calib" not in log.read_text()
+    assert "explicit quantization" in r.stderr and "dummy" not in r.stderr
+
+
 def test_build_engine_script_rejects_bad_input(stub, tmp_path):
     env, _ = stub
     r = subprocess.run(["bash", str(JETSON / "build_engine.sh"), str(tmp_path / "missing.onnx")], env=env,

@@ -20,8 +20,8 @@ from yolo_prune.errors import CheckFailed
 from yolo_prune.export.onnx_export import export_onnx
 from yolo_prune.export.options import ExportOptions
 from yolo_prune.export.ort_model import OrtDetector
-from yolo_prune.export.vitis import stack_large_pools
-from yolo_prune.export.vitis_checks import DPU_LEAKY_SLOPE, check_xint8, dpu_warnings
+from yolo_prune.models.pools import stack_large_pools
+from yolo_prune.export.vitis_checks import DPU_LEAKY_SLOPE, check_xint8, dpu_warnings, fit_bias_shifts
 from yolo_prune.models.cfgs import build_model
 from yolo_prune.prune import prune
 
@@ -75,9 +75,13 @@ def test_every_scale_is_a_power_of_two_with_zero_point_0(int8):
     assert check_xint8(proto).concats == sum(n.op_type == "Concat" for n in proto.graph.node) > 0
 
 
-def test_graph_ends_at_head_convs_and_pools_fit_the_dpu(int8):
+def test_graph_ends_at_split_head_convs_and_pools_fit_the_dpu(int8):
     proto = onnx.load(str(int8))
-    assert [o.name for o in proto.graph.output] == ["conv0", "conv1", "conv2"]
+    # each head conv split into box / obj / cls convs, each output with its own power-of-two scale
+    assert [o.name for o in proto.graph.output] == [f"conv{i}_{g}" for i in range(3) for g in ("box", "obj", "cls")]
+    head = [n for n in proto.graph.node if n.op_type == "Conv" and n.output[0] not in
+            {i for m in proto.graph.node if m.op_type == "LeakyRelu" for i in m.input}]
+    assert len(head) == 9
     assert not {"Reshape", "Transpose", "Sigmoid", "ScatterND"} & {n.op_type for n in proto.graph.node}
     kernels = [a.ints[0] for n in proto.graph.node if n.op_type == "MaxPool" for a in n.attribute
                if a.name == "kernel_shape"]
@@ -113,7 +117,8 @@ def test_keep_head_float_leaves_head_convs_unquantized(tmp_path, synth):
 
     files = [p for p in split_images(DataSettings(str(synth), "train"))[0]][:4]
     model = prune(build_model("yolov7-tiny", nc=2), 0.5, "l2", inplace=True, summarize=False).model.eval()
-    result = export_vitis_int8(model, tmp_path / "p.onnx", 64, files, VitisOptions(calib_count=4, keep_head_float=True))
+    opts = VitisOptions(calib_count=4, keep_head_float=True, split_head=False)
+    result = export_vitis_int8(model, tmp_path / "p.onnx", 64, files, opts)
     assert len(result.check.float_convs) == 3 and result.calib_images == 4
     assert any("kept in float" in w for w in result.warnings)
     assert OrtDetector(tmp_path / "p.onnx")(torch.rand(1, 3, 64, 64))[0].shape[-1] == 7
@@ -152,6 +157,45 @@ def test_check_rejects_what_a_dpu_cannot_run():
         check_xint8(_tiny_qdq(0.25, 0.5))
     with pytest.raises(CheckFailed, match="zero point"):
         check_xint8(_tiny_qdq(0.25, 0.25, zero=3))
+
+
+def _two_convs_one_bias(bias: float) -> onnx.ModelProto:
+    """x -> Q/DQ 2^-7 -> conv (w 2^-9) -> LeakyReLU -> Q/DQ 2^-6 -> conv (w 2^-11) -> LeakyReLU -> Q/DQ 2^-8; both
+    convs read ONE bias DequantizeLinear (scale 2^-20), as the ONNX export shares identical bias tensors."""
+    inits = [numpy_helper.from_array(np.array(2.0 ** -e, np.float32), f"s{e}") for e in (6, 7, 8, 9, 11, 20)]
+    inits += [numpy_helper.from_array(np.array(0, np.int8), "z"),
+              numpy_helper.from_array(np.full((2, 2, 1, 1), 64, np.int8), "w"),
+              numpy_helper.from_array(np.full(2, round(bias * 2 ** 20), np.int8), "b")]
+    nodes = [helper.make_node("DequantizeLinear", ["b", "s20", "z"], ["bd"], name="dq_b")]
+    x = "x"
+    for i, (ins, ws, outs) in enumerate(((7, 9, 6), (6, 11, 8))):
+        nodes += [helper.make_node("QuantizeLinear", [x, f"s{ins}", "z"], [f"q{i}"], name=f"q{i}"),
+                  helper.make_node("DequantizeLinear", [f"q{i}", f"s{ins}", "z"], [f"d{i}"], name=f"dq{i}"),
+                  helper.make_node("DequantizeLinear", ["w", f"s{ws}", "z"], [f"w{i}"], name=f"dqw{i}"),
+                  helper.make_node("Conv", [f"d{i}", f"w{i}", "bd"], [f"c{i}"], name=f"conv{i}"),
+                  helper.make_node("LeakyRelu", [f"c{i}"], [f"a{i}"], alpha=DPU_LEAKY_SLOPE, name=f"act{i}")]
+        x = f"a{i}"
+    nodes += [helper.make_node("QuantizeLinear", [x, "s8", "z"], ["qo"], name="qo"),
+              helper.make_node("DequantizeLinear", ["qo", "s8", "z"], ["out"], name="dqo")]
+    vi = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 2, 4, 4]) for n in ("x", "out")]
+    return helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], inits),
+                             opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_bias_shared_by_two_convs_is_split_and_moved_into_the_dpu_shift_range():
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 2, 4, 4)).astype(np.float32)
+    for bias in (0.0, 1e-5):  # the zeros of an untrained model; a tiny bias that rounds to zero at 2^-16
+        proto = _two_convs_one_bias(bias)
+        with pytest.raises(CheckFailed, match="shift_bias"):
+            check_xint8(proto)
+        want = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+        assert fit_bias_shifts(proto) == 2 and fit_bias_shifts(proto) == 0
+        onnx.checker.check_model(proto)
+        assert check_xint8(proto).shift_checked == 2
+        got = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+        assert np.abs(got - want).max() <= 2.0 ** -8  # at most one output step
 
 
 def test_dpu_warnings_name_silu_and_slopes():

@@ -109,11 +109,15 @@ SMALL: dict[str, dict[str, str]] = {
     "layer-selection": {},
     "graph": {},
     "convert-activation": {},
+    "classify": {},
+    "sweep": {"--percents": "[0,0.5]"},
+    "mask": {},
+    "fbs": {"--latency-iters": "3"},
     "latency-table": {"--img": "64", "--repeats": "3", "--warmup": "0", "--rates": "[0.5]", "--threads": "1"},
     "darknet-prune": {"--img": "64", "--tuning-iter": "1", "--batch-size": "4", "--workers": "0", "--device": "cpu"},
 }
 SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2",
-          "--pruning-iter": "2"}
+          "--epochs": "1", "--retrain-epochs": "1", "--steps": "1", "--width": "0.0625", "--pruning-iter": "2"}
 # an analysis of 6 layers at one rate, not of every layer at three (like --max-images: less work, same command)
 SMALL_ANALYSIS = {"--pruning-rate": "[0.5]", "--layers": "[0,8,23,25,28,45]"}
 
@@ -232,7 +236,7 @@ def _analysis(cwd: Path) -> None:
         shutil.copytree(cwd / "prepared" / "sens", cwd / "output" / "sens")
 
 
-PREPARE: dict[str, Callable[[Path], None]] = {r"train --resume": _interrupted_run, r"--output output/sens\b": _analysis}
+PREPARE: dict[str, Callable[[Path], None]] = {r"^yolo-prune train --resume": _interrupted_run, r"--output output/sens\b": _analysis}
 
 
 def _write_files(root: Path) -> None:
@@ -280,6 +284,30 @@ def _write_files(root: Path) -> None:
     asset = Path("yolo_prune") / "assets" / "yolov7-tiny-synth.pt"
     (root / asset.parent).mkdir(parents=True)
     os.link(REPO / asset, root / asset)
+    _classification_files(root)
+
+
+def _classification_files(root: Path) -> None:
+    """What the classification examples read: a digits classifier run, a user's torchvision .pth with an ImageFolder
+    tree of two classes and Fashion-MNIST files."""
+    import torchvision
+    from PIL import Image
+
+    import yolo_prune as yp
+    from _fakes import write_fashion_mnist
+    from yolo_prune.models.classify import build_classifier
+
+    torch.manual_seed(0)
+    yp.save_checkpoint(build_classifier("scnnb", nc=10, in_ch=1, img_size=32, width=0.25),
+                       root / "runs" / "classify" / "scnnb" / "weights" / "best.pt")
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=2).state_dict(), root / "resnet18.pth")
+    for split in ("train", "val"):
+        for cls, colour in (("cat", (200, 120, 40)), ("dog", (40, 90, 200))):
+            (root / "my_images" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (80, 70), tuple(c + 10 * i for c in colour)).save(
+                    root / "my_images" / split / cls / f"{i}.png")
+    write_fashion_mnist(root / "data" / "fashion", 40, 20)
 
 
 def _darknet_files(root: Path, nc: int) -> None:

@@ -4,7 +4,8 @@
 # usage: build_engine.sh MODEL.onnx [options]
 #   --out FILE          engine path (default: MODEL.engine)
 #   --fp16              FP16 precision
-#   --int8              INT8 precision (needs --calib CACHE; without one trtexec uses dummy ranges: accuracy lost)
+#   --int8              INT8 precision: a Q/DQ ONNX (yolo-prune export --int8) carries its scales (explicit
+#                       quantization); any other ONNX needs --calib CACHE (else trtexec uses dummy ranges)
 #   --calib CACHE       INT8 calibration cache (write one with: yolo-prune export --format engine --int8
 #                       --calib-images DIR --calib-cache CACHE, on any machine with TensorRT)
 #   --dla N             run on DLA core N (Xavier: 0 or 1), unsupported layers fall back to the GPU
@@ -40,8 +41,12 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ -n ${INT8:-} && -z ${CALIB:-} ]]; then
-  echo "warning: --int8 without --calib: trtexec builds with dummy dynamic ranges; the engine's accuracy is" \
-       "meaningless (use it for speed tests only)" >&2
+  if grep -q -a "QuantizeLinear" "$ONNX"; then  # op types are plain strings in the protobuf
+    echo "note: Q/DQ ONNX: explicit quantization, every INT8 scale comes from the graph (no calibration cache)" >&2
+  else
+    echo "warning: --int8 without --calib: trtexec builds with dummy dynamic ranges; the engine's accuracy is" \
+         "meaningless (use it for speed tests only)" >&2
+  fi
 fi
 if [[ -n ${DLA:-} && ! " ${FLAGS[*]} " =~ " --fp16 " && -z ${INT8:-} ]]; then
   echo "note: DLA needs FP16 or INT8; adding --fp16" >&2

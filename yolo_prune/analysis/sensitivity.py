@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
+import torch.nn as nn
 
 from yolo_prune.analysis.fastforward import downstream_layers, layer_of, masked, run_all, run_from
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
-from yolo_prune.models.model import Model
 from yolo_prune.prune.context import CriterionContext, rewrite_kind
 from yolo_prune.prune.cost import CostModel, fused_cost_model
 from yolo_prune.prune.plan import make_plan
@@ -32,8 +32,9 @@ class Scorer(Protocol):
     def update(self, state: Any, pred: torch.Tensor, meta: Any) -> None: ...
 
     def finish(self, state: Any) -> dict[str, Any]:
-        """Must return ``mp, mr, map50, map`` (floats) and ``per_class`` (list of mAP@.5:.95); may add
-        ``official`` ({mp, mr, map50, map} as YOLOv7 test.py computes them), which is stored alongside."""
+        """Metric name -> float, list of floats or {name: float}. Detection: ``mp, mr, map50, map`` and ``per_class``
+        (mAP@.5:.95 per class, what the published output files hold), optionally ``official`` ({mp, mr, map50, map}
+        as YOLOv7 test.py computes them, stored alongside); classification: ``top1, top5, loss``."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class _Config:
     patch: dict | None = None  # tensors PLS-LC / --reconstruct change besides removing filters
 
 
+def _prediction(out: Any) -> torch.Tensor:
+    """The scored output: a detector's eval predictions (first of its tuple) or a classifier's logits."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None) -> tuple[int, float]:
     """Params and GFLOPs of the BN+RepConv-fused model (as the published analysis reports them) with ``layer``
     pruned at ``rate``, from the closed-form cost model (no model copy)."""
@@ -77,7 +83,7 @@ def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None)
     return cost.params, cost.gflops
 
 
-def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
+def _configs(model: nn.Module, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
              round_to: int | None, seed: int, context: CriterionContext | None = None) -> list[_Config]:
     deps = downstream_layers(model)
     rewrite = rewrite_kind(criterion, context.options) if context is not None else None
@@ -89,11 +95,11 @@ def _configs(model: Model, graph: PruningGraph, layers: Sequence[int], rates: Se
             removed = [i for i in range(graph[layer].out_channels) if i not in kept]
             patch = single_layer_patch(model, graph, context.source, layer, torch.tensor(sorted(kept)), rewrite) \
                 if rewrite else None
-            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)], patch=patch))
+            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)] if deps else [], patch=patch))
     return out
 
 
-def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], scorer: Scorer,
+def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Iterable[Batch], scorer: Scorer,
                  configs: list[_Config], baseline: _Config | None, sync: Callable[[], None]) -> None:
     """Run every batch once through the model and once per configuration's downstream layers."""
     for cfg in configs + ([baseline] if baseline else []):
@@ -107,11 +113,11 @@ def _score_chunk(model: Model, graph: PruningGraph, batches: Iterable[Batch], sc
             sync()
             full_time = time.perf_counter() - t0
             if baseline is not None:
-                _update(scorer, baseline, cache[-1][0], batch.meta, full_time, sync)
+                _update(scorer, baseline, _prediction(cache[-1]), batch.meta, full_time, sync)
             for cfg in configs:
                 t0 = time.perf_counter()
                 with masked(model, graph, cfg.layer, cfg.removed), patched(model, cfg.patch):
-                    pred = run_from(model, cache, cfg.downstream, x)[0]
+                    pred = _prediction(run_from(model, cache, cfg.downstream, x))
                 sync()
                 _update(scorer, cfg, pred, batch.meta, time.perf_counter() - t0, sync)
 
@@ -124,12 +130,17 @@ def _update(scorer: Scorer, cfg: _Config, pred: torch.Tensor, meta: Any, seconds
     cfg.nms_seconds += time.perf_counter() - t0
 
 
+def _floats(value: Any) -> Any:
+    """A scorer's value as plain floats (lists and {name: value} maps element by element)."""
+    if isinstance(value, dict):
+        return {k: float(v) for k, v in value.items()}
+    return [float(x) for x in value] if isinstance(value, (list, tuple)) else float(value)
+
+
 def _metrics(scorer: Scorer, cfg: _Config, n_images: int, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
     m = scorer.finish(cfg.state)
     t_inf, t_nms = 1e3 * cfg.seconds / max(n_images, 1), 1e3 * cfg.nms_seconds / max(n_images, 1)
-    official = {k: float(v) for k, v in m["official"].items()} if "official" in m else {}
-    return {"mp": float(m["mp"]), "mr": float(m["mr"]), "map50": float(m["map50"]), "map": float(m["map"]),
-            **({"official": official} if official else {}), "per_class": [float(v) for v in m["per_class"]],
+    return {**{k: _floats(v) for k, v in m.items()},
             "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
             "params": int(cost[0]), "gflops": round(float(cost[1]), 4)}
 
@@ -141,7 +152,7 @@ def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
     return lambda: None
 
 
-def run_sensitivity(model: Model, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
+def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], scorer: Scorer,
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,

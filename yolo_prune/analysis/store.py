@@ -78,11 +78,26 @@ class ResultStore:
         return sorted((r for r in self.results.values() if r["rate"] == rate), key=lambda r: r["layer"])
 
     def write_outputs(self, rates: list[float], prefix: str = "output") -> list[Path]:
-        """The published per-rate text files (``<prefix>_<int(100*rate)>.txt``) and sensitivity.csv."""
+        """The published per-rate text files (``<prefix>_<int(100*rate)>.txt``) and sensitivity.csv; an analysis
+        scored by another metric (classification: top-1) writes its CSV only."""
+        if self.baseline is not None and "map" not in self.baseline:
+            return [write_text_atomic(self.directory / "sensitivity.csv", self._metric_csv())]
         paths = [write_text_atomic(self.directory / f"{prefix}_{int(round(100 * r))}.txt",
                                    format_published(self.rows(r))) for r in rates]
         paths.append(write_text_atomic(self.directory / "sensitivity.csv", self._csv()))
         return paths
+
+    def _metric_csv(self) -> str:
+        """layer, rate, every scalar metric, params, GFLOPs, inference ms/image; baseline first (layer -1)."""
+        rows = [{"layer": -1, "rate": 0.0, **self.baseline}] + sorted(self.results.values(),
+                                                                     key=lambda r: (r["rate"], r["layer"]))
+        metrics = [k for k, v in self.baseline.items() if isinstance(v, float) and k != "gflops"]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["layer", "rate", *metrics, "params", "gflops", "t_inference"])
+        for r in rows:
+            w.writerow([r["layer"], r["rate"], *(r[k] for k in metrics), r["params"], r["gflops"], r["speed"][0]])
+        return buf.getvalue()
 
     def _csv(self) -> str:
         buf = io.StringIO()

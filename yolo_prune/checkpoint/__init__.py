@@ -26,6 +26,7 @@ class LoadedCheckpoint:
     history: list[dict] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] | None = None  # our format only: the whole dict (optimizer, EMA... for resuming)
+    masks: dict[str, torch.Tensor] | None = None  # kernel-level masks stored with the weights (True = kept)
 
 
 def _read_native(path: Path) -> dict | None:
@@ -53,7 +54,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     native = _read_native(path)
     if native is not None:
         return LoadedCheckpoint(model_from_native(native, str(path)), "yolo-prune",
-                                list(native.get("history", [])), dict(native.get("extra", {})), native)
+                                list(native.get("history", [])), dict(native.get("extra", {})), native,
+                                native.get("masks") or None)
     model, meta = model_from_official(path)
     return LoadedCheckpoint(model, meta["source_format"], [], meta)
 

@@ -46,7 +46,10 @@ def classifier_from_native(ckpt: Mapping[str, Any], source: str) -> Classifier:
         raise CheckpointError(f"{source}: checkpoint lacks '{exc.args[0]}'") from None
     except ConfigError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
+    from yolo_prune.checkpoint.native import restore_gating
+
     model = Classifier(spec)
+    restore_gating(model, dict(ckpt), source)
     conform_to_state(model, state)
     load_state_strict(model, state, source)
     if len(ckpt.get("names") or []) == spec.nc:

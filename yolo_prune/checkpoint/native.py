@@ -7,13 +7,15 @@ Layout (a plain dict of primitives and tensors)::
      "fused": {"conv_bn": bool, "repconv": bool, "implicit": bool},
      "names": [...], "state_dict": {...}, "history": [ {event dict}, ... ], "extra": {...}}
 
-Classification CNNs use the same dict with ``"task": "classify"`` and their ``arch`` spec instead of ``cfg``
+Optional: ``"masks": {parameter name: bool tensor}`` (kernel-level masks, True = kept; see
+``yolo_prune.prune.masks``) and ``"gating": {"layers": [[conv path, bn path], ...], "density": d}`` (FBS gated
+convs; the model is converted before its weights load). Classification CNNs use the same dict with ``"task": "classify"`` and their ``arch`` spec instead of ``cfg``
 (:mod:`.classify`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -44,20 +46,28 @@ def fused_state(model: Model) -> dict[str, bool]:
 
 
 def to_checkpoint(model: Model, history: list[dict] | None = None, extra: dict | None = None,
-                  half: bool = False) -> dict[str, Any]:
+                  half: bool = False, masks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """The checkpoint dict for ``model`` (tensors copied to CPU; ``half`` stores floats as fp16); classifiers are
-    written by :mod:`.classify`."""
+    written by :mod:`.classify`. ``masks``: kernel masks to keep with the weights."""
     from yolo_prune.models.classify import Classifier
+    from yolo_prune.models.gating import gating_state
 
     if isinstance(model, Classifier):
         from yolo_prune.checkpoint.classify import classifier_checkpoint
 
-        return classifier_checkpoint(model, history, extra, half)
-    sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone())
-          for k, v in model.state_dict().items()}
-    return {"format": FORMAT, "version": VERSION, "cfg": model.yaml, "widths": model.widths(),
-            "fused": fused_state(model), "names": list(model.names), "state_dict": sd,
-            "history": list(history or []), "extra": dict(extra or {})}
+        ckpt = classifier_checkpoint(model, history, extra, half)
+    else:
+        sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone())
+              for k, v in model.state_dict().items()}
+        ckpt = {"format": FORMAT, "version": VERSION, "cfg": model.yaml, "widths": model.widths(),
+                "fused": fused_state(model), "names": list(model.names), "state_dict": sd,
+                "history": list(history or []), "extra": dict(extra or {})}
+    if masks:
+        ckpt["masks"] = {k: v.detach().cpu().bool().clone() for k, v in masks.items()}
+    gating = gating_state(model)
+    if gating is not None:
+        ckpt["gating"] = gating
+    return ckpt
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -66,9 +76,22 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def save_checkpoint(model: Model, path: str | Path, history: list[dict] | None = None,
-                    extra: dict | None = None, half: bool = False) -> Path:
-    """Write ``model`` in our format, atomically."""
-    return atomic_save(to_checkpoint(model, history, extra, half), path)
+                    extra: dict | None = None, half: bool = False,
+                    masks: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` (and its kernel ``masks``, if any) in our format, atomically."""
+    return atomic_save(to_checkpoint(model, history, extra, half, masks), path)
+
+
+def restore_gating(model: torch.nn.Module, ckpt: dict, source: str) -> None:
+    """Convert the convs a checkpoint records as FBS-gated, so its weights fit (before the strict load)."""
+    from yolo_prune.models.gating import gate_modules
+
+    gating = ckpt.get("gating")
+    if gating:
+        try:
+            gate_modules(model, [tuple(p) for p in gating["layers"]], float(gating["density"]))
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: malformed 'gating' entry ({exc})") from None
 
 
 def is_native(ckpt: Any) -> bool:
@@ -115,8 +138,9 @@ def _reparameterise(model: nn.Module, fused: Mapping[str, bool]) -> nn.Module:
 
 
 def rebuild(cfg: Any, widths: Any, fused: Mapping[str, bool], state: Mapping[str, torch.Tensor], source: str,
-            ch: Any = 3) -> Model:
-    """The recorded architecture, re-parameterised as recorded, with ``state`` loaded strictly.
+            ch: Any = 3, convert: Callable[[nn.Module], None] | None = None) -> Model:
+    """The recorded architecture, re-parameterised as recorded (then ``convert``ed, e.g. FBS gates restored), with
+    ``state`` loaded strictly.
 
     Every shape is checked against ``state`` in a dry run before anything is allocated, and a malformed
     embedded cfg (string ``nc``, bad ``anchors``, negative ``width_multiple`` ...) is a CheckpointError naming it.
@@ -132,7 +156,10 @@ def rebuild(cfg: Any, widths: Any, fused: Mapping[str, bool], state: Mapping[str
     _check_head(cfg, state, source)
 
     def build() -> Model:
-        return _reparameterise(Model(cfg, ch=ch, widths=widths, source=f"{source} (embedded cfg)"), fused)
+        model = _reparameterise(Model(cfg, ch=ch, widths=widths, source=f"{source} (embedded cfg)"), fused)
+        if convert is not None:
+            convert(model)
+        return model
 
     try:
         model = build_within(build, state, source)
@@ -165,10 +192,12 @@ def model_from_native(ckpt: dict, source: str) -> Model:
         from yolo_prune.models.darknet import build_darknet
 
         model = _reparameterise(build_darknet(cfg, widths=ckpt["widths"]), fused)
+        restore_gating(model, ckpt, source)
         load_state_strict(model, state, source)
     else:
         check_widths(ckpt["widths"], state, source)
-        model = rebuild(cfg, list(ckpt["widths"]), fused, state, source)
+        model = rebuild(cfg, list(ckpt["widths"]), fused, state, source,
+                        convert=lambda m: restore_gating(m, ckpt, source))
     if len(ckpt.get("names") or []) == model.nc:
         model.names = [str(n) for n in ckpt["names"]]
     return model.float().eval()

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "darknet-prune": ("yolo_prune.cli.darknet_prune", "the Pruning-Darknet workflow on Darknet .cfg + .weights"),
     "latency-table": ("yolo_prune.cli.latency_table", "measure each prunable layer's latency at each candidate width"),
     "convert-activation": ("yolo_prune.cli.convert_activation", "swap activations (e.g. SiLU -> LeakyReLU)"),
+    "mask": ("yolo_prune.cli.mask", "kernel-level pruning masks (global threshold), kept at zero when fine-tuning"),
+    "fbs": ("yolo_prune.cli.fbs", "run-time channel gating (FBS): density schedule, MACs, accuracy, latency"),
+    "sweep": ("yolo_prune.cli.sweep", "Li et al.: parameters vs accuracy over filter percentages, with retraining"),
+    "classify": ("yolo_prune.cli.classify", "train, evaluate and analyse classification CNNs (vgg16_bn, resnet, SCNNB)"),
 }
 
 

@@ -210,6 +210,17 @@ def fit_img(img: int, stride: int, flag: str = "--img") -> int:
     return size
 
 
+def model_img(model: "torch.nn.Module", img: int | None, flag: str = "--img") -> int:
+    """The image size to count a model at: a detector's ``img`` (default: its own, 640, 1280 for P6 models, a Darknet
+    cfg's width) rounded up to its stride; a classifier's own input size (``img``, when given and different, is
+    noted on stderr: the network is built for one size)."""
+    if hasattr(model, "stride"):
+        return fit_img(img or getattr(model, "default_img_size", 640), int(model.stride.max()), flag)
+    if img is not None and img != model.img_size:
+        print(f"note: {flag} {img} ignored: this classifier is built for {model.img_size} px inputs", file=sys.stderr)
+    return model.img_size
+
+
 def literal_numbers(text: str, flag: str, kind: type, low: float, high: float | None = None,
                     open_interval: bool = False) -> list:
     """A list (or one value) of numbers parsed with ``ast.literal_eval``; ``kind`` int refuses fractions, values

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from yolo_prune.cli.common import (add_model_source, check_model_source, fit_img, img_int, input_dir, input_file,
-                                   load_model_from_args, output_file, positive_int)
+                                   output_file, positive_int)
+from yolo_prune.cli.export_int8 import (check_int8_flags, load_for_export, needs_calibration, register_vitis_flags,
+                                        trt_qdq, vitis_qat)
 from yolo_prune.errors import YoloPruneError
 
 if TYPE_CHECKING:
@@ -20,10 +22,8 @@ if TYPE_CHECKING:
     from yolo_prune.export.tensorrt import EngineOptions
 
 NMS_DEFAULTS = {"topk_all": 100, "iou_thres": 0.45, "conf_thres": 0.25}
-ENGINE_FLAGS = {"int8": "--int8", "calib_cache": "--calib-cache", "dla": "--dla", "workspace": "--workspace",
+ENGINE_FLAGS = {"calib_cache": "--calib-cache", "dla": "--dla", "workspace": "--workspace",
                 "timing_cache": "--timing-cache"}
-VITIS_FLAGS = {"data": "--data", "calib_count": "--calib-count", "keep_head_float": "--keep-head-float",
-               "dpu": "--dpu"}
 DEFAULT_OPSET = {"onnx": 12, "engine": 12, "vitis-int8": 13}
 EPILOG = """examples:
   yolo-prune export --weights pruned.pt --img-size 640 --grid --simplify
@@ -31,6 +31,9 @@ EPILOG = """examples:
   yolo-prune export --weights pruned.pt --format engine --end2end --fp16 --dla 0   (EfficientNMS_TRT plugin)
   yolo-prune export --weights pruned.pt --format vitis-int8 --data data.yaml --calib-count 200 --img-size 640
       (power-of-two INT8 QDQ for Vitis AI; evaluate it with `yolo-prune test --weights pruned.int8.onnx`)
+  yolo-prune export --weights qat.pt --format vitis-int8 --img-size 640   (a `train --qat dpu` checkpoint)
+  yolo-prune export --weights pruned.pt --int8 --data data.yaml   (TensorRT Q/DQ ONNX: pruned.qdq.onnx)
+  yolo-prune export --weights pruned.pt --format engine --int8 --qdq --data data.yaml   (explicit INT8 engine)
 exit codes: 0 ok, 1 verification failed (no file written), 2 bad input, TensorRT missing for --format engine
 (the verified ONNX is then written and the trtexec command for the target is printed), or AMD Quark missing."""
 
@@ -61,43 +64,33 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ... (default cpu)")
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 12; 13 for vitis-int8)")
     p.add_argument("--calib-images", type=Path, default=None,
-                   help="engine --int8 / vitis-int8: folder of calibration images")
+                   help="engine --int8 / onnx --int8 / vitis-int8: folder of calibration images")
     _register_engine_flags(p)
-    _register_vitis_flags(p)
+    register_vitis_flags(p)
     p.set_defaults(func=run)
 
 
 def _register_engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TensorRT (--format engine)")
-    g.add_argument("--int8", action="store_true", help="INT8 build (calibrate with --calib-images or --calib-cache)")
+    g.add_argument("--int8", action="store_true",
+                   help="engine: INT8 build (TensorRT calibrates on --calib-images or reads --calib-cache; with --qdq "
+                   "or a `train --qat tensorrt` checkpoint: from Q/DQ, no calibrator); onnx: write the Q/DQ ONNX")
+    g.add_argument("--qdq", action="store_true",
+                   help="with --format engine --int8: explicit quantization, the engine built from a Q/DQ ONNX "
+                   "calibrated here (--data / --calib-images)")
     g.add_argument("--calib-cache", type=Path, default=None, help="calibration cache to read/write")
     g.add_argument("--dla", type=int, default=None, metavar="CORE", help="run on this DLA core (GPU fallback on)")
     g.add_argument("--workspace", type=positive_int, default=None, metavar="MIB", help="workspace MiB (2048)")
     g.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file to reuse")
 
 
-def _register_vitis_flags(p: argparse.ArgumentParser) -> None:
-    from yolo_prune.export.vitis_checks import DPU_MAXPOOL_KERNEL
-
-    g = p.add_argument_group("Vitis AI INT8 (--format vitis-int8)")
-    g.add_argument("--data", default=None, help="data YAML whose --calib-split images calibrate (or --calib-images)")
-    g.add_argument("--calib-split", default="train", help="split of --data to calibrate on (default train)")
-    g.add_argument("--calib-count", type=positive_int, default=None, help="calibration images (default 100)")
-    g.add_argument("--keep-head-float", action="store_true",
-                   help="leave the detection head's output convs in float (they then run on the CPU)")
-    g.add_argument("--dpu", choices=tuple(DPU_MAXPOOL_KERNEL), default=None,
-                   help="DPU family for the report of CPU-bound operators (default DPUCZDX8G: Zynq US+ / Kria)")
-
-
 def _check_format_flags(args: argparse.Namespace) -> None:
     """Flags of one format given with another: an error, never silently ignored."""
-    for fmt, flags in (("engine", ENGINE_FLAGS), ("vitis-int8", VITIS_FLAGS)):
-        used = [flag for key, flag in flags.items()
-                if getattr(args, key) is not None and getattr(args, key) is not False]  # --dla 0 counts
-        if used and args.format != fmt:
-            raise YoloPruneError(f"{', '.join(used)}: only valid with --format {fmt}")
-    if args.calib_images is not None and args.format == "onnx":
-        raise YoloPruneError("--calib-images: only valid with --format engine (--int8) or --format vitis-int8")
+    used = [flag for key, flag in ENGINE_FLAGS.items()
+            if getattr(args, key) is not None and getattr(args, key) is not False]  # --dla 0 counts
+    if used and args.format != "engine":
+        raise YoloPruneError(f"{', '.join(used)}: only valid with --format engine")
+    check_int8_flags(args)
     if args.format != "vitis-int8":
         return
     bad = [f for f, on in (("--grid", args.grid), ("--end2end", args.end2end), ("--fp16", args.fp16),
@@ -105,9 +98,6 @@ def _check_format_flags(args: argparse.Namespace) -> None:
     if bad:
         raise YoloPruneError(f"{', '.join(bad)}: not valid with --format vitis-int8 (the DPU graph has a fixed batch "
                              "and ends at the head convs; decoding and NMS run on the CPU)")
-    if (args.data is None) == (args.calib_images is None):
-        raise YoloPruneError("--format vitis-int8 needs calibration images: give --data YAML (its --calib-split "
-                             "images) or --calib-images FOLDER, not both")
     if args.opset is not None and args.opset < 13:
         raise YoloPruneError(f"--opset {args.opset}: QDQ models need opset >= 13")
 
@@ -126,14 +116,14 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
     nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
     return ExportOptions(img_size=as_hw(args.img_size or [640]), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                          grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
-                         fp16=args.fp16 and args.format == "onnx", opset=args.opset or DEFAULT_OPSET[args.format],
-                         device=args.device, **nms)
+                         fp16=args.fp16 and args.format == "onnx", device=args.device, **nms,
+                         opset=args.opset or (13 if args.int8 else DEFAULT_OPSET[args.format]))  # per-channel Q/DQ: 13
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(ONNX path, engine path or None), checked writable. The ONNX an engine is built from is named after the
     engine (``m.engine.onnx``), so it never replaces an ``m.onnx`` the user did not name."""
-    suffix = {"onnx": ".onnx", "engine": ".engine", "vitis-int8": ".int8.onnx"}[args.format]
+    suffix = {"onnx": ".qdq.onnx" if args.int8 else ".onnx", "engine": ".engine", "vitis-int8": ".int8.onnx"}[args.format]
     default = Path(args.weights) if args.weights else Path(Path(args.cfg).name)
     out = Path(args.output) if args.output else default.with_suffix(suffix)
     if args.format in ("onnx", "vitis-int8"):
@@ -164,8 +154,10 @@ def engine_options(args: argparse.Namespace) -> "EngineOptions":
     """EngineOptions from the flags."""
     from yolo_prune.export.tensorrt import EngineOptions
 
-    return EngineOptions(fp16=args.fp16, int8=args.int8, calib_cache=args.calib_cache, calib_images=args.calib_images,
-                         dla_core=args.dla, workspace_mib=args.workspace or 2048, timing_cache=args.timing_cache)
+    explicit = bool(args.qdq)
+    return EngineOptions(fp16=args.fp16, int8=args.int8, explicit=explicit, calib_cache=args.calib_cache,
+                         calib_images=None if explicit else args.calib_images, dla_core=args.dla,
+                         workspace_mib=args.workspace or 2048, timing_cache=args.timing_cache)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,13 +166,24 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.export.onnx_export import export_onnx, max_stride
 
     opts, onnx_path, engine_path = check_args(args)
+    model, qat = load_for_export(args)
+    if not hasattr(model, "detect"):
+        return _classifier(args, model, onnx_path)
+    if qat is not None and args.format == "engine" and args.int8:
+        args.qdq = True  # the QAT scales are the quantization: an explicit (Q/DQ) engine
     eopts = engine_options(args) if args.format == "engine" else None
-    model = load_model_from_args(args)
     stride = max_stride(model)
     sizes = opts.img_size if args.img_size else (getattr(model, "default_img_size", 640),) * 2
     opts = replace(opts, img_size=tuple(fit_img(v, stride, "--img-size") for v in sizes))
     if args.format == "vitis-int8":
-        return _vitis(args, model, opts, onnx_path)
+        needs_calibration(args, qat)
+        return vitis_qat(args, model, qat, opts, onnx_path) if qat is not None else _vitis(args, model, opts, onnx_path)
+    if args.int8 and (args.format == "onnx" or args.qdq):
+        files = calibration_source(args, args.calib_count or 100) if needs_calibration(args, qat) else []
+        meta = trt_qdq(args, model, qat, opts, onnx_path, files)
+        if engine_path is not None:
+            _engine(onnx_path, engine_path, eopts, opts, meta)
+        return 0
     if opts.max_wh is not None and opts.max_wh < 2 * max(opts.img_size):
         print(f"note: --max-wh {opts.max_wh} < 2 x the image side: boxes reaching past the image edge can overlap "
               "boxes of the next class after the class offset (YOLOv7's PyTorch NMS uses 7680)")
@@ -191,6 +194,23 @@ def run(args: argparse.Namespace) -> int:
     print(result.report)
     if engine_path is not None:
         _engine(onnx_path, engine_path, eopts, opts, result.metadata)
+    return 0
+
+
+def _classifier(args: argparse.Namespace, model, path: Path) -> int:
+    """A classification CNN: logits ONNX at its own input size (detector-only flags are refused)."""
+    from yolo_prune.export.classifier import export_classifier_onnx
+
+    detector_only = [f for f, on in (("--format", args.format != "onnx"), ("--grid", args.grid),
+                                     ("--end2end", args.end2end), ("--fp16", args.fp16),
+                                     ("--dynamic-batch", args.dynamic_batch), ("--simplify", args.simplify)) if on]
+    if detector_only:
+        raise YoloPruneError(f"{', '.join(detector_only)}: detector export options; a classifier exports plain "
+                             f"ONNX (images -> logits)")
+    worst = export_classifier_onnx(model, path, args.batch_size, args.opset or 12)
+    print(f"exported classifier ONNX (input images [{args.batch_size}, {model.ch_in}, {model.img_size}, "
+          f"{model.img_size}], output logits [{args.batch_size}, {model.nc}]) -> {path}; ONNX Runtime agrees with "
+          f"PyTorch to {worst:.1e}")
     return 0
 
 
@@ -215,7 +235,7 @@ def _engine(onnx_path: Path, engine_path: Path, eopts: "EngineOptions", opts: "E
 def calibration_source(args: argparse.Namespace, limit: int) -> list[Path]:
     """Calibration image files from --data (its --calib-split) or --calib-images; errors name the flag."""
     if args.calib_images is not None:
-        from yolo_prune.export.calibration import calibration_files
+        from yolo_prune.data.calibration import calibration_files
 
         return calibration_files(args.calib_images, limit)
     from yolo_prune.pipeline.evaluation import DataSettings, split_images
@@ -232,17 +252,20 @@ def _vitis(args: argparse.Namespace, model, opts: "ExportOptions", path: Path) -
     from yolo_prune.export.vitis import VitisOptions, export_vitis_int8
 
     vopts = VitisOptions(calib_count=args.calib_count or 100, keep_head_float=args.keep_head_float,
-                         target=args.dpu or "DPUCZDX8G")
+                         target=args.dpu or "DPUCZDX8G", split_head=not args.no_split_head,
+                         algorithms=tuple(args.quark_algo or ()), calib_method=args.calib_method or "minmse")
     files = calibration_source(args, vopts.calib_count)
     result = export_vitis_int8(model, path, opts.img_size, files, vopts)
+    outputs = (f"conv0_box..conv{model.detect.nl - 1}_cls = box / objectness / class head convs" if vopts.split_head
+               else f"conv0..conv{model.detect.nl - 1} = head convs")
     print(f"exported Vitis AI INT8 QDQ ONNX (opset 13, input images [1, 3, {opts.img_size[0]}, {opts.img_size[1]}], "
-          f"outputs conv0..conv{model.detect.nl - 1} = head convs before decoding) -> {path}")
+          f"outputs {outputs} before decoding) -> {path}")
     print(result)
     for warning in result.warnings:
         print(f"warning: {warning}")
-    if not vopts.keep_head_float:
+    if not vopts.keep_head_float and not vopts.split_head:
         print("note: the head's output convs share one power-of-two scale per level for box, objectness and class "
-              "logits; if the INT8 mAP drops, --keep-head-float keeps those 3 small convs in float (see BENCHMARKS.md)")
+              "logits; without --no-split-head each group gets its own conv and scale (see BENCHMARKS.md)")
     print(f"next: yolo-prune test --weights {path} --data DATA.yaml --img {opts.img_size[0]}   (mAP of the INT8 "
           "model); deploy/vitis/compile.sh for the board")
     return 0

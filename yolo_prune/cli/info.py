@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import add_model_source, check_model_source, fit_img, img_int, load_model_from_args, print_json
+from yolo_prune.cli.common import (add_model_source, check_model_source, img_int, load_model_from_args, model_img,
+                                   print_json)
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -11,8 +12,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                        epilog="example: yolo-prune info --cfg yolov7-tiny --img 640 --fuse")
     add_model_source(p)
     p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
-                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width, a classifier's own input "
-                   "size; rounded up to the model's max stride)")
+                   help="image size (default 640; 1280 for P6 models, a Darknet cfg's width; rounded up to the model's "
+                   "max stride; a classifier is counted at its own input size)")
     p.add_argument("--fuse", action="store_true", help="fold BN into convs and merge RepConv branches first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run, parser=p)
@@ -24,14 +25,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_source(args)
     model = load_model_from_args(args)
-    if not hasattr(model, "stride"):  # a classifier: its own input size unless --img is given
-        summary = summarize_ops(model, args.img or model.img_size, model.ch_in)
+    if not hasattr(model, "stride"):  # a classifier: counted at its own input size
+        summary = summarize_ops(model, model_img(model, args.img), model.ch_in)
         if args.json:
             print_json(summary.to_dict())
         else:
             print(format_summary(summary))
         return 0
-    img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
+    img = model_img(model, args.img)
     if args.fuse:
         fuse(model)
     summary = summarize(model, img)

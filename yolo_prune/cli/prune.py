@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import (add_model_source, check_model_source, fit_img, img_int, input_file,
-                                   load_model_and_history, output_file, positive_int, print_json, seed_int)
+from yolo_prune.cli.common import (add_model_source, check_model_source, img_int, input_file,
+                                   load_model_and_history, model_img, output_file, positive_int, print_json, seed_int)
 from yolo_prune.errors import YoloPruneError
 
 
@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    "read from a Darknet .cfg, a .weights path writes Darknet files (the .cfg beside it)")
     p.add_argument("--data", default=None, help="data YAML whose training split calibrates data-driven criteria")
     p.add_argument("--img", "--img-size", dest="img", type=img_int, default=None,
-                   help="image size for the GFLOPs summary (default 640; a Darknet cfg's width, 1280 for P6 models)")
+                   help="image size for the GFLOPs summary (default 640; a Darknet cfg's width, 1280 for P6 models; "
+                   "a classifier's own input size)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     options = criterion_options(args)
     given = read_published(args.pruning_config) if args.pruning_config else None
     model, history = load_model_and_history(args)
-    img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
+    img = model_img(model, args.img)
     source = calibration_source(model, args.criterion, options, args.data, img, args.seed)
     result = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                    graph=given, inplace=True, img_size=img, scoring=args.scoring, options=options, source=source)

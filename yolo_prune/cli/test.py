@@ -160,18 +160,28 @@ def _load_onnx(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace, data):
-    """The model to evaluate (pruned when asked), its class count checked against the data."""
-    from yolo_prune.checkpoint import load_model
+    """(model to evaluate, pruned when asked; the float model its parameters and GFLOPs are counted on), the class
+    count checked against the data. A `train --qat` checkpoint is evaluated fake-quantized, as it was trained."""
+    from yolo_prune.checkpoint import load_checkpoint
     from yolo_prune.pipeline.evaluation import check_model_classes
 
     if args.weights.lower().endswith(".onnx"):
         model = _load_onnx(args)
-    else:
-        model = load_model(args.weights)
-        args.img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
+        check_model_classes(model, data, args.weights)
+        return model, model
+    loaded = load_checkpoint(args.weights)
+    model = loaded.model
+    args.img = fit_img(args.img or getattr(model, "default_img_size", 640), int(model.stride.max()))
     check_model_classes(model, data, args.weights)
     if args.task == ANALYSIS and args.layer_list:
         _check_layers(model, args.layer_list)
+    if args.task != ANALYSIS and not args.modification:
+        from yolo_prune.quant.state import restore, stored_scheme
+
+        if stored_scheme(loaded.extra) is not None:
+            if not args.json:
+                print(f"{args.weights}: quantization-aware trained checkpoint, evaluated fake-quantized (int8)")
+            return restore(model, loaded.extra, str(args.weights)).model, model
     if args.modification and args.task != ANALYSIS:
         from yolo_prune.cli.prune import criterion_options
         from yolo_prune.engine.calibration import calibration_source
@@ -184,7 +194,7 @@ def _load(args: argparse.Namespace, data):
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
                       graph=given, inplace=True, summarize=False, scoring=args.scoring, options=options,
                       source=source).model
-    return model
+    return model, model
 
 
 def _check_layers(model, layers: list[int]) -> None:
@@ -206,14 +216,14 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     split = args.task if args.task in ("train", "test") else "val"
     data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images)
-    model = _load(args, data)
+    model, counted = _load(args, data)
     data = replace(data, img_size=args.img)  # the size fitted to the model's stride
     if args.task == ANALYSIS:
         return _analyse(args, model, data, device)
-    return _evaluate(args, model, data, device)
+    return _evaluate(args, model, data, device, counted)
 
 
-def _evaluate(args, model, data, device) -> int:
+def _evaluate(args, model, data, device, counted) -> int:
     from yolo_prune.engine.evaluator import format_results, official_metrics
     from yolo_prune.models.complexity import count_gflops, count_params
     from yolo_prune.pipeline.evaluation import evaluate_on_data
@@ -222,8 +232,8 @@ def _evaluate(args, model, data, device) -> int:
                               half=args.half, progress=not args.json, verbose=False, source=args.weights,
                               save_json=str(args.out_dir / "predictions.json") if args.save_json else None)
     is_torch = hasattr(model, "parameters")
-    params = count_params(model) if is_torch else None
-    gflops = count_gflops(model.cpu(), args.img) if is_torch else None
+    params = count_params(counted) if is_torch else None
+    gflops = count_gflops(counted.cpu(), args.img) if is_torch else None
     if args.json:  # top-level map50/map: pycocotools; "official": test.py's own P, R, mAP@.5, mAP@.5:.95
         print_json({"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
                     "official": official_metrics(result), "per_class": result.class_ap, "speed": list(result.speed),

@@ -16,6 +16,7 @@ EPILOG = """examples:
   yolo-prune train --weights best.pt --data data.yaml --pruning-params 0.3 --criterion taylor --reconstruct \
       --pruning-iter 3 --epochs 30 --distill --feature-distill kept
   yolo-prune train --cfg yolov7-tiny --data data.yaml --hyp scratch.tiny --img 320
+  yolo-prune train --weights best.pt --data data.yaml --qat dpu --epochs 5   (INT8 QAT for Vitis AI DPUs)
   yolo-prune train --resume                      # the newest runs/train/*/weights/last.pt
   torchrun --nproc_per_node 2 -m yolo_prune train --weights best.pt --data data.yaml --batch-size 64 --sync-bn"""
 
@@ -59,6 +60,12 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--pruning-iter", type=positive_int, default=1,
                    help="prune in K rounds, each removing 1/K of every layer's filters and fine-tuning "
                    "--epochs/K epochs (Pruning-Darknet's iterative flow; default 1: one-shot)")
+    p.add_argument("--qat", choices=("dpu", "tensorrt"), default=None,
+                   help="quantization-aware training: fine-tune with int8 fake quantization for a Vitis AI DPU "
+                   "(power-of-two, per-tensor) or TensorRT (per-channel weights); export the result with "
+                   "`export --format vitis-int8` / `export --int8`")
+    p.add_argument("--qat-calib-images", type=positive_int, default=64,
+                   help="with --qat: training images that calibrate the activation scales (default 64)")
     p.add_argument("--max-val-images", type=positive_int, default=None, help="evaluate on the first N val images")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on CUDA")
     p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
@@ -97,16 +104,34 @@ def check_args(args: argparse.Namespace) -> None:
     output_dir(args.project, "--project")
 
 
+def model_hook(args: argparse.Namespace):
+    """The QAT hook for --qat, or for resuming a QAT run; None for float training."""
+    from yolo_prune.quant.qat import QatHook, resume_hook
+
+    if args.qat_calib_images != 64 and args.qat is None:
+        raise YoloPruneError("--qat-calib-images: only valid with --qat")
+    if args.resume:
+        from yolo_prune.engine.train_state import find_last
+
+        if args.qat is not None:
+            raise YoloPruneError("--qat with --resume: a resumed run keeps its own quantization (leave --qat out)")
+        return resume_hook(find_last(args.resume, args.project), args.img[0] if args.img else None)
+    return QatHook(args.qat, args.img[0] if args.img else None, args.qat_calib_images) if args.qat else None
+
+
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.engine.trainer import train
 
     check_args(args)
+    hook = model_hook(args)
     if args.pruning_iter > 1:
         from yolo_prune.pipeline.schedule import train_iteratively
 
+        if hook is not None:
+            raise YoloPruneError("--pruning-iter with --qat: prune iteratively first, then run --qat on the result")
         result = train_iteratively(settings_from_args(args), args.pruning_iter)
     else:
-        result = train(settings_from_args(args))
+        result = train(settings_from_args(args), model_hook=hook)
     best = result.best_row
     if best is not None:
         print(f"best epoch {result.best_epoch}: mAP@.5 {best['mAP@.5']:.4f}, mAP@.5:.95 {best['mAP@.5:.95']:.4f}; "

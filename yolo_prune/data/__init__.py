@@ -1,4 +1,5 @@
-"""Datasets as YOLOv7 users have them: data YAMLs, YOLO label files, letterboxing, augmentation, loaders.
+"""Datasets as YOLOv7 users have them: data YAMLs, YOLO label files, letterboxing, augmentation, loaders; and
+classification data (scikit-learn's digits, ImageFolder, CIFAR-10 / Fashion-MNIST files) for the CNNs.
 
 Torch-dependent names are imported lazily so ``import yolo_prune.data`` stays cheap. The letterbox functions
 are bound eagerly because the submodule ``yolo_prune.data.letterbox`` would otherwise shadow the function of
@@ -18,6 +19,8 @@ _EXPORTS = {
     "YoloDataset": "dataset",
     "collate_fn": "dataset",
     "create_dataloader": "loader",
+    "ClassificationData": "classify",
+    "load_classification_data": "classify",
 }
 
 __all__ = sorted([*_EXPORTS, "letterbox", "preprocess", "scale_boxes"])
@@ -25,6 +28,7 @@ __all__ = sorted([*_EXPORTS, "letterbox", "preprocess", "scale_boxes"])
 if TYPE_CHECKING:
     from .config import DataConfig, load_data_config
     from .dataset import YoloDataset, collate_fn
+    from .classify import ClassificationData, load_classification_data
     from .loader import create_dataloader
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -31,6 +31,8 @@ STATE_KEY = "train_state"
 STATE_VERSION = 1
 COLUMNS = ("epoch", "box", "obj", "cls", "total", "distill", "P", "R", "mAP@.5", "mAP@.5:.95", "fitness",
            "lr0", "lr1", "lr2")
+# results.png panels: (title, keys); a task other than detection passes its own columns and panels
+PANELS = (("train loss", ("box", "obj", "cls", "total", "distill")), ("val", ("P", "R", "mAP@.5", "mAP@.5:.95")))
 
 
 def _positive(name: str, value: Any, minimum: int = 1) -> None:
@@ -303,24 +305,23 @@ def strip_checkpoint(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- records
-def results_csv(rows: list[dict[str, float]]) -> str:
-    """The text of results.csv: header ``COLUMNS`` and one line per epoch."""
+def results_csv(rows: list[dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """The text of results.csv: header ``columns`` (first: epoch) and one line per epoch."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([int(row["epoch"])] + [f"{float(row.get(c, 0.0)):.6g}" for c in COLUMNS[1:]])
+        writer.writerow([int(row["epoch"])] + [f"{float(row.get(c, 0.0)):.6g}" for c in columns[1:]])
     return buf.getvalue()
 
 
-def _plot(rows: list[dict[str, float]]):
+def _plot(rows: list[dict[str, float]], panels: tuple = PANELS):
     """A matplotlib Figure (no pyplot, no global backend switch): losses and metrics against epoch."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4))
     epochs = [int(r["epoch"]) for r in rows]
-    for ax, keys, title in zip(fig.subplots(1, 2), (("box", "obj", "cls", "total", "distill"),
-                                                     ("P", "R", "mAP@.5", "mAP@.5:.95")), ("train loss", "val")):
+    for ax, (title, keys) in zip(fig.subplots(1, len(panels)), panels):
         for key in keys:
             if key != "distill" or any(r.get(key, 0.0) for r in rows):
                 ax.plot(epochs, [float(r.get(key, 0.0)) for r in rows], marker=".", label=key)
@@ -331,14 +332,15 @@ def _plot(rows: list[dict[str, float]]):
     return fig
 
 
-def write_records(run_dir: Path, rows: list[dict[str, float]]) -> None:
+def write_records(run_dir: Path, rows: list[dict[str, float]], columns: tuple[str, ...] = COLUMNS,
+                  panels: tuple = PANELS) -> None:
     """Write results.csv and results.png in ``run_dir`` (each atomically)."""
     from yolo_prune.graph.io import write_text_atomic
 
-    write_text_atomic(run_dir / "results.csv", results_csv(rows))
+    write_text_atomic(run_dir / "results.csv", results_csv(rows, columns))
     tmp = run_dir / f".results.png.{os.getpid()}.tmp"  # plain open: the user's umask applies
     try:
-        _plot(rows).savefig(tmp, dpi=100, format="png")
+        _plot(rows, panels).savefig(tmp, dpi=100, format="png")
         os.replace(tmp, run_dir / "results.png")
     finally:
         if os.path.exists(tmp):

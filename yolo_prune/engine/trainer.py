@@ -19,7 +19,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,8 @@ from tqdm import tqdm
 from yolo_prune.engine.ddp import DistInfo, ShardSampler, broadcast_path, start_distributed, stop_distributed, wrap_ddp
 from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
 from yolo_prune.engine.ema import ModelEMA, unwrap
+from yolo_prune.engine.hooks import TrainHooks
+from yolo_prune.engine.model_hook import ModelHook, apply_hook
 from yolo_prune.engine.optim import Schedule, build_optimizer
 from yolo_prune.engine.train_state import (STATE_KEY, STATE_VERSION, TrainResult, TrainSettings, TrainState,
                                            find_last, fitness, lock_run_dir, new_run_dir, read_train_state,
@@ -61,6 +63,8 @@ class _Inputs:
     ema_model: nn.Module | None = None
     run_dir: Path | None = None
     neck_index: list[list[int]] | None = None  # feature distillation: teacher channel of each student channel
+    hooks: TrainHooks = field(default_factory=TrainHooks)  # kernel masks / FBS L1 the checkpoint carries
+    extra: dict[str, Any] | None = None  # the resumed checkpoint's ``extra`` (for a ModelHook)
 
 
 def _seed_everything(seed: int) -> None:
@@ -70,14 +74,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict]]:
-    """The model named by --weights (strict load) or --cfg (nc from the data), named after the data's classes."""
+def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[dict], TrainHooks]:
+    """The model named by --weights (strict load) or --cfg (nc from the data), named after the data's classes,
+    with the hooks its checkpoint asks for (kernel masks, FBS L1)."""
     from yolo_prune.checkpoint import load_checkpoint
     from yolo_prune.models.cfgs import build_model
 
+    hooks = TrainHooks()
     if settings.weights:
         loaded = load_checkpoint(settings.weights)
-        model, history = loaded.model, list(loaded.history)
+        model, history, hooks = loaded.model, list(loaded.history), TrainHooks.from_checkpoint(loaded)
         _check_finite(model, settings.weights)
         if model.nc != data.nc:
             from yolo_prune.data.config import class_count_error
@@ -87,7 +93,7 @@ def _source_model(settings: TrainSettings, data: Any) -> tuple[nn.Module, list[d
     else:
         model, history = build_model(settings.cfg, nc=data.nc), []
     model.names = list(data.names)
-    return model, history
+    return model, history, hooks
 
 
 def _check_finite(model: nn.Module, weights: str) -> None:
@@ -107,7 +113,7 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
         load_hyp(settings.hyp)  # a bad hyp file is reported before the model is read
     data = load_data_config(settings.data)
     _seed_everything(settings.seed)
-    model, history = _source_model(settings, data)
+    model, history, hooks = _source_model(settings, data)
     settings = replace(settings, hyp=settings.hyp or default_hyp_name(model),
                        img_size=settings.img_size or getattr(model, "default_img_size", 640))
     hyp = load_hyp(settings.hyp)
@@ -129,7 +135,7 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
         fresh = build_model(model.yaml, widths=model.widths())
         fresh.names = list(model.names)
         model = fresh
-    return _Inputs(settings, hyp, data, model, history, teacher, neck_index=index)
+    return _Inputs(settings, hyp, data, model, history, teacher, neck_index=index, hooks=hooks)
 
 
 def _resumed_inputs(settings: TrainSettings) -> _Inputs:
@@ -152,7 +158,8 @@ def _resumed_inputs(settings: TrainSettings) -> _Inputs:
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     return _Inputs(stored, dict(state["hyp"]), data, model, list(state.get("base_history", [])), teacher,
-                   state, loaded.model, path.parent.parent, state.get("neck_index"))
+                   state, loaded.model, path.parent.parent, neck_index=state.get("neck_index"),
+                   hooks=TrainHooks.from_checkpoint(loaded), extra=dict(loaded.extra))
 
 
 def _load_inputs(settings: TrainSettings) -> _Inputs:
@@ -179,6 +186,7 @@ class _Run:
     state: TrainState
     run_dir: Path
     img_size: int
+    hook: ModelHook | None = None
     distiller: Any = None  # FeatureDistiller, with taps on the student's and the teacher's head inputs
     taps: tuple = ()
 
@@ -244,13 +252,16 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.ema.updates = run.state.updates
 
 
-def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _Run:
-    """Model on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder (created on rank 0)."""
+def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device, hook: ModelHook | None = None) -> _Run:
+    """Model (as ``hook`` prepares it) on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder
+    (created on rank 0)."""
     from yolo_prune.engine.loss import make_loss, scale_loss_gains
 
+    inputs.model, inputs.ema_model = apply_hook(hook, inputs.model, inputs.ema_model, inputs.data, inputs.extra)
     s, model = inputs.settings, inputs.model.float().to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
+    inputs.hooks.attach(model)
     gs, img = _grid_size(model, s.img_size)
     loss = make_loss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
     train_loader, val_loader = _loaders(inputs, dist_info, gs, img)
@@ -261,7 +272,7 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device) -> _R
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # AMP on CUDA only
     schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size)
     run = _Run(inputs, dist_info, device, model, loss, optimizer, scaler, schedule, train_loader, val_loader, ema,
-               teacher, TrainState(), broadcast_path(run_dir, dist_info), img)
+               teacher, TrainState(), broadcast_path(run_dir, dist_info), img, hook)
     if s.feature_distill:
         _add_feature_distiller(run, inputs, device)
     if inputs.state is not None:
@@ -278,6 +289,9 @@ def _forward_loss(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> tuple
     with torch.autocast(run.device.type, enabled=run.device.type == "cuda"):
         preds = run.model(imgs)
         loss, items = run.loss(preds, targets, imgs)
+        extra = run.inputs.hooks.extra_loss(unwrap(run.model))
+        if extra is not None:  # FBS saliency L1, on the per-image scale of the YOLOv7 loss
+            loss = loss + extra * imgs.shape[0]
         kd = torch.zeros((), device=imgs.device)
         if run.teacher is not None:
             t_maps = teacher_maps(run.teacher, imgs)
@@ -306,8 +320,8 @@ def _bar_text(run: _Run, epoch: int, mean: torch.Tensor, n_labels: int, img: int
 
 
 def _optimizer_step(run: _Run) -> None:
-    """Apply the accumulated gradients (AMP-aware), clear them, update the EMA."""
-    run.scaler.step(run.optimizer)
+    """Apply the accumulated gradients (AMP-aware; kernel masks hold through the step), clear them, update the EMA."""
+    run.inputs.hooks.step(unwrap(run.model), run.optimizer, lambda: run.scaler.step(run.optimizer))
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.state.updates += 1
@@ -365,8 +379,9 @@ def _checkpoint(run: _Run) -> dict[str, Any]:
 
     model = unwrap(run.model)
     history = run.inputs.history + [train_entry(run.settings, run.state, run.img_size)]
-    ckpt = to_checkpoint(run.ema.ema, history, {"source": run.settings.weights or run.settings.cfg,
-                                                "epoch": run.state.epoch})
+    extra = run.hook.checkpoint_extra(run.ema.ema) if run.hook is not None else {}
+    ckpt = run.inputs.hooks.annotate(to_checkpoint(run.ema.ema, history, {
+        **extra, "source": run.settings.weights or run.settings.cfg, "epoch": run.state.epoch}))
     ckpt[STATE_KEY] = {"version": STATE_VERSION, **run.state.to_dict(), "base_history": run.inputs.history,
                        "settings": run.settings.to_dict(), "hyp": dict(run.inputs.hyp),
                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -415,19 +430,22 @@ def _header(run: _Run) -> None:
 
 
 # ------------------------------------------------------------------------------------------- API
-def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+def train(settings: TrainSettings, *, on_epoch_end: EpochCallback | None = None,
+          model_hook: ModelHook | None = None) -> TrainResult:
     """Train (or resume) as ``settings`` say; returns where the results are.
 
     Every input is read and checked (hyp keys, data paths, weights, pruning parameters) before the run
     folder is created, so a bad input leaves earlier runs untouched. ``on_epoch_end(epoch, row)`` is called
     after each epoch's files are written (an exception raised there stops the run like an interruption:
-    ``last.pt`` can be resumed). Seeds Python/NumPy/torch global RNGs with ``settings.seed``.
+    ``last.pt`` can be resumed). ``model_hook`` (:class:`~yolo_prune.engine.model_hook.ModelHook`) swaps in the model
+    to train, e.g. a fake-quantized one (``yolo-prune train --qat``). Seeds Python/NumPy/torch global RNGs with
+    ``settings.seed``.
     """
     started = time.time()
     dist_info, device = start_distributed(settings.device)
     lock = None
     try:
-        run = _build_run(_load_inputs(settings), dist_info, device)
+        run = _build_run(_load_inputs(settings), dist_info, device, model_hook)
         lock = lock_run_dir(run.run_dir) if dist_info.main else None
         if dist_info.main and run.inputs.state is None:
             write_run_files(run.run_dir, run.inputs.hyp, run.settings)

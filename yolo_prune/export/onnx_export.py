@@ -81,6 +81,7 @@ def export_metadata(model: nn.Module, opts: ExportOptions) -> dict[str, Any]:
         "anchors": head.anchor_grid.view(head.nl, -1).tolist(),
         "input": INPUT_NAME,
         "outputs": output_names(opts, head.nl),
+        **({"head_groups": {k: v.tolist() for k, v in head.channel_groups().items()}} if opts.split_head else {}),
     }
 
 

@@ -53,6 +53,7 @@ class ExportOptions:
     dynamic_batch: bool = False
     grid: bool = False
     conv_maps: bool = False
+    split_head: bool = False
     end2end: bool = False
     max_wh: int | None = None
     topk_all: int = 100
@@ -105,6 +106,8 @@ def _problems(o: ExportOptions) -> list[str]:
         p.append("max_wh only applies to end2end graphs (ONNX Runtime NMS)")
     if o.conv_maps and (o.grid or o.end2end):
         p.append("conv_maps (head conv outputs) excludes grid and end2end")
+    if o.split_head and not o.conv_maps:
+        p.append("split_head applies to conv_maps (head conv output) graphs only")
     if not MIN_OPSET <= o.opset <= max_opset():
         p.append(f"opset must be from {MIN_OPSET} (NonMaxSuppression, Resize) to {max_opset()} (the highest this "
                  f"torch exports), got {o.opset}")

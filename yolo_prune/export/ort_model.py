@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from yolo_prune.errors import YoloPruneError
+from yolo_prune.export.wrappers import assemble_head_maps
 
 
 class OrtDetector:
@@ -17,7 +18,7 @@ class OrtDetector:
     ``pred`` [B, N, 5 + nc] is (cx, cy, w, h) in input pixels, objectness, class scores (float32, on the
     images' device). ``--grid`` exports give ``raw == []``; raw and conv-map exports (plain or INT8 QDQ)
     give the per-level maps [B, na, ny, nx, 5 + nc] and ``pred`` decoded from them with the stored strides
-    and anchors.
+    and anchors (split-head exports, one output per level and box / obj / cls group, are reassembled first).
     A static-batch graph is run in chunks (the last one zero-padded). End-to-end graphs are refused.
     """
 
@@ -56,6 +57,8 @@ class OrtDetector:
         if self._head is None:
             return outs[0].to(images.device), []
         if self.mode == "conv":
+            if "head_groups" in self.meta:  # split head convs: one output per level and group
+                outs = assemble_head_maps(outs, list(self.meta["head_groups"].values()), self._head.nl)
             outs = [self._head.reshape(o) for o in outs]
         with torch.no_grad():
             pred = torch.cat([self._head.decode(i, r) for i, r in enumerate(outs)], 1)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from yolo_prune.errors import YoloPruneError
-from yolo_prune.export.calibration import calibration_batches, calibration_files  # noqa: F401 - engine calibrator
+from yolo_prune.data.calibration import calibration_batches, calibration_files  # noqa: F401 - engine calibrator
 from yolo_prune.export.files import atomic_path, write_json
 
 INT8_DUMMY_WARNING = ("trtexec --int8 without --calib=<cache> builds with dummy (random) dynamic ranges: the engine "
@@ -37,10 +37,15 @@ class EngineVersionError(YoloPruneError):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to build an engine: precision, INT8 calibration, DLA core, workspace (MiB), timing cache."""
+    """How to build an engine: precision, INT8 calibration, DLA core, workspace (MiB), timing cache.
+
+    ``explicit``: the ONNX carries Q/DQ nodes (explicit quantization): INT8 is enabled without a calibrator or
+    cache, TensorRT takes every scale from the graph.
+    """
 
     fp16: bool = False
     int8: bool = False
+    explicit: bool = False
     calib_cache: Path | None = None
     calib_images: Path | None = None
     calib_batch: int = 8
@@ -54,6 +59,8 @@ class EngineOptions:
             raise YoloPruneError("workspace, calibration batch and image count must be >= 1")
         if self.dla_core is not None and self.dla_core < 0:
             raise YoloPruneError(f"DLA core must be >= 0, got {self.dla_core}")
+        if self.explicit and (not self.int8 or self.calib_cache is not None):
+            raise YoloPruneError("explicit (Q/DQ) quantization needs int8 and takes no calibration cache")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable settings."""
@@ -81,7 +88,7 @@ class InputShape:
 def build_warnings(opts: EngineOptions) -> list[str]:
     """Things worth telling the user before a build (empty when none)."""
     warns = []
-    if opts.int8 and opts.calib_cache is None and opts.calib_images is None:
+    if opts.int8 and not opts.explicit and opts.calib_cache is None and opts.calib_images is None:
         warns.append(INT8_DUMMY_WARNING)
     if opts.dla_core is not None and not (opts.fp16 or opts.int8):
         warns.append("DLA runs FP16 or INT8 only: --fp16 is implied for the DLA build")
@@ -235,7 +242,7 @@ def configure(trt: Any, builder: Any, config: Any, opts: EngineOptions, shape: I
         config.set_flag(trt.BuilderFlag.FP16)
     if opts.int8:
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator
+        config.int8_calibrator = calibrator  # None for explicit (Q/DQ) quantization
     if opts.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(opts.dla_core)
@@ -243,7 +250,7 @@ def configure(trt: Any, builder: Any, config: Any, opts: EngineOptions, shape: I
     profile = builder.create_optimization_profile()
     profile.set_shape(shape.name, *shape.profile())
     config.add_optimization_profile(profile)
-    if opts.int8:
+    if opts.int8 and calibrator is not None:
         config.set_calibration_profile(profile)
 
 
@@ -277,7 +284,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: EngineOpt
     config = builder.create_builder_config()
     cache = _timing_cache(config, opts.timing_cache)
     calibrator = None
-    if opts.int8 and opts.calib_images is not None:
+    if opts.explicit:
+        pass  # Q/DQ network: every scale is in the graph
+    elif opts.int8 and opts.calib_images is not None:
         files = calibration_files(opts.calib_images, opts.calib_max_images)
         batches = calibration_batches(files, shape.batch, shape.img_size, int(max(export_meta["stride"])),
                                       bool(export_meta["options"]["fp16"]))

@@ -20,6 +20,8 @@ from yolo_prune.errors import CheckFailed
 from yolo_prune.export.detections import borderline, match_detections, reference_detections, unpad
 from yolo_prune.export.graph_checks import check_trt_plugin, cut_before, find_trt_plugin
 from yolo_prune.export.options import ExportOptions
+from yolo_prune.export.wrappers import assemble_head_maps
+from yolo_prune.models.heads import HEAD_GROUPS
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -98,6 +100,8 @@ def _verify_maps(session: Any, images: Tensor, ref: tuple[Tensor, list[Tensor]],
     """Per-level maps: raw [B, na, ny, nx, no], or, with ``head``, head conv outputs [B, na * no, ny, nx]
     reshaped by the head's own ``reshape`` before comparing."""
     outs = run_ort(session, images)
+    if head is not None and len(outs) == len(ref[1]) * len(HEAD_GROUPS):  # split head: one output per group
+        outs = assemble_head_maps(outs, [g.tolist() for g in head.channel_groups().values()], len(ref[1]))
     if len(outs) != len(ref[1]):
         raise CheckFailed(f"graph has {len(outs)} outputs, the model {len(ref[1])} detection levels")
     for i, (got, want) in enumerate(zip(outs, ref[1])):

@@ -22,12 +22,15 @@ import torch
 import torch.nn as nn
 
 from yolo_prune.errors import CheckFailed, YoloPruneError
-from yolo_prune.export.calibration import calibration_batches
+from yolo_prune.data.calibration import calibration_batches, readable_files
 from yolo_prune.export.files import atomic_path
 from yolo_prune.export.onnx_export import annotate, build_onnx, max_stride
 from yolo_prune.export.options import ExportOptions, as_hw, check_img_size
 from yolo_prune.export.verify import ort_session, run_ort, sample_images, torch_reference
-from yolo_prune.export.vitis_checks import DPU_MAXPOOL_KERNEL, QuantCheck, check_xint8, dpu_warnings
+from yolo_prune.export.vitis_checks import (DPU_MAXPOOL_KERNEL, QuantCheck, check_xint8, dpu_warnings,
+                                            fit_bias_shifts)
+from yolo_prune.export.wrappers import assemble_head_maps
+from yolo_prune.models.pools import stack_large_pools
 
 if TYPE_CHECKING:
     import onnx
@@ -39,19 +42,34 @@ class QuarkUnavailable(YoloPruneError):
     """AMD Quark is not installed (exit 2 with the install command)."""
 
 
+QUARK_ALGORITHMS = ("cle", "bias-correction", "adaround", "adaquant")
+CALIB_METHODS = ("minmse", "minmax")
+
+
 @dataclass(frozen=True)
 class VitisOptions:
-    """Quantization settings: calibration image count, float head convs, DPU family for the CPU-op report."""
+    """Quantization settings: calibration image count and method, float head convs, one conv per head output
+    group (box / obj / cls, each with its own scale), Quark algorithms, DPU family for the CPU-op report."""
 
     calib_count: int = 100
     keep_head_float: bool = False
     target: str = "DPUCZDX8G"
+    split_head: bool = True
+    algorithms: tuple[str, ...] = ()
+    calib_method: str = "minmse"
+    finetune_iterations: int = 200  # AdaRound / AdaQuant steps per layer (Quark's default 1000 is slow on CPU)
 
     def __post_init__(self) -> None:
         if self.calib_count < 1:
             raise YoloPruneError(f"--calib-count must be >= 1, got {self.calib_count}")
         if self.target not in DPU_MAXPOOL_KERNEL:
             raise YoloPruneError(f"--dpu {self.target!r}: choose one of {', '.join(DPU_MAXPOOL_KERNEL)}")
+        bad = [a for a in self.algorithms if a not in QUARK_ALGORITHMS]
+        if bad or ("adaround" in self.algorithms and "adaquant" in self.algorithms):
+            raise YoloPruneError(f"--quark-algo {', '.join(self.algorithms)}: choose from {', '.join(QUARK_ALGORITHMS)}"
+                                 " (adaround and adaquant exclude each other)")
+        if self.calib_method not in CALIB_METHODS:
+            raise YoloPruneError(f"--calib-method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
 
 
 @dataclass
@@ -104,41 +122,37 @@ def _reader(quark_onnx: Any, input_name: str, arrays: Iterator[np.ndarray]) -> A
     return Reader()
 
 
-def stack_large_pools(model: nn.Module, limit: int) -> int:
-    """Replace stride-1 'same' max-pools with kernel > ``limit`` by stacked 5x5 pools (exact: the SPPF form).
-
-    Two 5x5 pools equal one 9x9, three one 13x13 (YOLOv7's SPPCSPC kernels), so the DPU runs them instead of
-    the CPU. Modifies ``model`` in place; returns how many pools were replaced.
-    """
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, nn.MaxPool2d):
-                continue
-            k, s, pad = (child.kernel_size, child.stride, child.padding)
-            if not (isinstance(k, int) and k > limit and s in (1, (1, 1)) and pad in (k // 2, (k // 2, k // 2))
-                    and (k - 1) % 4 == 0 and child.dilation in (1, (1, 1)) and not child.ceil_mode):
-                continue
-            pools = [nn.MaxPool2d(5, 1, 2) for _ in range((k - 1) // 4)]
-            setattr(parent, name, nn.Sequential(*pools))
-            replaced += 1
-    return replaced
-
-
 def head_conv_nodes(proto: "onnx.ModelProto") -> list[str]:
     """Names of the Conv nodes whose outputs are graph outputs (the detection head's convs in ``conv`` mode)."""
     outputs = {o.name for o in proto.graph.output}
     return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.output[0] in outputs]
 
 
-def quantize(float_path: Path, out_path: Path, arrays: Iterator[np.ndarray], exclude: Sequence[str]) -> int:
-    """Quark XINT8 (power-of-two, symmetric int8, per-tensor, MinMSE) of ``float_path``; returns images used."""
-    quark_onnx = import_quark()
-    from quark.onnx.quantization.config.custom_config import XINT8_QCONFIG
+def quark_config(opts: VitisOptions, exclude: Sequence[str]) -> Any:
+    """Quark's XINT8 configuration (power-of-two, symmetric int8, per-tensor) with ``opts``' calibration method
+    and algorithms (cross-layer equalisation, bias correction, AdaRound / AdaQuant fine-tuning on CPU)."""
+    from quark.onnx.quantization.config import algorithm as algo
+    from quark.onnx.quantization.config.config import QConfig
+    from quark.onnx.quantization.config.spec import CalibMethod, QLayerConfig, XInt8Spec
 
-    config = copy.deepcopy(XINT8_QCONFIG)
-    config.exclude = list(exclude)
-    config.extra_options.update({"PrintSummary": False, "AlignConcat": True})
+    method = {"minmse": CalibMethod.MinMSE, "minmax": CalibMethod.MinMax}[opts.calib_method]
+    spec = XInt8Spec(calibration_method=method)
+    steps = {"cle": lambda: algo.CLEConfig(),
+             "bias-correction": lambda: algo.BiasCorrectionConfig(),
+             "adaround": lambda: algo.AdaRoundConfig(num_iterations=opts.finetune_iterations, batch_size=1,
+                                                     data_size=opts.calib_count),
+             "adaquant": lambda: algo.AdaQuantConfig(num_iterations=opts.finetune_iterations, batch_size=1,
+                                                     data_size=opts.calib_count, learning_rate=1e-5)}
+    return QConfig(global_config=QLayerConfig(activation=spec, weight=spec),
+                   algo_config=[steps[a]() for a in opts.algorithms], exclude=list(exclude),
+                   extra_options={"ForceQuantizeNoInputCheck": True, "PrintSummary": False, "AlignConcat": True})
+
+
+def quantize(float_path: Path, out_path: Path, arrays: Iterator[np.ndarray], exclude: Sequence[str],
+             opts: VitisOptions = VitisOptions()) -> int:
+    """Quark XINT8 of ``float_path`` as :func:`quark_config` sets it up; returns the images used."""
+    quark_onnx = import_quark()
+    config = quark_config(opts, exclude)
     reader = _reader(quark_onnx, "images", arrays)
     from quark.common.utils.log import ScreenLogger
 
@@ -160,12 +174,21 @@ def quantize(float_path: Path, out_path: Path, arrays: Iterator[np.ndarray], exc
     return reader.count
 
 
+def keep_outputs(proto: "onnx.ModelProto", names: Sequence[str]) -> None:
+    """Drop graph outputs other than ``names`` (Quark's bias correction leaves its probe tensors as outputs)."""
+    kept = [o for o in proto.graph.output if o.name in set(names)]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+
+
 def agreement(model: nn.Module, proto: "onnx.ModelProto", images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per head level: cosine similarity and max abs difference of INT8 (ORT) vs PyTorch float raw maps."""
     session = ort_session(proto.SerializeToString())
     per_image = [run_ort(session, images[i: i + 1]) for i in range(len(images))]  # static batch 1
     outs = [torch.cat(level) for level in zip(*per_image)]
     _, raw = torch_reference(model, images)
+    if len(outs) != len(raw):  # split head: one output per level and box / obj / cls group
+        outs = assemble_head_maps(outs, [g.tolist() for g in model.detect.channel_groups().values()], len(raw))
     cos, diff = [], []
     for got, want in zip(outs, raw):
         got = model.detect.reshape(got.float())
@@ -174,23 +197,12 @@ def agreement(model: nn.Module, proto: "onnx.ModelProto", images: torch.Tensor) 
     return cos, diff
 
 
-def _readable(files: Sequence[Path]) -> list[Path]:
-    """The calibration images that decode; each corrupt one is skipped with a warning, as in training and evaluation
-    (checked before quantizing, so the warnings are not lost inside the quantizer)."""
-    from yolo_prune.data.dataset import scan_images
-
-    good, _, _ = scan_images([str(f) for f in files])
-    if not good:
-        raise YoloPruneError(f"calibration set is empty: none of the {len(files)} images could be read")
-    return [Path(f) for f in good]
-
-
 def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequence[int], calib_files: Sequence[Path],
                       opts: VitisOptions = VitisOptions()) -> VitisResult:
     """Quantize ``model`` (not modified) for a DPU and write ``path`` only after every check passed."""
     import onnx
 
-    export = ExportOptions(img_size=as_hw(img_size), conv_maps=True, opset=13)
+    export = ExportOptions(img_size=as_hw(img_size), conv_maps=True, split_head=opts.split_head, opset=13)
     stride = max_stride(model)
     check_img_size(export.img_size, stride, "--img-size")  # before the slow steps (build_onnx checks it too)
     if not calib_files:
@@ -204,14 +216,17 @@ def export_vitis_int8(model: nn.Module, path: str | Path, img_size: int | Sequen
         float_path, q_path = Path(tmp).resolve() / "float.onnx", Path(tmp).resolve() / "int8.onnx"
         onnx.save(float_proto, str(float_path))
         exclude = head_conv_nodes(float_proto) if opts.keep_head_float else []
-        files = _readable([Path(f).resolve() for f in list(calib_files)[: opts.calib_count]])
+        files = readable_files([Path(f).resolve() for f in list(calib_files)[: opts.calib_count]])
         arrays = calibration_batches(files, 1, export.img_size, stride)  # the inference pre-processing
-        used = quantize(float_path, q_path, arrays, exclude)
+        used = quantize(float_path, q_path, arrays, exclude, opts)
         proto = onnx.load(str(q_path))
+    keep_outputs(proto, [o.name for o in float_proto.graph.output])
+    fit_bias_shifts(proto)
     check = check_xint8(proto)
     onnx.checker.check_model(proto)
     meta["quantization"] = {"tool": "amd-quark", "config": "XINT8 (power-of-two, symmetric int8, per-tensor)",
-                            "calib_images": used, "stacked_pools": stacked, **asdict(opts)}
+                            "calib_images": used, "stacked_pools": stacked, **asdict(opts),
+                            "algorithms": list(opts.algorithms)}
     annotate(proto, meta, export)
     cos, diff = agreement(model, proto, sample_images(export.img_size, 2))
     if min(cos) < MIN_COSINE:

@@ -2,8 +2,11 @@
 scales, one scale across each concatenation; and what the DPU would leave on the CPU, reported.
 
 Limits are those of the DPU product guides (PG338 DPUCZDX8G, PG389 DPUCVDX8G): activations ReLU, ReLU6,
-LeakyReLU (slope 26/256); max-pool kernels 1..8. The Vitis AI compiler has the last word: it prints the
-subgraphs it assigns to the CPU.
+LeakyReLU (slope 26/256); max-pool kernels 1..8. Each int8 conv must also fit the DPU compiler's shifts (the
+limits AMD Quark's refinement pass enforces), with fix positions ``pos = -log2(scale)`` of input, weight, bias
+and output: ``shift_cut = wpos + ipos - opos`` in [0, 16] and ``shift_bias = wpos + ipos - bpos`` in
+[min(0, shift_cut - 16), 15] ([0, 15] before a LeakyReLU). The Vitis AI compiler has the last word: it prints
+the subgraphs it assigns to the CPU.
 """
 from __future__ import annotations
 
@@ -33,12 +36,15 @@ class QuantCheck:
     exponents: tuple[int, int] = (0, 0)
     float_convs: list[str] = field(default_factory=list)
     per_channel: list[str] = field(default_factory=list)
+    shift_checked: int = 0
 
     def __str__(self) -> str:
         lo, hi = self.exponents
         text = (f"{self.quantize_nodes} Q/DQ nodes: all {self.scales} scales powers of two (2^{lo} .. 2^{hi}), "
                 f"zero points 0; {self.concats} concatenations share one scale")
         text += f"; {len(self.per_channel)} per-channel" if self.per_channel else "; per-tensor"
+        if self.shift_checked:
+            text += f"; {self.shift_checked} convs within the DPU shift limits"
         return text + (f"; float convs: {', '.join(self.float_convs)}" if self.float_convs else "")
 
 
@@ -97,7 +103,84 @@ def check_xint8(proto: "onnx.ModelProto") -> QuantCheck:
                                   "the DPU concatenates int8 tensors of one scale")
         if node.op_type == "Conv" and node.input[1] not in scale_of:
             result.float_convs.append(node.name)
+    result.shift_checked = _check_shifts(proto, scale_of, {**init, **constants})
     return result
+
+
+def _output_scale(conv: Any, consumers: dict[str, list[Any]], init: dict[str, np.ndarray]) -> tuple[float, bool] | None:
+    """(scale of the Q after the conv, or after its LeakyReLU; whether a LeakyReLU sits between) or None."""
+    users = consumers.get(conv.output[0], [])
+    leaky = len(users) == 1 and users[0].op_type == "LeakyRelu"
+    if leaky:
+        users = consumers.get(users[0].output[0], [])
+    q = next((u for u in users if u.op_type == "QuantizeLinear" and u.input[1] in init), None)
+    return (float(init[q.input[1]].reshape(-1)[0]), leaky) if q is not None else None
+
+
+def _check_shifts(proto: "onnx.ModelProto", scale_of: dict[str, float], init: dict[str, np.ndarray]) -> int:
+    """The DPU compiler's shift_cut / shift_bias limits on every int8 conv; returns how many were checked."""
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    checked = 0
+    for node in proto.graph.node:
+        if node.op_type != "Conv" or node.input[0] not in scale_of or node.input[1] not in scale_of:
+            continue
+        out = _output_scale(node, consumers, init)
+        if out is None:
+            continue
+        ipos, wpos, opos = (-int(round(np.log2(v))) for v in (scale_of[node.input[0]], scale_of[node.input[1]], out[0]))
+        cut = wpos + ipos - opos
+        if not 0 <= cut <= 16:
+            raise CheckFailed(f"{node.name}: shift_cut {cut} (weight pos {wpos} + input pos {ipos} - output pos "
+                              f"{opos}) is outside the DPU's [0, 16]")
+        if len(node.input) > 2 and node.input[2] in scale_of:
+            bias = wpos + ipos + int(round(np.log2(scale_of[node.input[2]])))
+            low = 0 if out[1] else min(0, cut - 16)
+            if not low <= bias <= 15:
+                raise CheckFailed(f"{node.name}: shift_bias {bias} is outside the DPU's [{low}, 15]")
+        checked += 1
+    return checked
+
+
+def fit_bias_shifts(proto: "onnx.ModelProto") -> int:
+    """Move each int8 conv bias whose ``shift_bias`` is outside the compiler's range to the nearest allowed scale,
+    re-rounding its values (Quark's ``adjust_shift_bias`` rule). Quark cannot satisfy it for a bias tensor that
+    the ONNX export shares between convs (identical biases, e.g. the zeros of untrained models): such a conv gets
+    its own bias here. Returns how many biases moved."""
+    from onnx import helper, numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq_of = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    added: dict[str, Any] = {}  # conv name -> its own bias DequantizeLinear
+    for conv in (n for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 2):
+        dqs = [dq_of.get(name) for name in conv.input[:3]]
+        out = _output_scale(conv, consumers, arrays)
+        if out is None or None in dqs or any(dq.input[1] not in arrays for dq in dqs) or dqs[2].input[0] not in arrays:
+            continue
+        ipos, wpos, bpos = (-int(round(np.log2(float(arrays[dq.input[1]].reshape(-1)[0])))) for dq in dqs)
+        cut = wpos + ipos + int(round(np.log2(out[0])))
+        shift = min(max(wpos + ipos - bpos, 0 if out[1] else min(0, cut - 16)), 15)
+        if shift == wpos + ipos - bpos:
+            continue
+        values, scale = arrays[dqs[2].input[0]].astype(np.float64) * 2.0 ** -bpos, 2.0 ** -(wpos + ipos - shift)
+        q = np.clip(np.round(values / scale), -128, 127).astype(arrays[dqs[2].input[0]].dtype)
+        stem = f"{conv.name}_bias_fit"
+        proto.graph.initializer.extend([numpy_helper.from_array(q, f"{stem}_quantized"),
+                                        numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{stem}_scale")])
+        added[conv.name] = helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale",
+                                                                 *dqs[2].input[2:]], [stem], name=stem)
+        conv.input[2] = stem
+    if added:  # each new DequantizeLinear just before its conv (topological order)
+        nodes = [m for n in proto.graph.node for m in ([added[n.name]] if n.name in added else []) + [n]]
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return len(added)
 
 
 def dpu_warnings(model: nn.Module, target: str = "DPUCZDX8G", check: QuantCheck | None = None) -> list[str]:

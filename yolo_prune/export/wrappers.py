@@ -6,12 +6,15 @@ input pixels, objectness and class scores (after sigmoid).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from yolo_prune.engine.boxes import xywh2xyxy
 from yolo_prune.export.nms_onnx import E2E_OUTPUTS, EfficientNMSTRT, OnnxNMS, pad_selected
 from yolo_prune.export.options import ExportOptions
+from yolo_prune.models.heads import HEAD_GROUPS
 
 
 def boxes_and_scores(pred: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,6 +47,43 @@ class ConvMaps(_Wrapper):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         head = self.model.detect
         return tuple(head.level(i, f) for i, f in enumerate(self.model.head_inputs(x)[: head.nl]))
+
+
+class SplitConvMaps(_Wrapper):
+    """-> nl x len(groups) maps: each head conv split into one conv per channel group (same weights, exact in
+    float), ``[B, len(group), ny, nx]`` each, level-major. A fake-quantized head conv splits itself
+    (``split_forward``: one per-tensor scale per group); a float one is split by its weight rows.
+    """
+
+    def __init__(self, model: nn.Module, groups: list[Tensor]):
+        super().__init__(model)
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        head, outs = self.model.detect, []
+        for i, f in enumerate(self.model.head_inputs(x)[: head.nl]):
+            conv = head.m[i]
+            if hasattr(conv, "split_forward"):
+                outs += conv.split_forward(f)
+                continue
+            outs += [F.conv2d(f, conv.weight[idx], conv.bias[idx], conv.stride, conv.padding, conv.dilation,
+                              conv.groups) for idx in self.groups]
+        return tuple(outs)
+
+
+def assemble_head_maps(outputs: list[Tensor], groups: list[list[int]], nl: int) -> list[Tensor]:
+    """Split-head outputs (level-major, one per group) -> nl head conv maps [B, na * no, ny, nx]."""
+    if len(outputs) != nl * len(groups):
+        raise ValueError(f"{len(outputs)} split-head outputs for {nl} levels x {len(groups)} groups")
+    maps = []
+    for i in range(nl):
+        parts = outputs[i * len(groups): (i + 1) * len(groups)]
+        b, _, h, w = parts[0].shape
+        out = parts[0].new_zeros((b, sum(len(g) for g in groups), h, w))
+        for idx, part in zip(groups, parts):
+            out[:, torch.as_tensor(idx, dtype=torch.long)] = part
+        maps.append(out)
+    return maps
 
 
 class GridOutput(_Wrapper):
@@ -90,6 +130,8 @@ def export_module(model: nn.Module, opts: ExportOptions) -> nn.Module:
     """The wrapper for ``opts.mode`` around ``model`` (not copied; prepare a copy first)."""
     if opts.mode == "raw":
         return RawOutputs(model)
+    if opts.mode == "conv" and opts.split_head:
+        return SplitConvMaps(model, list(model.detect.channel_groups().values()))
     if opts.mode == "conv":
         return ConvMaps(model)
     if opts.mode == "grid":
@@ -100,7 +142,10 @@ def export_module(model: nn.Module, opts: ExportOptions) -> nn.Module:
 
 
 def output_names(opts: ExportOptions, nl: int) -> list[str]:
-    """Graph output names: ``raw0..``/``conv0..`` per level, ``output``, or the four end-to-end names."""
+    """Graph output names: ``raw0..``/``conv0..`` per level (``conv0_box, conv0_obj, conv0_cls, ..`` with a split
+    head), ``output``, or the four end-to-end names."""
+    if opts.split_head:
+        return [f"conv{i}_{g}" for i in range(nl) for g in HEAD_GROUPS]
     if opts.mode in ("raw", "conv"):
         return [f"{opts.mode}{i}" for i in range(nl)]
     if opts.mode == "grid":

@@ -22,6 +22,7 @@ from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.graph.node import NodeDraft, Slot
 from yolo_prune.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, ReOrg, RepConv, Shortcut
 from yolo_prune.models.darknet.layers import DarknetMaxPool, DarknetShortcut, RouteGroup, Sam, ScaleChannels
+from yolo_prune.models.gating import GatedConv
 from yolo_prune.models.heads import Detect, IAuxDetect
 from yolo_prune.models.model import Model, conv_out_channels
 
@@ -224,6 +225,7 @@ TRACERS: dict[type, Tracer] = {
     Conv: _conv, RepConv: _conv, SPPCSPC: _sppcspc, DownC: _downc, Concat: _concat, Shortcut: _shortcut,
     ReOrg: _reorg, MP: _same, SP: _same, RouteGroup: _route_group, DarknetMaxPool: _same, DarknetShortcut: _shortcut,
     Sam: _shortcut, ScaleChannels: _shortcut, nn.Conv2d: _plain_conv, nn.BatchNorm2d: _batch_norm, nn.Linear: _linear,
+    GatedConv: _plain_conv,
     **{cls: _same for cls in SAME_LAYOUT},
 }
 
@@ -238,9 +240,14 @@ def _tracer_for(m: nn.Module, index: int) -> Tracer:
                        f"supported: {', '.join(c.__name__ for c in TRACERS)}, Detect heads")
 
 
-def trace_layouts(model: Model) -> tuple[PruningGraph, list[list[Layout]]]:
-    """The graph of a cfg-built ``Model`` (Darknet models included), and for every cfg layer the layouts of its
-    inputs (the slots each input tensor is made of)."""
+def trace_layouts(model: nn.Module) -> tuple[PruningGraph, list[list[Layout]]]:
+    """The graph, and for every cfg layer the layouts of its inputs (the slots each input tensor is made of);
+    a cfg-built ``Model`` (Darknet models included) is walked row by row, any other network is traced with
+    ``torch.fx`` and has no per-layer inputs ([])."""
+    if not isinstance(model, Model):
+        from yolo_prune.graph.fx_trace import trace_network
+
+        return trace_network(model, _Tracer(), TRACERS), []
     t = _Tracer()
     outputs: list[Layout] = []
     inputs: list[list[Layout]] = []
@@ -256,8 +263,4 @@ def derive_graph(model: nn.Module) -> PruningGraph:
 
     A YOLOv7 ``Model`` (Darknet models included) is walked row by row; any other network is traced with ``torch.fx``.
     """
-    if not isinstance(model, Model):
-        from yolo_prune.graph.fx_trace import trace_network
-
-        return trace_network(model, _Tracer(), TRACERS)
     return trace_layouts(model)[0]

@@ -26,9 +26,19 @@ _SAME_METHODS = {"flatten", "relu", "relu_", "contiguous"}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__"}
 
 
+class _LeafTracer(fx.Tracer):
+    """fx's tracer, with FBS gated convs kept whole (they act as one conv in the graph)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from yolo_prune.models.gating import GatedConv
+
+        return isinstance(m, GatedConv) or super().is_leaf_module(m, qualname)
+
+
 def _symbolic(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        tracer = _LeafTracer()
+        return fx.GraphModule(model, tracer.trace(model))
     except Exception as exc:  # noqa: BLE001 - fx raises many types; the message says what failed
         raise PruningError(f"cannot trace {type(model).__name__} with torch.fx to derive its pruning graph: "
                            f"{type(exc).__name__}: {exc}") from None

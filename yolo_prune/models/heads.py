@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 
 
+HEAD_GROUPS = ("box", "obj", "cls")  # the keys of Detect.channel_groups(), in output order
+
+
 class ImplicitA(nn.Module):
     """Learned per-channel offset added to the input: ``x + implicit``."""
 
@@ -86,6 +89,12 @@ class Detect(nn.Module):
     def head_convs(self) -> list[nn.Conv2d]:
         """The per-level output convolutions (never pruned)."""
         return list(self.m)
+
+    def channel_groups(self) -> dict[str, torch.Tensor]:
+        """Output channels of a head conv ([na * no], anchor-major) by meaning: ``box`` (x, y, w, h of every
+        anchor), ``obj`` (objectness), ``cls`` (class logits); int8 deployments give each its own scale."""
+        ch = torch.arange(self.na * self.no).view(self.na, self.no)  # [na, no]
+        return {"box": ch[:, :4].reshape(-1), "obj": ch[:, 4].reshape(-1), "cls": ch[:, 5:].reshape(-1)}
 
 
 class IDetect(Detect):

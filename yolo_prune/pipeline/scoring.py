@@ -1,4 +1,4 @@
-"""Detection scoring for the sensitivity analysis: the evaluator's NMS + metrics as a ``Scorer``."""
+"""Scoring for the sensitivity analysis: detection (the evaluator's NMS + metrics) and classification (top-1)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,3 +46,23 @@ class DetectionScorer:
                 "official": ev.official_metrics(result),
                 # classes without labels report the overall mAP, as the published analysis does
                 "per_class": [result.map if v != v else v for v in result.class_ap]}
+
+
+class ClassificationScorer:
+    """Top-1 / top-5 accuracy and cross-entropy of logits [B, nc] against labels [B] (the batch meta)."""
+
+    def start(self) -> list[float]:
+        return [0.0, 0.0, 0.0, 0.0]  # correct@1, correct@5, summed loss, images
+
+    def update(self, state: list[float], pred: torch.Tensor, meta: torch.Tensor) -> None:
+        from yolo_prune.engine.classify.evaluate import topk_correct
+
+        logits, labels = pred.float(), meta.to(pred.device)
+        state[0] += topk_correct(logits, labels, 1)
+        state[1] += topk_correct(logits, labels, 5)
+        state[2] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        state[3] += len(labels)
+
+    def finish(self, state: list[float]) -> dict[str, Any]:
+        n = max(state[3], 1.0)
+        return {"top1": state[0] / n, "top5": state[1] / n, "loss": state[2] / n}

@@ -7,6 +7,9 @@ sum of the widths in its input layout (the graph's slots); a BatchNorm holds 2 p
 those coefficients once (one meta-device forward for the spatial sizes) and then prices any set of widths,
 or a whole batch of them, with two small matrix products. It counts as ``models.complexity`` does
 (``count_params`` / ``count_gflops``), to the unit, for the model it was built from (fused or not).
+Traced networks (classifiers) are priced the same way: a plain conv's recorded BatchNorm follows its width, a
+``linear`` node holds ``out x in_channels x spatial`` weights, other Linears are constant; pruning one member of
+a coupled group prices every member at the same width.
 """
 from __future__ import annotations
 
@@ -103,6 +106,7 @@ class _Builder:
     def __init__(self, graph: PruningGraph) -> None:
         self.graph = graph
         self.by_name = {n.name: n.index for n in graph.nodes}
+        self.by_bn = {n.bn: n.index for n in graph.nodes if n.bn}  # plain convs' BatchNorms
         self.layouts: list[Sequence[tuple[int | None, int]]] = [n.inputs for n in graph.nodes]
         self.terms = _Terms()
 
@@ -130,8 +134,10 @@ class _Builder:
 
     def module(self, name: str, m: nn.Module, hw: dict, layer_inputs: list) -> None:
         own = sum(p.numel() for p in m.parameters(recurse=False))
-        node = self.owner(name)
-        if isinstance(m, nn.Conv2d) and node is not None:
+        node = self.by_bn.get(name, self.owner(name))
+        if isinstance(m, nn.Linear) and node is not None:
+            self.linear(name, m, node)
+        elif isinstance(m, nn.Conv2d) and node is not None:
             self.conv(name, m, node, hw[name])
         elif isinstance(m, nn.BatchNorm2d) and node is not None:
             self.check(name, m.num_features, self.graph[node].out_channels)
@@ -147,6 +153,8 @@ class _Builder:
             self.terms.const_params += own
             if isinstance(m, nn.Conv2d):
                 self.terms.const_macs += _conv_macs(m, hw[name])
+            elif isinstance(m, nn.Linear):
+                self.terms.const_macs += m.in_features * m.out_features
 
     def conv(self, name: str, m: nn.Conv2d, node: int, out_hw: tuple[int, int]) -> None:
         n = self.graph[node]
@@ -161,6 +169,14 @@ class _Builder:
         self.terms.add(out, node, params=k * scale, macs=k * scale * out_hw[0] * out_hw[1])
         if m.bias is not None:
             self.terms.add(out, -1, params=scale)
+
+    def linear(self, name: str, m: nn.Linear, node: int) -> None:
+        """A classifier's first Linear: ``out x spatial`` weights (and MACs) per input channel, bias constant."""
+        n = self.graph[node]
+        self.check(name, m.in_features, n.spatial * sum(s.size for s in n.inputs))
+        self.terms.add(-1, node, params=m.out_features * n.spatial, macs=m.out_features * n.spatial)
+        if m.bias is not None:
+            self.terms.const_params += m.out_features
 
     def implicit(self, name: str, m: ImplicitA) -> None:
         """IDetect's ImplicitA ``<head>.ia.<i>`` has one value per input channel of head conv ``<head>.m.<i>``."""

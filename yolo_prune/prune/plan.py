@@ -4,7 +4,9 @@ Scoring strategies (plan-level, any model family): ``sequential`` scores the lis
 order, each on its weights as they are at that moment, i.e. without the input channels that earlier listed
 producers removed (the published ``prune_structured`` applies layers one after another; Li et al., ICLR 2017,
 call it "greedy"). ``independent`` scores every layer on its unpruned weights. Both are one pass over the
-layers: the visible input channels come from the graph's slot offsets, no model is rebuilt.
+layers: the visible input channels come from the graph's slot offsets, no model is rebuilt. A coupled group
+(layers joined by a residual add) is one decision: its members' scores are summed, each member seen through
+its own visible inputs, and all of them keep the same filters.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from yolo_prune.prune.units import layer_filters, out_channels
 @dataclass(frozen=True)
 class LayerPlan:
     """One layer's decision: rate asked, filters before, kept indices (sorted). For a layer of a coupled group
-    the decision holds for every member of the group (scored jointly: summed criterion)."""
+    the decision holds for every member of the group."""
 
     layer: int
     rate: float

@@ -88,11 +88,11 @@ def prune(model: nn.Module, params: str | float | LayerRates, criterion: str | i
     ``Classifier``; a copy unless ``inplace``) and return the result with a summary (GFLOPs at ``img_size``;
     default: the model's own input size).
 
-    ``scoring``: ``sequential`` (default, the published pruner's choices) or ``independent`` (see ``make_plan``).
-    ``options`` (CriterionOptions) choose per-layer or global selection, reconstruction and the data-driven
-    criteria's settings; ``source`` (a FeatureSource built on ``model``) supplies calibration features and
-    gradients to the criteria that need them. Such criteria score every layer on the unpruned model before
-    anything changes.
+    ``scoring``: ``sequential`` (default, the published pruner's choices; alias ``greedy``, Li et al.'s name) or
+    ``independent`` (see ``make_plan``). ``options`` (CriterionOptions) choose per-layer or global selection,
+    reconstruction and the data-driven criteria's settings; ``source`` (a FeatureSource built on ``model``) supplies
+    calibration features and gradients to the criteria that need them. Such criteria score every layer on the
+    unpruned model before anything changes.
     """
     img_size = img_size or int(getattr(model, "img_size", getattr(model, "default_img_size", 640)))
     if round_to is not None and round_to < 1:

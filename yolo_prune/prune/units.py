@@ -46,11 +46,16 @@ def slice_bn(bn: nn.BatchNorm2d, index: torch.Tensor) -> None:
 
 def module_of(model: nn.Module, node: ConvNode) -> nn.Module:
     """The module graph node ``node`` names; a clear error when the graph was derived from another model."""
+    from yolo_prune.models.gating import GatedConv
+
     try:
-        return model.get_submodule(node.name)
+        m = model.get_submodule(node.name)
     except AttributeError:
         raise PruningError(f"layer {node.index}: the model has no module {node.name}; derive the graph from "
                            f"this model") from None
+    if isinstance(m, GatedConv) or isinstance(getattr(m, "conv", None), GatedConv):
+        raise PruningError(f"layer {node.index} ({node.name}) is FBS-gated: prune filters before gating")
+    return m
 
 
 def out_channels(model: nn.Module, node: ConvNode) -> int:

@@ -51,3 +51,14 @@ def _read_rgb(path: Path) -> np.ndarray | None:
     except DataError as exc:
         warnings.warn(f"{path}: skipping unreadable or corrupt image ({exc.__cause__ or exc})", stacklevel=3)
         return None
+
+
+def readable_files(files: Sequence[Path]) -> list[Path]:
+    """The calibration images that decode; each corrupt one is skipped with a warning, as in training and evaluation
+    (checked before quantizing, so the warnings are not lost inside a quantizer); YoloPruneError when none is."""
+    from yolo_prune.data.dataset import scan_images
+
+    good, _, _ = scan_images([str(f) for f in files])
+    if not good:
+        raise YoloPruneError(f"calibration set is empty: none of the {len(files)} images could be read")
+    return [Path(f) for f in good]
