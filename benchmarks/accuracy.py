@@ -1,198 +1,167 @@
-"""Accuracy at a GFLOPs budget: layer-selected (knapsack over the sensitivity analysis) vs uniform pruning.
+"""Accuracy at a GFLOPs budget: one fixed protocol for every pruning method, criterion, schedule and distillation.
 
-    python benchmarks/accuracy.py --device 0 --epochs 10 --budgets 0.5,0.35,0.7          # GPU
-    python benchmarks/accuracy.py --device cpu --threads 1 --train-images 512 --epochs 4  # 2-core CPU
+    python benchmarks/accuracy.py --quick --data data/synth/data.yaml            # tens of minutes on 2 cores
+    python benchmarks/accuracy.py --data data/synth/data.yaml --write            # the full protocol (hours)
 
-Starts from the shipped demo model (yolov7-tiny on the synthetic benchmark). The analysis runs on training
-images (not the validation split, so selection does not see the images it is judged on). Every model --
-the unpruned control included -- is fine-tuned with the same recipe and number of epochs on the same
-training images, then evaluated on the 200 validation images (mAP@.5:.95 from pycocotools). Uniform
-pruning uses one rate for every layer, found by bisection so its GFLOPs match the knapsack model's.
-``--distill`` adds a knapsack run at the first budget fine-tuned with distillation from the unpruned model.
+Protocol: the base model (``--base``; converged on the synthetic benchmark) is pruned by each method to at most
+70 / 50 / 35 % of its GFLOPs (each method lands within a few tenths of a percent under the budget: bisection or
+knapsack on the exact cost), then every model -- and the unpruned control -- is fine-tuned with the same recipe
+(hyp, epochs, the same ``--train-images`` training images, batch, seed; best.pt chosen on ``--val-each-epoch``
+validation images) and evaluated on the validation split (pycocotools mAP@.5:.95). Calibration images for
+data-driven criteria, reconstruction and the sensitivity analysis come from the training subset, never from the
+validation split. Methods are ``uniform|global|knapsack:<criterion>[+rec]`` (see ``_methods.py``).
 
-Resumable: each finished row is stored in ``<work>/rows.json`` and skipped when the command is re-run.
-Writes ``<work>/accuracy.md`` (table) and ``<work>/accuracy.png`` (mAP@.5:.95 against GFLOPs).
+Besides the budget table: the data-driven criteria table (each criterion, one rate for every layer, at 50 %:
+mAP right after pruning, after fine-tuning, and the seconds the criterion took), schedules at 50 % (one-shot vs
+K rounds of prune -> E/K epochs, same total epochs), and distillation at 50 % (none / output / output + neck
+features). Resumable per row (``<work>/rows.json``); writes ``accuracy.md`` and ``accuracy.png`` into ``--work``
+and, with ``--write``, the section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import platform
-import time
+import sys
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-from yolo_prune.analysis.budget import select_for_budget
-from yolo_prune.analysis.table import read_table
-from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
-from yolo_prune.data.synth import generate_synthetic
-from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH
-from yolo_prune.engine.train_state import TrainSettings
-from yolo_prune.engine.trainer import train
-from yolo_prune.fileio import write_text_atomic
-from yolo_prune.models.complexity import count_gflops
-from yolo_prune.models.fuse import fuse
-from yolo_prune.pipeline.devices import select_device
-from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings, evaluate_on_data, sensitivity_on_data
-from yolo_prune.prune import prune
-from yolo_prune.prune.cost import CostModel, fused_cost_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _finetune import Recipe, Rows, evaluate, finetune, load, subset_data  # noqa: E402
+from _methods import Method, prune_to_budget  # noqa: E402
 
-IMG = DEMO_SYNTH["img_size"]
+from yolo_prune.prune.cost import fused_cost_model  # noqa: E402
+from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402
 
-
-def fused_gflops(model: torch.nn.Module) -> float:
-    """GFLOPs of the re-parameterised model at the benchmark's image size (``model`` is not modified)."""
-    return count_gflops(fuse(copy.deepcopy(model).float().cpu()), IMG)
-
-
-def uniform_rate(model: torch.nn.Module, target: float) -> float:
-    """The single rate whose uniform pruning lands at or just under ``target`` GFLOPs (bisection)."""
-    layers = list(range(len(model.conv_modules())))
-    costs = CostModel.of(model, IMG)
-    lo, hi = 0.0, 0.95
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        cost = costs.cost([(i, mid) for i in layers]).gflops
-        lo, hi = (mid, hi) if cost > target else (lo, mid)
-    return hi
+QUICK = {"train_images": 128, "epochs": 2, "budgets": "0.5", "methods": "uniform:l1,knapsack:taylor+rec",
+         "seeds": 1, "val_images": 100, "criteria": "", "schedules": "", "distill": False}
+FULL = {"train_images": 512, "epochs": 5, "budgets": "0.5,0.35,0.7",
+        "methods": "uniform:l1,knapsack:l2,global:bn,uniform:taylor+rec,knapsack:taylor+rec", "seeds": 2,
+        "val_images": None, "schedules": "3", "distill": True,
+        "criteria": "l1,hac,pls-vip-single,pls-vip-multi,cca-cv-multi,pls-lc-multi,taylor,group-taylor"}
 
 
 class Bench:
-    """The shared state of one benchmark run: data, settings, finished rows (persisted after each)."""
+    """Data, recipe, base model and the stored rows of one benchmark run."""
 
     def __init__(self, args: argparse.Namespace):
         self.args, self.work = args, Path(args.work)
-        self.device = select_device(args.device)
-        synth = DEMO_SYNTH | {"n_train": args.train_images}
-        self.data = generate_synthetic(self.work / "synth", **synth, exist_ok=True).data_yaml
-        self.val = DataSettings(str(self.data), "val", IMG, 32, args.workers)
-        self.rows_path = self.work / "rows.json"
-        self.rows: dict[str, dict[str, Any]] = json.loads(self.rows_path.read_text()) if self.rows_path.exists() else {}
+        self.data = subset_data(self.work, args.data, args.train_images)
+        self.recipe = Recipe(args.hyp, args.epochs, args.batch_size, args.img, val_images=args.val_each_epoch)
+        self.base = Path(args.base)
+        self.rows = Rows(self.work / "rows.json")
 
-    def row(self, name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The stored row ``name``, or compute, store and return it."""
-        if name not in self.rows:
-            started = time.time()
-            self.rows[name] = make() | {"model": name, "seconds": round(time.time() - started, 1)}
-            write_text_atomic(self.rows_path, json.dumps(self.rows, indent=1))
-        r = self.rows[name]
-        print(f"{name}: GFLOPs {r['gflops']:.3f}  mAP@.5 {r['map50']:.4f}  mAP@.5:.95 {r['map']:.4f}  "
-              f"({r['seconds']:.0f} s)", flush=True)
-        return r
+    def evaluate(self, model: torch.nn.Module) -> dict:
+        return evaluate(model, self.data, self.args.img, self.args.val_images)
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
-        result = evaluate_on_data(model, self.val, device=self.device, progress=False)
-        return {"gflops": fused_gflops(model), "map50": result.map50, "map": result.map}
+    def control(self, seed: int) -> dict:
+        recipe = Recipe(**{**self.recipe.__dict__, "seed": seed})
+        return self.rows.get(f"unpruned + fine-tune (seed {seed})", lambda: self.evaluate(load(finetune(
+            self.base, f"control-{seed}", self.data, recipe, self.work))) | {"kind": "control", "seed": seed})
 
-    def finetune(self, name: str, model: torch.nn.Module | None = None,
-                 distill_pairs: list[tuple[int, float]] | None = None) -> dict[str, Any]:
-        """Fine-tune ``model`` (saved first) with the shared recipe, or, with ``distill_pairs``, prune the demo
-        model by them inside ``train`` and distil from it (the unpruned model is the teacher)."""
-        if distill_pairs is None:
-            source = {"weights": str(save_checkpoint(model, self.work / "start" / f"{name}.pt"))}
-        else:
-            source = {"weights": str(DEMO_MODEL), "pruning_params": [list(p) for p in distill_pairs],
-                      "criterion": "l2", "distill": True}
-        settings = TrainSettings(**source, data=str(self.data), hyp="scratch.tiny", epochs=self.args.epochs,
-                                 batch_size=self.args.batch_size, img_size=IMG, device=self.args.device,
-                                 workers=self.args.workers, project=str(self.work / "runs"), name=name,
-                                 exist_ok=True, seed=0, max_val_images=self.args.val_each_epoch, progress=False)
-        tuned = load_checkpoint(train(settings).best).model
-        return self.evaluate(tuned) | {"epochs": self.args.epochs}
+    def pruned(self, spec: str, budget: float, seed: int = 0, kind: str = "budget", **train_extra) -> dict:
+        """Row: ``spec`` at ``budget``, mAP right after pruning and after the shared fine-tuning."""
+        tag = "".join(f" {k}={v}" for k, v in train_extra.items())
+        name = f"{spec} @{budget:g}" + (f" seed {seed}" if seed else "") + tag
+
+        def make() -> dict:
+            method = Method.parse(spec)
+            p = prune_to_budget(load(self.base), method, budget, self.data, self.args.img, self.args.n_samples,
+                                self.work, seed)
+            after = self.evaluate(p.model)
+            recipe = Recipe(**{**self.recipe.__dict__, "seed": seed})
+            if train_extra:  # distillation: prune inside train so that the teacher is the unpruned model
+                from yolo_prune.prune.options import CriterionOptions
+
+                opts = CriterionOptions(n_samples=self.args.n_samples, reconstruct=method.reconstruct).to_dict()
+                best = finetune(self.base, _slug(name), self.data, recipe, self.work, pruning_params=p.params,
+                                criterion=method.criterion, criterion_options=opts, **train_extra)
+            else:
+                best = finetune(p.model, _slug(name), self.data, recipe, self.work)
+            return self.evaluate(load(best)) | {"map_pruned": after["map"], "prune_s": round(p.seconds, 1),
+                                                "spec": spec, "budget": budget, "seed": seed, "kind": kind}
+        return self.rows.get(name, make)
+
+    def iterative(self, spec: str, budget: float, rounds: int) -> dict:
+        """Row: ``rounds`` x (prune to ``budget``^(k/rounds) of the base GFLOPs -> epochs/rounds fine-tuning)."""
+        name = f"{spec} @{budget:g} iterative {rounds}x"
+
+        def make() -> dict:
+            method, current, seconds = Method.parse(spec), self.base, 0.0
+            g0 = fused_cost_model(load(self.base), self.args.img).cost().gflops
+            for k in range(1, rounds + 1):
+                model = load(current)
+                step = budget ** (k / rounds) * g0 / fused_cost_model(model, self.args.img).cost().gflops
+                p = prune_to_budget(model, method, min(step, 0.999), self.data, self.args.img, self.args.n_samples,
+                                    self.work / f"iter{rounds}-{k}", 0)
+                seconds += p.seconds
+                epochs = self.args.epochs // rounds + (1 if k > rounds - self.args.epochs % rounds else 0)
+                recipe = Recipe(**{**self.recipe.__dict__, "epochs": epochs})
+                current = finetune(p.model, f"{_slug(name)}-{k}", self.data, recipe, self.work)
+            return self.evaluate(load(current)) | {"prune_s": round(seconds, 1), "spec": spec, "budget": budget,
+                                                   "seed": 0, "kind": "schedule", "rounds": rounds}
+        return self.rows.get(name, make)
 
 
-def demo_model() -> torch.nn.Module:
-    return load_checkpoint(DEMO_MODEL).model.float()
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace) -> list[dict]:
     b = Bench(args)
-    rows = [b.row("shipped (no fine-tune)", lambda: b.evaluate(demo_model()))]
-    rows.append(b.row("unpruned + fine-tune", lambda: b.finetune("unpruned", demo_model())))
-    analysis = DataSettings(str(b.data), "train", IMG, 16, args.workers, args.analysis_images)
-    sensitivity_on_data(demo_model(), analysis, AnalysisSettings([0.25, 0.5, 0.75]), b.work / "sensitivity",
-                        device=b.device, progress=True)
-    table = read_table(b.work / "sensitivity")
-    g0 = rows[0]["gflops"]
+    out = [b.rows.get("base (no fine-tune)", lambda: b.evaluate(load(b.base)) | {"kind": "base"})]
+    out += [b.control(s) for s in range(args.seeds)]
     budgets = [float(x) for x in args.budgets.split(",")]
-    for budget in budgets:
-        model = demo_model()
-        choice = select_for_budget(table, table.baseline.gflops, table.baseline.map, budget * table.baseline.gflops,
-                                   "gflops", fused_cost_model(model, IMG))
-        selected = prune(model, choice.pairs, "l2", inplace=True, summarize=False).model
-        rows.append(b.row(f"knapsack {budget:g}", lambda: b.finetune(f"knapsack-{budget:g}", selected)))
-        if not args.no_uniform:
-            rate = uniform_rate(demo_model(), rows[-1]["gflops"])
-            rows.append(b.row(f"uniform {budget:g} (rate {rate:.3f})", lambda: b.finetune(
-                f"uniform-{budget:g}", prune(demo_model(), rate, "l2", inplace=True, summarize=False).model)))
-        if args.distill and budget == budgets[0]:
-            rows.append(b.row(f"knapsack {budget:g} + distill", lambda: b.finetune(
-                f"knapsack-{budget:g}-distill", distill_pairs=choice.pairs)))
-    report(rows, g0, args, b)
-    return rows
-
-
-def report(rows: list[dict[str, Any]], g0: float, args: argparse.Namespace, b: Bench) -> None:
-    """Markdown table and plot into the work folder; the table is printed too."""
-    device = torch.cuda.get_device_name(0) if b.device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'}, " \
-        f"{torch.get_num_threads()} thread(s))"
-    lines = [f"| model | GFLOPs @{IMG} | GFLOPs ratio | mAP@.5 | mAP@.5:.95 | fine-tune s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['gflops']:.3f} | {r['gflops'] / g0:.2f} | {r['map50']:.4f} | {r['map']:.4f} | "
-              f"{r['seconds']:.0f} |" for r in rows]
-    lines.append(f"\n{device}; {args.epochs} fine-tuning epochs on {args.train_images} training images, batch "
-                 f"{args.batch_size}; analysis on {args.analysis_images} training images; validation: "
-                 f"{DEMO_SYNTH['n_val']} images.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    write_text_atomic(b.work / "accuracy.md", text)
-    plot(rows, b.work / "accuracy.png")
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for prefix, marker in (("knapsack", "o-"), ("uniform", "s--")):
-        pts = sorted((r["gflops"], r["map"]) for r in rows if r["model"].startswith(prefix)
-                     and "distill" not in r["model"])
-        if pts:
-            ax.plot(*zip(*pts), marker, label=f"{prefix} + fine-tune")
-    for r in rows:
-        if r["model"].startswith("unpruned") or "distill" in r["model"]:
-            ax.plot([r["gflops"]], [r["map"]], "*", markersize=12, label=r["model"])
-    ax.set_xlabel(f"GFLOPs @{IMG}")
-    ax.set_ylabel("mAP@.5:.95 (200 validation images)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    methods = [m for m in args.methods.split(",") if m]
+    headline = args.headline or methods[-1]
+    for budget in budgets:  # most important first: the rows are stored as they finish
+        out += [b.pruned(spec, budget) for spec in methods]
+        if budget == 0.5:
+            out += [b.pruned(headline, 0.5, seed=s) for s in range(1, args.seeds)]
+    if args.distill:
+        out += [b.pruned(headline, 0.5, kind="distill", distill=True),
+                b.pruned(headline, 0.5, kind="distill", distill=True, feature_distill="kept"),
+                b.pruned(headline, 0.5, kind="distill", distill=True, feature_distill="adapter")]
+    for rounds in [int(k) for k in args.schedules.split(",") if k]:
+        out += [b.iterative(headline, 0.5, rounds), b.iterative("uniform:l1", 0.5, rounds)]
+    for criterion in [c for c in args.criteria.split(",") if c]:
+        spec = f"{'global' if criterion == 'pls-vip-single' else 'uniform'}:{criterion}"
+        out.append(b.pruned(spec, 0.5, kind="criterion"))
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--train-images", type=int, default=DEMO_SYNTH["n_train"])
-    p.add_argument("--budgets", default="0.5,0.35,0.7", help="comma-separated fractions of the unpruned GFLOPs")
-    p.add_argument("--analysis-images", type=int, default=64)
-    p.add_argument("--val-each-epoch", type=int, default=64, help="validation images for best.pt selection")
-    p.add_argument("--distill", action="store_true", help="also the first budget's knapsack model with distillation")
-    p.add_argument("--no-uniform", action="store_true", help="skip the uniform-pruning rows")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data", required=True, help="data YAML of the synthetic benchmark (`yolo-prune synth`)")
+    p.add_argument("--base", default=str(DEMO_MODEL), help="the converged base model")
+    p.add_argument("--quick", action="store_true", help="the quick protocol (defaults below change to: "
+                   + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
+    p.add_argument("--train-images", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--budgets", default=None, help="fractions of the base GFLOPs (full: 0.7,0.5,0.35)")
+    p.add_argument("--methods", default=None, help="comma-separated method specs")
+    p.add_argument("--headline", default=None, help="the method repeated over seeds (default: the last method)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds for the control and the headline row")
+    p.add_argument("--criteria", default=None, help="criteria table at 50%% (comma-separated; '' for none)")
+    p.add_argument("--schedules", default=None, help="iterative rounds to compare with one-shot, e.g. '3'")
+    p.add_argument("--distill", default=None, action=argparse.BooleanOptionalAction)
+    p.add_argument("--val-images", type=int, default=None, help="evaluate on the first N validation images")
+    p.add_argument("--hyp", default="finetune")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img", type=int, default=256)
+    p.add_argument("--n-samples", type=int, default=64, help="calibration / analysis images from the training subset")
+    p.add_argument("--val-each-epoch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs/bench_accuracy")
+    p.add_argument("--write", action="store_true", help="rewrite the section in BENCHMARKS.md")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run(args)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    torch.set_num_threads(args.threads)
+    rows = run(args)
+    from _accuracy_report import report
+
+    report(rows, args)
 
 
 if __name__ == "__main__":

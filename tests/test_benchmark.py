@@ -125,6 +125,28 @@ def test_latency_stats_and_time_callable():
     assert all(t >= 0 for t in timed.times_ms) and timed.median_ms == statistics.median(timed.times_ms)
 
 
+def test_interleaved_visits_models_in_turn_and_busy_warning():
+    from types import SimpleNamespace
+
+    from yolo_prune.bench import busy_warning, interleaved
+
+    order, alive = [], []
+
+    def factory(name):
+        def make():
+            alive.append(name)  # a fresh runner at every visit
+            return SimpleNamespace(run=lambda: order.append(name), sync=None)
+        return make
+
+    stats = interleaved({"a": factory("a"), "b": factory("b")}, rounds=3, warmup=1, iters=2)
+    assert alive == ["a", "b"] * 3 and order == (["a"] * 3 + ["b"] * 3) * 3
+    assert stats["a"].n == stats["b"].n == 6
+    quiet = {"a": LatencyStats(1, (10.0, 10.2, 10.1, 9.9)), "b": LatencyStats(1, (5.0, 5.1, 5.2))}
+    busy = {"a": LatencyStats(1, (10.0, 10.2, 30.0, 9.9, 31.0)), "b": quiet["b"]}
+    assert busy_warning(quiet) is None
+    assert "machine was busy (a p90/p10" in busy_warning(busy) and "b p90" not in busy_warning(busy)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def table_rows(out: str) -> list[list[str]]:
     lines = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| model")]

@@ -117,7 +117,7 @@ SMALL: dict[str, dict[str, str]] = {
     "darknet-prune": {"--img": "64", "--tuning-iter": "1", "--batch-size": "4", "--workers": "0", "--device": "cpu"},
 }
 SHRINK = {"--train": "8", "--val": "8", "--img": "64", "--batch-size": "1 2", "--calib-count": "2",
-          "--epochs": "1", "--retrain-epochs": "1", "--steps": "1", "--width": "0.0625"}
+          "--epochs": "1", "--retrain-epochs": "1", "--steps": "1", "--width": "0.0625", "--pruning-iter": "2"}
 # an analysis of 6 layers at one rate, not of every layer at three (like --max-images: less work, same command)
 SMALL_ANALYSIS = {"--pruning-rate": "[0.5]", "--layers": "[0,8,23,25,28,45]"}
 
@@ -186,6 +186,8 @@ def small(cmd: DocCommand, cwd: Path) -> list[str]:
     if "pruning_sensitivity_analysis" in argv:
         for flag, value in SMALL_ANALYSIS.items():
             argv = _set_flag(argv, flag, value, append=True)
+    if cmd.command == "train" and "--pruning-iter" in argv:  # one epoch per round: the fewest the schedule takes
+        argv = _set_flag(argv, "--epochs", _flag(argv, "--pruning-iter"), append=True)
     for flag, make in RELATIVE.items():
         if flag in argv:
             argv = _set_flag(argv, flag, make(argv, cwd), append=False)

@@ -1,12 +1,15 @@
-"""`make demo`: the main job end to end on the built-in default, with no downloads (< 15 min on 2 CPU cores).
+"""`make demo`: the main job end to end on the built-in default, with no downloads (about 15 min on 2 CPU cores).
 
-synthetic benchmark -> shipped yolov7-tiny (trained on it) -> sensitivity analysis on a validation subset
--> budget layer selection -> prune -> brief fine-tune -> evaluate -> ONNX export + ONNX Runtime latency
--> before/after table and a report (markdown + plots) in --out.
+synthetic benchmark -> shipped yolov7-tiny (trained on it to convergence) -> the recommended recipe: sensitivity
+analysis on training images with the Taylor criterion and least-squares reconstruction, budget knapsack to half
+the GFLOPs, prune (+ reconstruct), fine-tune with the fine-tuning hyp and distillation -> evaluate -> ONNX export
+-> latency of the unpruned and the pruned model measured in turn over several rounds (median and spread, and a
+warning when the spread says the machine is busy) -> a before/after table and a report (markdown + plots).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -17,9 +20,14 @@ import torch
 from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
 from yolo_prune.data.synth import generate_synthetic
 from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH
+from yolo_prune.engine.calibration import calibration_source
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.models.complexity import count_gflops, count_params
+from yolo_prune.models.fuse import fuse
 from yolo_prune.pipeline.evaluation import AnalysisSettings, DataSettings, evaluate_on_data, sensitivity_on_data
+from yolo_prune.prune.options import CriterionOptions
+
+CPU = torch.device("cpu")
 
 
 def banner(text: str) -> float:
@@ -27,84 +35,16 @@ def banner(text: str) -> float:
     return time.time()
 
 
-def cpu_latency_ms(model: torch.nn.Module, img: int, runs: int = 20) -> float:
-    """Median PyTorch eager latency of the fused model, batch 1, CPU (``yolo-prune benchmark``'s runner)."""
-    from yolo_prune.bench import time_callable, torch_runner
-
-    runner = torch_runner(model, 1, (img, img), torch.device("cpu"), fp16=False, compiled=False)
-    return time_callable(runner.run, 3, runs).median_ms
-
-
-def onnx_latency_ms(model: torch.nn.Module, img: int, path: Path) -> float | None:
-    """Export with `yolo-prune export` machinery when available and time ONNX Runtime; None if unavailable."""
+def analyse(out: Path, data: Path, img: int, args: argparse.Namespace, options: CriterionOptions) -> None:
+    """Sensitivity analysis of the shipped model on training images (resumes an interrupted demo)."""
+    subset = DataSettings(str(data), "train", img, 16, 2, args.analysis_images)
+    settings = AnalysisSettings([0.25, 0.5, 0.75], args.criterion, options=options)
+    run = lambda replace: sensitivity_on_data(load_checkpoint(DEMO_MODEL).model, subset, settings,  # noqa: E731
+                                              out / "sensitivity", device=CPU, source=str(DEMO_MODEL), exist_ok=replace)
     try:
-        import onnxruntime  # noqa: F401 - the export extra
-
-        from yolo_prune.cli import main as cli
-    except ImportError:
-        return None
-    ckpt = path.with_suffix(".pt")
-    save_checkpoint(model, ckpt)
-    if cli(["export", "--weights", str(ckpt), "--format", "onnx", "--img-size", str(img), "--grid",
-            "--output", str(path)]) != 0:
-        return None
-    from yolo_prune.bench import ort_runner, time_callable
-
-    runner = ort_runner(path, 1, (img, img), torch.device("cpu"))  # one session alive at a time
-    return time_callable(runner.run, 3, 20).median_ms
-
-
-def fine_tune(weights: Path, data: Path, out: Path, epochs: int) -> Path:
-    from yolo_prune.engine.train_state import TrainSettings
-    from yolo_prune.engine.trainer import train
-
-    settings = TrainSettings(weights=str(weights), data=str(data), hyp="scratch.tiny", epochs=epochs, batch_size=16,
-                             img_size=DEMO_SYNTH["img_size"], device="cpu", workers=2, project=str(out), name="finetune",
-                             exist_ok=True, seed=0, max_val_images=32)
-    return Path(train(settings).best)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--analysis-images", type=int, default=16)
-    p.add_argument("--budget", type=float, default=0.6, help="target GFLOPs as a fraction of the unpruned model's")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--train-images", type=int, default=256)
-    args = p.parse_args()
-    out = Path(args.out)
-    started = banner("1/7 synthetic benchmark (same seed as the shipped model's training data)")
-    synth = generate_synthetic(out / "synth", **(DEMO_SYNTH | {"n_train": args.train_images}), exist_ok=True)
-    data, img = synth.data_yaml, DEMO_SYNTH["img_size"]
-    banner(f"2/7 shipped model {DEMO_MODEL.name}: evaluate on {DEMO_SYNTH['n_val']} validation images")
-    model = load_checkpoint(DEMO_MODEL).model
-    full_val = DataSettings(str(data), "val", img, 32, 2)
-    before = evaluate_on_data(model, full_val, device=torch.device("cpu"), progress=False)
-    print(f"mAP@.5 {before.map50:.4f}  mAP@.5:.95 {before.map:.4f}")
-    banner(f"3/7 sensitivity analysis: every layer x rates 0.25/0.5/0.75 on {args.analysis_images} images")
-    subset = DataSettings(str(data), "val", img, 16, 2, args.analysis_images)
-    analyse = lambda replace: sensitivity_on_data(  # noqa: E731
-        load_checkpoint(DEMO_MODEL).model, subset, AnalysisSettings([0.25, 0.5, 0.75]), out / "sensitivity",
-        device=torch.device("cpu"), source=str(DEMO_MODEL), exist_ok=replace)
-    try:
-        analyse(False)  # resumes an interrupted demo
+        run(False)
     except YoloPruneError:
-        analyse(True)  # an earlier demo with other settings: replace it
-    banner(f"4/7 layer selection for {args.budget:.0%} of the GFLOPs (knapsack on exact costs)")
-    pairs = select(out, model, img, args.budget)
-    banner("5/7 prune")
-    from yolo_prune.prune import format_result, prune
-
-    result = prune(load_checkpoint(DEMO_MODEL).model, pairs, "l2", img_size=img)
-    print(format_result(result))
-    pruned_path = save_checkpoint(result.model, out / "pruned.pt", history=[result.history_entry()])
-    banner(f"6/7 fine-tune {args.epochs} epochs on {args.train_images} images (CPU), then evaluate")
-    tuned = load_checkpoint(fine_tune(pruned_path, data, out, args.epochs)).model
-    after = evaluate_on_data(tuned, full_val, device=torch.device("cpu"), progress=False)
-    banner("7/7 latency (PyTorch CPU, ONNX Runtime CPU; batch 1) and report")
-    rows = [row("unpruned", model, before, img, out / "unpruned.onnx"),
-            row("pruned + fine-tuned", tuned, after, img, out / "pruned.onnx")]
-    report(out, rows, pairs, time.time() - started)
+        run(True)  # an earlier demo with other settings: replace it
 
 
 def select(out: Path, model: torch.nn.Module, img: int, budget: float) -> list[tuple[int, float]]:
@@ -114,34 +54,136 @@ def select(out: Path, model: torch.nn.Module, img: int, budget: float) -> list[t
 
     table = read_table(out / "sensitivity")
     base = table.baseline
-    target = budget * base.gflops
-    choice = select_for_budget(table, base.gflops, base.map, target, "gflops", fused_cost_model(model, img))
-    print(f"{len(choice.pairs)} layers: {choice.pairs}\npredicted mAP@.5:.95 {choice.predicted_map:.4f} "
-          f"(analysis subset baseline {base.map:.4f}); GFLOPs {base.gflops:.3f} -> {choice.exact_cost:.3f}")
+    choice = select_for_budget(table, base.gflops, base.map, budget * base.gflops, "gflops",
+                               fused_cost_model(model, img))
+    print(f"{len(choice.pairs)} layers: {choice.pairs}\nGFLOPs {base.gflops:.3f} -> {choice.exact_cost:.3f}")
     return choice.pairs
 
 
-def row(name: str, model, result, img: int, onnx_path: Path) -> dict:
-    from yolo_prune.models.fuse import fuse
-    import copy
+def fine_tune(data: Path, out: Path, pairs, args: argparse.Namespace, options: CriterionOptions) -> Path:
+    """Prune inside ``train`` (the unpruned model is the distillation teacher) and fine-tune."""
+    from yolo_prune.engine.train_state import TrainSettings
+    from yolo_prune.engine.trainer import train
 
+    settings = TrainSettings(weights=str(DEMO_MODEL), data=str(data), epochs=args.epochs, batch_size=16,
+                             img_size=DEMO_SYNTH["img_size"], device="cpu", workers=2, project=str(out),
+                             name="finetune", exist_ok=True, seed=0, max_val_images=32, pruning_params=pairs,
+                             criterion=args.criterion, criterion_options=options.to_dict(), distill=True)
+    return Path(train(settings).best)
+
+
+def latency(models: dict[str, torch.nn.Module], img: int, out: Path, rounds: int) -> dict[str, dict]:
+    """PyTorch and ONNX Runtime latency (batch 1, CPU), every model visited in turn for ``rounds`` rounds."""
+    from yolo_prune.bench import busy_warning, interleaved, ort_runner, torch_runner
+    from yolo_prune.export.onnx_export import export_onnx
+    from yolo_prune.export.options import ExportOptions
+
+    results: dict[str, dict] = {name: {} for name in models}
+    factories = {f"{name}|torch": (lambda m=m: torch_runner(m, 1, (img, img), CPU)) for name, m in models.items()}
+    try:
+        for name, m in models.items():
+            path = out / f"{name.replace(' ', '_')}.onnx"
+            export_onnx(m, path, ExportOptions(img_size=img, opset=12), verify=False)
+            factories[f"{name}|ort"] = lambda p=path: ort_runner(p, 1, (img, img), CPU)
+    except ImportError:
+        print("onnxruntime not installed: PyTorch latency only")
+    stats = interleaved(factories, rounds=rounds, warmup=3, iters=10)
+    for key, s in stats.items():
+        name, runtime = key.split("|")
+        results[name][runtime] = {"median_ms": s.median_ms, "p10_ms": s.p10_ms, "p90_ms": s.p90_ms, "n": s.n}
+    warning = busy_warning(stats)
+    if warning:
+        print(warning)
+    for r in results.values():
+        r["warning"] = warning
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--analysis-images", type=int, default=16)
+    p.add_argument("--budget", type=float, default=0.5, help="target GFLOPs as a fraction of the unpruned model's")
+    p.add_argument("--criterion", default="taylor")
+    p.add_argument("--no-reconstruct", action="store_true")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-images", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=5, help="latency: rounds over the models")
+    args = p.parse_args()
+    out, img = Path(args.out), DEMO_SYNTH["img_size"]
+    options = CriterionOptions(n_samples=args.analysis_images, reconstruct=not args.no_reconstruct)
+    started = banner("1/7 synthetic benchmark (same seed as the shipped model's training data)")
+    data = generate_synthetic(out / "synth", **(DEMO_SYNTH | {"n_train": args.train_images}), exist_ok=True).data_yaml
+    banner(f"2/7 shipped model {DEMO_MODEL.name}: evaluate on {DEMO_SYNTH['n_val']} validation images")
+    model = load_checkpoint(DEMO_MODEL).model.float()
+    val = DataSettings(str(data), "val", img, 32, 2)
+    before = evaluate_on_data(model, val, device=CPU, progress=False)
+    print(f"mAP@.5 {before.map50:.4f}  mAP@.5:.95 {before.map:.4f}")
+    banner(f"3/7 sensitivity analysis: every layer x rates 0.25/0.5/0.75, criterion {args.criterion}"
+           f"{' + reconstruction' if options.reconstruct else ''}, {args.analysis_images} training images")
+    analyse(out, data, img, args, options)
+    banner(f"4/7 layer selection for {args.budget:.0%} of the GFLOPs (knapsack, exact cost checked) and prune")
+    pairs = select(out, model, img, args.budget)
+    from yolo_prune.prune import prune
+
+    source = calibration_source(model, args.criterion, options, str(data), img)
+    pruned = prune(model, pairs, args.criterion, options=options, source=source, img_size=img).model
+    uniform = prune(model, _uniform_rate(model, pruned, img), "l1", img_size=img).model
+    right_after = {name: evaluate_on_data(m, val, device=CPU, progress=False).map
+                   for name, m in (("recipe", pruned), ("uniform L1", uniform))}
+    print(f"mAP@.5:.95 right after pruning: recipe {right_after['recipe']:.4f}, "
+          f"uniform L1 at the same GFLOPs {right_after['uniform L1']:.4f}")
+    banner(f"5/7 fine-tune {args.epochs} epochs on {args.train_images} images (hyp finetune, distillation), evaluate")
+    tuned = load_checkpoint(fine_tune(data, out, pairs, args, options)).model.float()
+    after = evaluate_on_data(tuned, val, device=CPU, progress=False)
+    banner(f"6/7 latency: unpruned and pruned in turn, {args.rounds} rounds (PyTorch and ONNX Runtime, CPU, batch 1)")
+    timing = latency({"unpruned": model, "pruned": tuned}, img, out, args.rounds)
+    banner("7/7 report")
+    rows = [row("unpruned", model, before, img, timing["unpruned"]),
+            row("pruned + fine-tuned", tuned, after, img, timing["pruned"])]
+    report(out, rows, pairs, right_after, args, time.time() - started)
+
+
+def _uniform_rate(model: torch.nn.Module, target_model: torch.nn.Module, img: int) -> float:
+    """The single rate whose uniform pruning costs at most what ``target_model`` costs (bisection)."""
+    from yolo_prune.prune.cost import CostModel
+
+    costs = CostModel.of(model, img)
+    target, layers = CostModel.of(target_model, img).cost().gflops, range(len(model.conv_modules()))
+    lo, hi = 0.0, 0.95
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if costs.cost([(i, mid) for i in layers]).gflops > target else (lo, mid)
+    return hi
+
+
+def row(name: str, model, result, img: int, timing: dict) -> dict:
     fused = fuse(copy.deepcopy(model).float())
-    return {"model": name, "params": count_params(fused), "gflops": count_gflops(fused, img),
-            "map50": result.map50, "map": result.map, "torch_ms": cpu_latency_ms(fused, img),
-            "onnx_ms": onnx_latency_ms(model, img, onnx_path)}
+    return {"model": name, "params": count_params(fused), "gflops": count_gflops(fused, img), "map50": result.map50,
+            "map": result.map, "latency": timing}
 
 
-def report(out: Path, rows: list[dict], pairs, seconds: float) -> None:
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = ["| model | params (fused) | GFLOPs @256 | mAP@.5 | mAP@.5:.95 | PyTorch CPU ms | ONNX Runtime CPU ms |",
-             "|---|---|---|---|---|---|---|"]
+def _ms(t: dict | None) -> str:
+    return "n/a" if not t else f"{t['median_ms']:.2f} ({t['p10_ms']:.2f}-{t['p90_ms']:.2f})"
+
+
+def report(out: Path, rows: list[dict], pairs, right_after: dict, args, seconds: float) -> None:
+    lines = ["| model | params (fused) | GFLOPs @256 | mAP@.5 | mAP@.5:.95 | PyTorch ms median (p10-p90) | "
+             "ONNX Runtime ms median (p10-p90) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['params']:,} | {r['gflops']:.3f} | {r['map50']:.4f} | {r['map']:.4f} | "
-              f"{fmt(r['torch_ms'])} | {fmt(r['onnx_ms'])} |" for r in rows]
+              f"{_ms(r['latency'].get('torch'))} | {_ms(r['latency'].get('ort'))} |" for r in rows]
     table = "\n".join(lines)
     print(table)
-    text = (f"# yolo-prune demo report\n\nPruned layers and rates: `{pairs}`\n\n{table}\n\n"
-            f"Latency: median of 20 runs, batch 1, {torch.get_num_threads()} threads. Total time {seconds / 60:.1f} min.\n\n"
-            "![selection](sensitivity_map.png)\n")
+    warning = rows[0]["latency"].get("warning")
+    if warning:
+        print(warning)
+    text = (f"# yolo-prune demo report\n\nRecipe: criterion `{args.criterion}`"
+            f"{' + least-squares reconstruction' if not args.no_reconstruct else ''}, knapsack to {args.budget:.0%} of "
+            f"the GFLOPs, {args.epochs} fine-tuning epochs (hyp `finetune`, distillation). Pruned layers and rates: "
+            f"`{pairs}`\n\nmAP@.5:.95 right after pruning: {right_after['recipe']:.4f} (uniform L1 at the same "
+            f"GFLOPs: {right_after['uniform L1']:.4f}).\n\n{table}\n\nLatency: batch 1, {args.rounds} rounds visiting "
+            f"both models in turn, {torch.get_num_threads()} threads.{' ' + warning if warning else ''} "
+            f"Total time {seconds / 60:.1f} min.\n\n![sensitivity](sensitivity_map.png)\n")
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps(rows, indent=1))
     plot(out)

@@ -5,6 +5,11 @@
 Trains with `yolo-prune train` defaults for tiny models (hyp.scratch.tiny), stops early at --time-limit,
 then stores the best EMA weights in half precision (our checkpoint format, < 15 MB) with a history entry
 describing how it was made. On CPU it works too, slowly (hours for the full schedule).
+
+The converged base of the accuracy benchmark is a second stage continuing the first one's weights:
+
+    python tools/train_demo_model.py --weights yolo_prune/assets/yolov7-tiny-synth.pt \
+        --hyp tools/hyp.base-continue.yaml --epochs 40 --batch 16 --workers 1 --device cpu --out base.pt
 """
 from __future__ import annotations
 
@@ -35,10 +40,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--device", default="")
     p.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (0: none)")
+    p.add_argument("--weights", default=None, help="continue these weights (a second stage) instead of a fresh cfg")
+    p.add_argument("--hyp", default="scratch.tiny", help="hyp name or file (default scratch.tiny)")
     args = p.parse_args()
     work = Path(args.work)
     data = generate_synthetic(work / "synth", **DEMO_SYNTH, exist_ok=True).data_yaml
-    settings = TrainSettings(cfg="yolov7-tiny", data=str(data), hyp="scratch.tiny", epochs=args.epochs,
+    settings = TrainSettings(cfg=None if args.weights else "yolov7-tiny", weights=args.weights, data=str(data),
+                             hyp=args.hyp, epochs=args.epochs,
                              batch_size=args.batch, img_size=DEMO_SYNTH["img_size"], device=args.device,
                              workers=args.workers, project=str(work), name="train", exist_ok=True, seed=0)
     started = time.time()
@@ -57,7 +65,8 @@ def main() -> None:
     loaded = load_checkpoint(best)
     metrics = evaluate_on_data(loaded.model, DataSettings(str(data), "val", DEMO_SYNTH["img_size"], 32, 2),
                                device=select_device(args.device), progress=False)
-    entry = {"event": "train", "tool": "tools/train_demo_model.py", "synth": DEMO_SYNTH, "hyp": "scratch.tiny",
+    entry = {"event": "train", "tool": "tools/train_demo_model.py", "synth": DEMO_SYNTH, "hyp": args.hyp,
+             "continued_from": args.weights,
              "epochs_planned": args.epochs, "epochs_completed": epochs_done, "map50": metrics.map50,
              "map": metrics.map, "seconds": round(time.time() - started, 1)}
     names = loaded.model.names

@@ -23,8 +23,10 @@ from yolo_prune.analysis.fastforward import (downstream_layers, last_uses, layer
 from yolo_prune.analysis.planning import EarlyStop, Plan, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.prune.context import CriterionContext, rewrite_kind
 from yolo_prune.prune.cost import CostModel, fused_cost_model
 from yolo_prune.prune.plan import make_plan
+from yolo_prune.prune.reconstruct import patched, single_layer_patch
 
 
 class Scorer(Protocol):
@@ -75,6 +77,7 @@ class _Config:
     nms_seconds: float = 0.0
     images: int = 0
     stopped: dict | None = None  # EarlyStop's record, once stopped
+    patch: dict | None = None  # tensors PLS-LC / --reconstruct change besides removing filters
 
 
 def _prediction(out: Any) -> torch.Tensor:
@@ -90,15 +93,18 @@ def pruned_cost(costs: CostModel, layer: int, rate: float, round_to: int | None)
 
 
 def _configs(model: nn.Module, graph: PruningGraph, layers: Sequence[int], rates: Sequence[float], criterion: str,
-             round_to: int | None, seed: int) -> list[_Config]:
+             round_to: int | None, seed: int, context: CriterionContext | None = None) -> list[_Config]:
     deps = downstream_layers(model)
+    rewrite = rewrite_kind(criterion, context.options) if context is not None else None
     out = []
     for layer in layers:
         for rate in rates:
-            plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed)
+            plan = make_plan(model, graph, [(layer, rate)], criterion, round_to, seed, context=context)
             kept = set(plan.layers[0].kept)
             removed = [i for i in range(graph[layer].out_channels) if i not in kept]
-            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)] if deps else []))
+            patch = single_layer_patch(model, graph, context.source, layer, torch.tensor(sorted(kept)), rewrite) \
+                if rewrite else None
+            out.append(_Config(layer, rate, removed, deps[layer_of(graph, layer)] if deps else [], patch=patch))
     return out
 
 
@@ -144,14 +150,15 @@ def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch]
 def _groups(model: nn.Module, graph: PruningGraph, configs: list[_Config], cache: Sequence, budget: int
             ) -> list[list[_Config]]:
     """Configurations of one layer in stacks of at most ``budget`` bytes of downstream activations (>= 1 each;
-    one each where :func:`stackable` says no)."""
+    one each where :func:`stackable` says no or a configuration patches weights)."""
     by_layer: dict[int, list[_Config]] = {}
     for c in configs:
         by_layer.setdefault(c.layer, []).append(c)
     groups = []
     for same in by_layer.values():
         per = sum(_nbytes(cache[i]) for i in same[0].downstream) or 1
-        k = max(1, min(len(same), budget // per)) if stackable(model, graph, same[0].layer) else 1
+        alone = not stackable(model, graph, same[0].layer) or any(c.patch for c in same)  # patches: one at a time
+        k = 1 if alone else max(1, min(len(same), budget // per))
         groups += [same[i:i + k] for i in range(0, len(same), k)]
     return groups
 
@@ -167,7 +174,7 @@ def _run_group(model: nn.Module, graph: PruningGraph, cache: Sequence, x: torch.
     """One downstream pass for a layer's configurations (stacked when several); the time is shared equally."""
     first, t0 = group[0], time.perf_counter()
     if len(group) == 1:
-        with masked(model, graph, first.layer, first.removed):
+        with masked(model, graph, first.layer, first.removed), patched(model, first.patch):
             preds = [_prediction(run_from(model, cache, first.downstream, x))]
     else:
         expand = model.model[first.downstream[0]] is model.conv_modules()[first.layer]  # the layer is the conv
@@ -228,14 +235,16 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
                     prefix: str = "output", stack_bytes: int | None = None, early_stop: EarlyStop | None = None,
-                    dry_run: bool = False, log: Callable[[str], None] | None = None) -> ResultStore:
+                    dry_run: bool = False, log: Callable[[str], None] | None = None,
+                    context: CriterionContext | None = None) -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
 
-    ``model`` is used in eval mode and not modified (hooks are removed after each configuration). ``stack_bytes``
-    caps a stacked pass (None: :func:`stack_budget`; 0: one pass per configuration). ``log`` (rank 0) gets the
-    plan before any work and the measured time per configuration with the ETA after the first chunk;
-    ``dry_run`` times the first chunk on the first batch only, logs the plan with that estimate, and returns
-    without scoring or writing anything.
+    ``model`` is used in eval mode and not modified (hooks are removed after each configuration; PLS-LC and
+    --reconstruct changes are applied per configuration and undone). ``context`` carries data-driven criteria's
+    scores and options. ``stack_bytes`` caps a stacked pass (None: :func:`stack_budget`; 0: one pass per
+    configuration). ``log`` (rank 0) gets the plan before any work and the measured time per configuration with
+    the ETA after the first chunk; ``dry_run`` times the first chunk on the first batch only, logs the plan with
+    that estimate, and returns without scoring or writing anything.
     """
     layers = list(graph.prunable if layers is None else layers)
     todo = [layer for layer in layers if not all(store.done(layer, r) for r in rates)]
@@ -249,7 +258,7 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     say = log if log is not None and dist.rank == 0 else (lambda _text: None)
     model.eval()
     if dry_run:
-        _probe(model, graph, batches, ctx, plan, chunks[:1], rates, criterion, round_to, seed)
+        _probe(model, graph, batches, ctx, plan, chunks[:1], rates, criterion, round_to, seed, context)
         say(plan.describe())
         return store
     say(plan.describe())
@@ -258,7 +267,7 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     for start in range(0, max(len(chunks), 1 if store.baseline is None else 0), dist.world):
         t_round = time.perf_counter()
         mine = chunks[start + dist.rank] if start + dist.rank < len(chunks) else []
-        configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed)
+        configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed, context)
                    if not store.done(c.layer, c.rate)]
         baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
         _score_chunk(model, graph, batches, ctx, configs, baseline)
@@ -290,9 +299,10 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
 
 
 def _probe(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, plan: Plan,
-           chunks: list[list[int]], rates: Sequence[float], criterion: str, round_to: int | None, seed: int) -> None:
+           chunks: list[list[int]], rates: Sequence[float], criterion: str, round_to: int | None, seed: int,
+           context: CriterionContext | None = None) -> None:
     """Time the first chunk on the first batch (scored and finished, nothing stored): the plan's estimate."""
-    configs = _configs(model, graph, chunks[0], rates, criterion, round_to, seed) if chunks else []
+    configs = _configs(model, graph, chunks[0], rates, criterion, round_to, seed, context) if chunks else []
     if not configs or not batches:
         return
     t0 = time.perf_counter()

@@ -97,3 +97,36 @@ def time_callable(fn: Callable[[], Any], warmup: int, iters: int, batch: int = 1
         sync()
         times.append((time.perf_counter() - t0) * 1000.0)
     return LatencyStats(batch, tuple(times))
+
+
+BUSY_SPREAD = 1.5  # p90 / p10 of one model's runs above this: the machine was busy, latencies are unreliable
+
+
+def interleaved(factories: dict[str, Callable[[], Any]], rounds: int, warmup: int, iters: int,
+                batch: int = 1) -> dict[str, LatencyStats]:
+    """Time several models in turn, ``rounds`` times over, so that a busy spell hits them alike.
+
+    ``factories``: name -> a function making a fresh runner (an object with ``run`` and ``sync``), called at each
+    visit so that only one runner (e.g. one ONNX Runtime session and its threads) is alive at a time. Returns
+    every model's runs of all rounds merged.
+    """
+    if rounds < 1:
+        raise YoloPruneError(f"rounds must be >= 1, got {rounds}")
+    out: dict[str, LatencyStats] = {}
+    for _ in range(rounds):
+        for name, make in factories.items():
+            runner = make()
+            stats = time_callable(runner.run, warmup, iters, batch, runner.sync)
+            out[name] = out[name].merged(stats) if name in out else stats
+            del runner
+    return out
+
+
+def busy_warning(stats: dict[str, LatencyStats], limit: float = BUSY_SPREAD) -> str | None:
+    """A warning naming the models whose spread (p90 / p10) says the machine was busy, or None."""
+    noisy = {name: s.p90_ms / s.p10_ms for name, s in stats.items() if s.p90_ms > limit * s.p10_ms}
+    if not noisy:
+        return None
+    listed = ", ".join(f"{name} p90/p10 = {ratio:.2f}" for name, ratio in noisy.items())
+    return (f"warning: latencies are unreliable, the machine was busy ({listed} > {limit}); "
+            f"compare medians only, or re-run on a quiet machine")

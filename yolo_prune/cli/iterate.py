@@ -6,7 +6,7 @@ from pathlib import Path
 
 from yolo_prune.cli.common import (fit_img, img_int, input_file, literal_numbers, non_negative_float,
                                    non_negative_int, output_dir, positive_float, positive_int, seed_int)
-from yolo_prune.cli.prune import add_scoring_flag
+from yolo_prune.cli.prune import add_criterion_flags, add_scoring_flag, criterion_options
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -20,17 +20,19 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    "made with the same settings; other settings are refused)")
     p.add_argument("--iterations", type=positive_int, default=3, help="number of iterations (default 3)")
     p.add_argument("--epochs", type=non_negative_int, default=10, help="fine-tuning epochs per iteration (default 10)")
-    p.add_argument("--hyp", default="scratch.tiny", help="hyp YAML or shipped name (default scratch.tiny)")
+    p.add_argument("--hyp", default="finetune", help="hyp YAML or shipped name (default finetune)")
     p.add_argument("--img", "--img-size", dest="img", type=img_int, default=640,
                    help="image size (default 640; rounded up to the model's max stride)")
     p.add_argument("--batch", "--batch-size", dest="batch", type=positive_int, default=16)
     p.add_argument("--device", default="")
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--pruning-rate", default="[0.25, 0.5, 0.75]", help="analysis rates")
-    p.add_argument("--criterion", default="0", help="importance criterion (number or name)")
+    p.add_argument("--criterion", default="0", help="importance criterion (number or name; data-driven ones "
+                   "sample --data's training split)")
     p.add_argument("--round-to", type=positive_int, default=None)
     p.add_argument("--seed", type=seed_int, default=0)
     add_scoring_flag(p)
+    add_criterion_flags(p)
     p.add_argument("--max-images", type=positive_int, default=None, help="analysis: validation subset size")
     p.add_argument("--eval-images", type=positive_int, default=None, help="evaluation after fine-tuning: subset size")
     p.add_argument("--params-layers", type=non_negative_int, default=5)
@@ -68,6 +70,7 @@ def check_args(args: argparse.Namespace) -> list[float]:
     input_file(args.data, "--data")
     rates = literal_numbers(args.pruning_rate, "--pruning-rate", float, 0.0, 1.0, open_interval=True)
     args.criterion = criterion_name(args.criterion)
+    criterion_options(args)  # bad values of the criterion flags fail before the analysis
     if args.epochs > 0:
         load_hyp(args.hyp)
         load_data_config(args.data)  # fine-tuning needs the train split too
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     settings = IterateSettings(
         weights=args.weights, out_dir=args.out, iterations=args.iterations,
         data=DataSettings(args.data, "val", args.img, args.batch, args.workers, args.max_images),
-        analysis=AnalysisSettings(rates, args.criterion, args.round_to, args.seed),
+        analysis=AnalysisSettings(rates, args.criterion, args.round_to, args.seed, options=criterion_options(args)),
         selection=SelectionSettings(args.params_layers, args.flops_layers, args.params_map, args.flops_map,
                                     args.target_gflops),
         epochs=args.epochs, hyp=args.hyp, eval_images=args.eval_images, scoring=scoring_name(args.scoring))

@@ -152,6 +152,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.criterion is not None:
         criterion_name(args.criterion)
     args.criterion = args.criterion or "0"
+    from yolo_prune.cli.prune import criterion_options
+
+    criterion_options(args)  # bad values of the criterion flags fail before any work
     args.out_dir = Path(args.project or ("output" if args.task == ANALYSIS else "runs/test")) / args.name
     if args.task == ANALYSIS or args.save_json:
         output_dir(args.out_dir, "--project/--name")
@@ -201,12 +204,17 @@ def _load(args: argparse.Namespace, data):
                 print(f"{args.weights}: quantization-aware trained checkpoint, evaluated fake-quantized (int8)")
             return restore(model, loaded.extra, str(args.weights)).model, model
     if args.modification and args.task != ANALYSIS:
+        from yolo_prune.cli.prune import criterion_options
+        from yolo_prune.engine.calibration import calibration_source
         from yolo_prune.graph import read_published
         from yolo_prune.prune import prune
 
         given = read_published(args.pruning_config) if args.pruning_config else None
+        options = criterion_options(args)
+        source = calibration_source(model, args.criterion, options, args.data, args.img, args.seed)
         model = prune(model, args.pruning_params, args.criterion, round_to=args.round_to, seed=args.seed,
-                      graph=given, inplace=True, summarize=False, scoring=args.scoring).model
+                      graph=given, inplace=True, summarize=False, scoring=args.scoring, options=options,
+                      source=source).model
     return model, model
 
 
@@ -259,10 +267,12 @@ def _evaluate(args, model, data, device, counted) -> int:
 
 
 def _analyse(args, model, data, device) -> int:
+    from yolo_prune.cli.prune import criterion_options
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
     analysis = AnalysisSettings(args.rates, args.criterion, args.round_to, args.seed, args.layer_list, args.conf,
-                                args.iou, args.chunk_layers or 4, args.prefix, early_stop=args.early,
+                                args.iou, args.chunk_layers or 4, args.prefix, criterion_options(args),
+                                early_stop=args.early,
                                 stack_bytes=None if args.stack_mib is None else args.stack_mib << 20)
     log = (lambda text: print(text, file=sys.stderr)) if args.json else print
     store = sensitivity_on_data(model, data, analysis, args.out_dir, device=device, half=args.half,

@@ -7,12 +7,14 @@ import sys
 
 from yolo_prune.cli.common import (img_int, input_file, non_negative_float, non_negative_int, output_dir,
                                    positive_int)
-from yolo_prune.cli.prune import add_pruning_flags
+from yolo_prune.cli.prune import add_pruning_flags, criterion_options
 from yolo_prune.errors import YoloPruneError
 
 EPILOG = """examples:
   yolo-prune train --weights yolov7-tiny.pt --data data.yaml --hyp scratch.tiny --epochs 100 --batch-size 32
   yolo-prune train --weights yolov7.pt --data data.yaml --pruning-params "[(8, 0.5), (18, 0.5)]" --criterion 0 --distill
+  yolo-prune train --weights best.pt --data data.yaml --pruning-params 0.3 --criterion taylor --reconstruct \
+      --pruning-iter 3 --epochs 30 --distill --feature-distill kept
   yolo-prune train --cfg yolov7-tiny --data data.yaml --hyp scratch.tiny --img 320
   yolo-prune train --cfg yolov7-custom.yaml --weights yolov7_training.pt --data custom.yaml   # transfer learning
   yolo-prune train --weights best.pt --data data.yaml --qat dpu --epochs 5   (INT8 QAT for Vitis AI DPUs)
@@ -28,8 +30,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--cfg", default=None, help="train from scratch: shipped cfg name (yolov7-tiny), a cfg .yaml or a "
                    "Darknet .cfg; with --weights, transfer learning (every tensor matching by name and shape)")
     p.add_argument("--data", default=None, help="data YAML (YOLOv7 format); nc and names come from it")
-    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: scratch.p5, scratch.p6, scratch.tiny, "
-                   "scratch.custom (default: scratch.p6 for P6 models, else scratch.p5)")
+    p.add_argument("--hyp", default=None, help="hyp YAML path or shipped name: finetune, scratch.p5, scratch.p6, "
+                   "scratch.tiny, scratch.custom (default: finetune with --weights; with --cfg or --from-scratch "
+                   "scratch.p6 for P6 models, else scratch.p5)")
     p.add_argument("--epochs", type=positive_int, default=300, help="epochs (default 300)")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16,
                    help="total batch size over all processes (default 16); nominal batch 64 by accumulation")
@@ -48,7 +51,16 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--from-scratch", action="store_true", help="keep the (pruned) architecture, re-initialise weights")
     p.add_argument("--distill", action="store_true",
                    help="distil from the model before pruning: + w * MSE(student maps, teacher maps)")
-    p.add_argument("--distill-weight", type=non_negative_float, default=1.0, help="weight w of the distillation term (default 1)")
+    p.add_argument("--distill-weight", type=non_negative_float, default=1.0,
+                   help="weight w of the distillation term (default 1)")
+    p.add_argument("--feature-distill", choices=["kept", "adapter"], default=None,
+                   help="also distil the neck outputs; student channels matched to the teacher's by the kept "
+                   "indices or by a trained 1x1 adapter")
+    p.add_argument("--feature-distill-weight", type=non_negative_float, default=1.0,
+                   help="weight of the feature-distillation term (normalised MSE; default 1)")
+    p.add_argument("--pruning-iter", type=positive_int, default=1,
+                   help="prune in K rounds, each removing 1/K of every layer's filters and fine-tuning "
+                   "--epochs/K epochs (Pruning-Darknet's iterative flow; default 1: one-shot)")
     p.add_argument("--qat", choices=("dpu", "tensorrt"), default=None,
                    help="quantization-aware training: fine-tune with int8 fake quantization for a Vitis AI DPU "
                    "(power-of-two, per-tensor) or TensorRT (per-channel weights); export the result with "
@@ -82,7 +94,9 @@ def settings_from_args(args: argparse.Namespace):
         project=args.project, name=args.name, exist_ok=args.exist_ok, resume=args.resume,
         pruning_params=args.pruning_params, criterion=args.criterion, round_to=args.round_to,
         pruning_config=args.pruning_config, seed=args.seed, scoring=args.scoring, from_scratch=args.from_scratch,
-        distill=args.distill, distill_weight=args.distill_weight, max_val_images=args.max_val_images, sync_bn=args.sync_bn,
+        distill=args.distill, distill_weight=args.distill_weight, feature_distill=args.feature_distill,
+        feature_distill_weight=args.feature_distill_weight, criterion_options=criterion_options(args).to_dict(),
+        max_val_images=args.max_val_images, sync_bn=args.sync_bn,
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, cache_images=args.cache_images)
 
 
@@ -121,7 +135,15 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.engine.trainer import train
 
     check_args(args)
-    result = train(settings_from_args(args), model_hook=model_hook(args))
+    hook = model_hook(args)
+    if args.pruning_iter > 1:
+        from yolo_prune.pipeline.schedule import train_iteratively
+
+        if hook is not None:
+            raise YoloPruneError("--pruning-iter with --qat: prune iteratively first, then run --qat on the result")
+        result = train_iteratively(settings_from_args(args), args.pruning_iter)
+    else:
+        result = train(settings_from_args(args), model_hook=hook)
     best = result.best_row
     if best is not None:
         print(f"best epoch {result.best_epoch}: mAP@.5 {best['mAP@.5']:.4f}, mAP@.5:.95 {best['mAP@.5:.95']:.4f}; "

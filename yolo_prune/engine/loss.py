@@ -238,3 +238,13 @@ def make_loss(head: HeadLike, hyp: Mapping[str, Any]) -> YoloLoss:
     from yolo_prune.models.heads import IAuxDetect
 
     return AuxYoloLoss(head, hyp) if isinstance(head, IAuxDetect) and len(head.m2) else YoloLoss(head, hyp)
+
+
+def detection_loss_fn(model: Any, img_size: int, hyp: str = "scratch.tiny"):
+    """The detection loss of ``model`` (its head's anchors and strides, gains of shipped ``hyp``) as a function
+    ``(raw maps, targets [M, 6], images) -> scalar``: what gradient criteria back-propagate."""
+    from yolo_prune.engine.hyp import load_hyp
+
+    head = model.detect
+    loss = make_loss(head, scale_loss_gains(load_hyp(hyp), head.nl, head.nc, img_size))
+    return lambda raw, targets, imgs: loss(raw, targets, imgs)[0]

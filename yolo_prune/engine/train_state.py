@@ -49,16 +49,19 @@ class TrainSettings:
     ``weights`` whose name and shape match copied in, the rest named in the history). With ``resume`` (a last.pt, a run folder, or
     True for the newest last.pt under ``project``) every other field is read from the checkpoint except
     ``device``, ``workers`` and ``progress``. ``batch_size`` is the total over all ranks. ``augment=False``
-    turns off mosaic/HSV/flip/affine (API only; used by tests). Speed (:mod:`.accel`): ``amp`` mixed precision
-    (auto: fp16 on CUDA, fp32 elsewhere; bf16; fp16; off), ``channels_last`` memory format, ``compile``
-    (torch.compile; CUDA graphs on CUDA), ``cache_images`` (decode and resize each training image once, kept in
-    RAM, as YOLOv7's --cache-images). Raises ConfigError/PruningError.
+    turns off mosaic/HSV/flip/affine (API only; used by tests). ``hyp`` None: ``finetune`` when starting from
+    ``weights``, the model's default for ``cfg`` or ``from_scratch`` (``scratch.p6`` for P6, else ``scratch.p5``).
+    ``criterion_options``: CriterionOptions fields (data-driven criteria, global selection, reconstruction).
+    ``feature_distill`` ("kept" or "adapter"): also distil the neck outputs (the head's inputs). Speed
+    (:mod:`.accel`): ``amp`` mixed precision (auto: fp16 on CUDA, fp32 elsewhere; bf16; fp16; off),
+    ``channels_last`` memory format, ``compile`` (torch.compile; CUDA graphs on CUDA), ``cache_images`` (decode and
+    resize each training image once, kept in RAM, as YOLOv7's --cache-images). Raises ConfigError/PruningError.
     """
 
     data: str | None = None
     weights: str | None = None
     cfg: str | None = None
-    hyp: str | None = None  # None: scratch.p6 for P6 models, else scratch.p5
+    hyp: str | None = None  # None: finetune from weights; else scratch.p6 for P6 models, scratch.p5 for others
     epochs: int = 300
     batch_size: int = 16
     img_size: int | None = None  # None: the model's default (1280 for P6 models, a Darknet cfg's width, else 640)
@@ -77,6 +80,9 @@ class TrainSettings:
     from_scratch: bool = False
     distill: bool = False
     distill_weight: float = 1.0
+    feature_distill: str | None = None
+    feature_distill_weight: float = 1.0
+    criterion_options: dict = field(default_factory=dict)
     max_val_images: int | None = None
     sync_bn: bool = False
     amp: str = "auto"
@@ -103,18 +109,31 @@ class TrainSettings:
 
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
-            raise ConfigError(f"distill_weight must be a finite number >= 0, got {self.distill_weight!r}")
+        for name in ("distill_weight", "feature_distill_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.feature_distill not in (None, "kept", "adapter"):
+            raise ConfigError(f"--feature-distill {self.feature_distill!r}: choose kept or adapter")
         if self.resume:
             return
+        if self.hyp is None and self.weights and not self.cfg and not self.from_scratch:
+            self.hyp = "finetune"  # otherwise the model's default (default_hyp_name), once it is built
+        from yolo_prune.prune.options import CriterionOptions
+
+        unknown = set(self.criterion_options) - set(CriterionOptions.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"criterion_options: unknown key(s) {sorted(unknown)}")
+        CriterionOptions(**self.criterion_options)  # bad values fail now, before any work
         if not self.data:
             raise ConfigError("--data is required (a YOLOv7 data YAML)")
         if not self.weights and not self.cfg:
             raise ConfigError("give --weights (fine-tune a checkpoint), --cfg (train from scratch) or both (build "
                               "--cfg and transfer the matching tensors of --weights)")
-        if self.distill and (not self.weights or self.cfg):
-            raise ConfigError("--distill needs --weights without --cfg: the teacher is the loaded model before "
-                              "pruning")
+        for flag, on in (("--distill", self.distill), ("--feature-distill", self.feature_distill)):
+            if on and (not self.weights or self.cfg):
+                raise ConfigError(f"{flag} needs --weights without --cfg: the teacher is the loaded model before "
+                                  "pruning")
         if self.pruning_params is not None:
             from yolo_prune.prune import parse_pruning_params
 
@@ -130,6 +149,7 @@ class TrainSettings:
         if self.pruning_params is not None and not isinstance(self.pruning_params, str):
             out["pruning_params"] = repr(self.pruning_params)
         out["resume"] = False
+        out["criterion_options"] = dict(self.criterion_options)
         return out
 
     @classmethod

@@ -64,6 +64,7 @@ class _Inputs:
     state: dict[str, Any] | None = None
     ema_model: nn.Module | None = None
     run_dir: Path | None = None
+    neck_index: list[list[int]] | None = None  # feature distillation: teacher channel of each student channel
     hooks: TrainHooks = field(default_factory=TrainHooks)  # kernel masks / FBS L1 the checkpoint carries
     extra: dict[str, Any] | None = None  # the resumed checkpoint's ``extra`` (for a ModelHook)
 
@@ -88,23 +89,25 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     settings = replace(settings, hyp=settings.hyp or default_hyp_name(model),
                        img_size=settings.img_size or getattr(model, "default_img_size", 640))
     hyp = load_hyp(settings.hyp)
-    teacher = model if settings.distill else None
+    teacher = model if settings.distill or settings.feature_distill else None
+    kept: dict = {}
     if settings.pruning_params is not None:
-        from yolo_prune.graph.io import read_published
-        from yolo_prune.prune import prune
+        from yolo_prune.engine.calibration import prune_for_training
 
-        graph = read_published(settings.pruning_config) if settings.pruning_config else None
-        result = prune(model, settings.pruning_params, settings.criterion, round_to=settings.round_to,
-                       seed=settings.seed, graph=graph, inplace=False, img_size=settings.img_size,
-                       scoring=settings.scoring)
-        model, history = result.model, history + [result.history_entry()]
+        model, history, kept = prune_for_training(settings, model, history)
+    index = None
+    if settings.feature_distill:
+        from yolo_prune.engine.distill import neck_index
+        from yolo_prune.graph.derive import derive_graph
+
+        index = [i.tolist() for i in neck_index(derive_graph(teacher), kept)]
     if settings.from_scratch:
         from yolo_prune.models.cfgs import build_model
 
         fresh = build_model(model.yaml, widths=model.widths())
         fresh.names = list(model.names)
         model = fresh
-    return _Inputs(settings, hyp, data, model, history, teacher, hooks=hooks)
+    return _Inputs(settings, hyp, data, model, history, teacher, neck_index=index, hooks=hooks)
 
 
 def _resumed_inputs(settings: TrainSettings) -> _Inputs:
@@ -122,12 +125,13 @@ def _resumed_inputs(settings: TrainSettings) -> _Inputs:
     data = load_data_config(stored.data)
     model = copy.deepcopy(loaded.model)
     load_state_strict(model, state["model"], f"{path} (training weights)")
-    teacher = load_model(stored.weights) if stored.distill else None
+    teacher = load_model(stored.weights) if stored.distill or stored.feature_distill else None
     _seed_everything(stored.seed)
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     return _Inputs(stored, dict(state["hyp"]), data, model, list(state.get("base_history", [])), teacher,
-                   state, loaded.model, path.parent.parent, TrainHooks.from_checkpoint(loaded), dict(loaded.extra))
+                   state, loaded.model, path.parent.parent, neck_index=state.get("neck_index"),
+                   hooks=TrainHooks.from_checkpoint(loaded), extra=dict(loaded.extra))
 
 
 def _load_inputs(settings: TrainSettings) -> _Inputs:
@@ -157,6 +161,8 @@ class _Run:
     amp: torch.dtype | None = None  # autocast dtype (None: fp32)
     forward: Callable[[torch.Tensor], Any] | None = None  # the model's (compiled) forward; None: the model itself
     hook: ModelHook | None = None
+    distiller: Any = None  # FeatureDistiller, with taps on the student's and the teacher's head inputs
+    taps: tuple = ()
 
     @property
     def settings(self) -> TrainSettings:
@@ -200,8 +206,19 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
     return train_loader, val_loader
 
 
+def _add_feature_distiller(run: _Run, inputs: _Inputs, device: torch.device) -> None:
+    """Neck-output distillation: the distiller (adapters join the optimizer as a 4th group) and the two taps."""
+    from yolo_prune.engine.distill import attach_feature_distiller
+
+    run.distiller, run.taps = attach_feature_distiller(run.model, run.teacher, inputs.neck_index,
+                                                       run.settings.feature_distill, run.optimizer,
+                                                       float(inputs.hyp["lr0"]), device)
+
+
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     """Optimizer, AMP scaler, counters and EMA step count of a resumed run."""
+    if run.distiller is not None and "feature_adapter" in state:
+        run.distiller.load_state_dict(state["feature_adapter"])
     run.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler") and run.scaler.is_enabled():
         run.scaler.load_state_dict(state["scaler"])
@@ -233,6 +250,8 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device, hook:
     schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size)
     run = _Run(inputs, dist_info, device, model, loss, optimizer, scaler, schedule, train_loader, val_loader, ema,
                teacher, TrainState(), broadcast_path(run_dir, dist_info), img, amp=amp, hook=hook)
+    if s.feature_distill:
+        _add_feature_distiller(run, inputs, device)
     if inputs.state is not None:
         _restore(run, inputs.state)
     if dist_info.world > 1:
@@ -253,7 +272,12 @@ def _forward_loss(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> tuple
             loss = loss + extra * imgs.shape[0]
         kd = torch.zeros((), device=imgs.device)
         if run.teacher is not None:
-            kd = run.settings.distill_weight * distill_loss(preds, teacher_maps(run.teacher, imgs))
+            t_maps = teacher_maps(run.teacher, imgs)
+            if run.settings.distill:
+                kd = kd + run.settings.distill_weight * distill_loss(preds, t_maps)
+            if run.distiller is not None:
+                student, teacher = (tap.maps for tap in run.taps)
+                kd = kd + run.settings.feature_distill_weight * run.distiller(student, teacher)
             loss = loss + kd * imgs.shape[0]
     return loss * run.dist.world, torch.cat((items, kd.detach().float().view(1)))
 
@@ -347,6 +371,9 @@ def _checkpoint(run: _Run) -> dict[str, Any]:
                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
                        "rng": torch.get_rng_state()}
+    if run.distiller is not None:
+        ckpt[STATE_KEY]["neck_index"] = run.inputs.neck_index
+        ckpt[STATE_KEY]["feature_adapter"] = {k: v.detach().cpu() for k, v in run.distiller.state_dict().items()}
     return ckpt
 
 

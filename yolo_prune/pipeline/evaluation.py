@@ -1,13 +1,14 @@
 """Evaluate a model on a YOLO-format dataset, or run the sensitivity analysis on it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from yolo_prune.errors import DataError
+from yolo_prune.prune.options import CriterionOptions
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class AnalysisSettings:
     iou_thres: float = 0.65
     chunk_layers: int = 4
     prefix: str = "output"
+    options: CriterionOptions = field(default_factory=CriterionOptions)
     early_stop: Any = None  # analysis.planning.EarlyStop, opt-in
     stack_bytes: int | None = None  # memory for one stacked pass of a layer's rates (None: automatic, 0: off)
     coco_backend: str = "auto"  # COCOeval implementation (engine.coco.coco_backend); same numbers either way
@@ -128,16 +130,19 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     from yolo_prune.analysis.distributed import from_environment
     from yolo_prune.analysis.sensitivity import run_sensitivity
     from yolo_prune.analysis.store import ResultStore
+    from yolo_prune.engine.calibration import calibration_source
     from yolo_prune.graph.derive import derive_graph
+    from yolo_prune.prune.context import CriterionContext, check_analysable, wants_options
     from yolo_prune.prune.criteria import criterion_name
     from yolo_prune.pipeline.scoring import DetectionScorer
 
     criterion = criterion_name(analysis.criterion)
+    extra = {"criterion_options": analysis.options.to_dict()} if wants_options(criterion, analysis.options) else {}
     settings = {"source": source, "data": str(Path(data.data).resolve()), "split": data.split, "img": data.img_size,
                 "max_images": data.max_images, "batch": data.batch_size, "rates": [float(r) for r in analysis.rates],
                 "criterion": criterion, "round_to": analysis.round_to, "seed": analysis.seed,
                 "conf": analysis.conf_thres, "iou": analysis.iou_thres,
-                "layers": list(analysis.layers) if analysis.layers is not None else None}
+                "layers": list(analysis.layers) if analysis.layers is not None else None, **extra}
     if analysis.early_stop is not None:  # only then: analyses without it resume as before
         settings["early_stop"] = analysis.early_stop.settings()
     check_model_classes(model, data, source or "model")
@@ -146,12 +151,15 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     if half and device.type == "cuda":
         model = model.half()
     graph = derive_graph(model)
+    check_analysable(criterion, analysis.options)
     store = ResultStore.open(out_dir, settings, exist_ok=exist_ok,
                              model={"source": source, "graph_fingerprint": graph.fingerprint()})
+    calib = calibration_source(model, criterion, analysis.options, data.data, data.img_size, analysis.seed)
+    context = CriterionContext(model, graph, analysis.options, calib)
     batches, cfg = cached_batches(data, int(model.stride.max()), device)
     scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres,
                              coco_backend=analysis.coco_backend)
-    return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates),
+    return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates), context=context,
                            layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
                            dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,

@@ -42,7 +42,7 @@ class IterateSettings:
     analysis: AnalysisSettings
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     epochs: int = 10
-    hyp: str = "scratch.tiny"
+    hyp: str = "finetune"
     eval_images: int | None = None
     scoring: str = "sequential"
 
@@ -110,6 +110,7 @@ def _select(store_dir: Path, settings: IterateSettings, iteration: int, model) -
 def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: TrainFn, device: torch.device,
                progress: bool) -> IterationRow:
     from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
+    from yolo_prune.engine.calibration import calibration_source
     from yolo_prune.pipeline.evaluation import sensitivity_on_data
     from yolo_prune.prune import prune
 
@@ -121,8 +122,10 @@ def _iteration(k: int, current: Path, settings: IterateSettings, train_fn: Train
     pairs = _select(folder / "sensitivity", settings, k - 1, model)
     if not pairs:
         raise YoloPruneError(f"iteration {k}: selection chose no layers (budget already met?)")
-    result = prune(model, pairs, settings.analysis.criterion, round_to=settings.analysis.round_to,
-                   seed=settings.analysis.seed, inplace=True, summarize=False, scoring=settings.scoring)
+    a = settings.analysis
+    source = calibration_source(model, a.criterion, a.options, settings.data.data, settings.data.img_size, a.seed)
+    result = prune(model, pairs, a.criterion, round_to=a.round_to, seed=a.seed, inplace=True, summarize=False,
+                   scoring=settings.scoring, options=a.options, source=source)
     pruned = save_checkpoint(result.model, folder / "pruned.pt", history=loaded.history + [result.history_entry()])
     tuned = train_fn(pruned, folder / "train", settings.epochs, k) if settings.epochs > 0 else pruned
     row = _row_for(tuned, settings, k, settings.epochs, [list(p) for p in pairs], device)

@@ -12,11 +12,17 @@ under ``independent`` scoring they are the unpruned weights (``inputs`` is None)
 (L0/L1/L2/Linf) measure the remaining input channels, BN criteria see unchanged scales, RepConv criteria
 see both branches sliced alike, and ``random`` draws from a generator seeded by (seed, layer), so a
 layer's draw does not depend on which other layers are listed.
+
+HAC (Pruning-Darknet's clustering criterion) reads the weights like the norms. Data-driven and gradient criteria
+(PLS-VIP-Single/Multi, CCA-CV-Multi, PLS-LC-Multi; first-order Taylor and the group criterion) read their scores
+from ``LayerFilters.context``,
+a :class:`~yolo_prune.prune.context.CriterionContext` that computed them on the unpruned model (and its
+calibration images) before anything changed, whatever the scoring strategy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -35,6 +41,8 @@ class LayerFilters:
     name: str = ""
     inputs: torch.Tensor | None = None
     dtype: torch.dtype = torch.float32
+    layer: int = -1  # conv index (context criteria look their scores up by it)
+    context: Any = None  # CriterionContext, for criteria that need more than the weights
 
 
 def score_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -99,8 +107,29 @@ def bn_l1(f: LayerFilters) -> torch.Tensor:
     return sum(products)
 
 
+def hac(f: LayerFilters) -> torch.Tensor:
+    """Removal order from agglomerative clustering of the filters' weights (HAC; see ``criteria_data``): an exact
+    copy of another filter goes first. Correlation: the context's ``measure`` option (default pearson)."""
+    from yolo_prune.prune.context import blas_threads
+    from yolo_prune.prune.criteria_data import hac_scores
+
+    measure = f.context.options.measure if f.context is not None else "pearson"
+    w = torch.cat([w.detach().double().flatten(1) for w in f.weights], 1).cpu().numpy()
+    with blas_threads():
+        return torch.as_tensor(hac_scores(w, measure))
+
+
 def random(f: LayerFilters) -> torch.Tensor:
     return torch.rand(f.weights[0].shape[0], generator=f.generator)
+
+
+def _from_context(name: str) -> Callable[[LayerFilters], torch.Tensor]:
+    """A criterion whose scores the layer's CriterionContext computes (data, gradients, clustering)."""
+    def score(f: LayerFilters) -> torch.Tensor:
+        if f.context is None:
+            raise PruningError(f"{f.name}: criterion {name!r} needs a CriterionContext (use prune() or make_plan())")
+        return f.context.score(name, f.layer)
+    return score
 
 
 Criterion = Callable[[LayerFilters], torch.Tensor]
@@ -116,6 +145,10 @@ CRITERIA: dict[str, tuple[int | None, Criterion]] = {
     "random": (6, random),
     "l0": (None, l0),
     "linf": (None, linf),
+    "hac": (None, hac),
+    **{name: (None, _from_context(name)) for name in (
+        "pls-vip-single", "pls-vip-multi", "cca-cv-multi", "pls-lc-multi", "taylor", "taylor-weight",
+        "group-taylor")},
 }
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from yolo_prune.errors import PruningError
 from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.prune.context import NEEDS, CriterionContext
 from yolo_prune.prune.criteria import criterion_name, get_criterion
 from yolo_prune.prune.params import LayerRates, kept_count
 from yolo_prune.prune.surgery import input_index
@@ -100,16 +101,23 @@ def resolve_rates(graph: PruningGraph, params: LayerRates | float) -> LayerRates
 
 
 def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float, criterion: str | int = "l2",
-              round_to: int | None = None, seed: int = 0, scoring: str = "sequential") -> PruningPlan:
+              round_to: int | None = None, seed: int = 0, scoring: str = "sequential",
+              context: CriterionContext | None = None) -> PruningPlan:
     """Choose the filters to keep in each listed layer, in ascending layer order (the model is not changed).
 
     ``scoring="sequential"`` gives the published pruner's choices (each layer scored after the earlier listed
-    layers removed their filters); ``"independent"`` scores every layer on the unpruned weights.
+    layers removed their filters); ``"independent"`` scores every layer on the unpruned weights. ``context``
+    carries data-driven / gradient scores (:mod:`.context`), computed on the unpruned model whatever the scoring;
+    without one, criteria that need calibration images raise a PruningError saying so.
     """
     name, strategy = criterion_name(criterion), scoring_name(scoring)
     score_fn = get_criterion(name)
+    rates = sorted(resolve_rates(graph, params))
+    if name in NEEDS:
+        context = context or CriterionContext(model, graph)
+        context.prepare(name, [layer for layer, _ in rates])
     layers, decided = [], {}
-    for layer, rate in sorted(resolve_rates(graph, params)):
+    for layer, rate in rates:
         before = graph[layer].out_channels
         group = graph.group_of(layer)
         for member in group:
@@ -119,7 +127,8 @@ def make_plan(model: nn.Module, graph: PruningGraph, params: LayerRates | float,
                                    f"{out_channels(model, node)}; derive the graph from this model")
         generator = layer_generator(seed, layer)
         scores = sum(score_fn(layer_filters(model, graph[m], generator,
-                                            visible_inputs(graph, m, decided) if strategy == "sequential" else None))
+                                            visible_inputs(graph, m, decided) if strategy == "sequential" else None,
+                                            context))
                      for m in group)
         kept = choose_kept(scores, rate, round_to, graph.parts_of(layer))
         layers.append(LayerPlan(layer, rate, before, kept))

@@ -7,7 +7,7 @@ table keyed by node kind, so a new layer kind plugs in here without touching the
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -69,9 +69,10 @@ def out_channels(model: nn.Module, node: ConvNode) -> int:
 
 
 def layer_filters(model: nn.Module, node: ConvNode, generator: torch.Generator,
-                  inputs: torch.Tensor | None = None) -> LayerFilters:
+                  inputs: torch.Tensor | None = None, context: Any = None) -> LayerFilters:
     """The weights and BN scales a criterion sees (both RepConv branches; a plain conv's recorded BN), restricted
-    to the input channels ``inputs`` (None: all; sequential scoring leaves out what earlier layers removed)."""
+    to the input channels ``inputs`` (None: all; sequential scoring leaves out what earlier layers removed);
+    ``context`` (a CriterionContext) for data-driven and gradient criteria, which look scores up by the layer."""
     m = module_of(model, node)
     if isinstance(m, Conv):
         convs, gammas = (m.conv,), ((m.bn.weight,) if isinstance(m.bn, nn.BatchNorm2d) else ())
@@ -85,7 +86,8 @@ def layer_filters(model: nn.Module, node: ConvNode, generator: torch.Generator,
         bn = model.get_submodule(node.bn).weight if node.bn else None
         convs, gammas = (m,), ((bn,) if bn is not None else ())
     weights = tuple(c.weight if inputs is None else _input_slice(c.weight, inputs) for c in convs)
-    return LayerFilters(weights, gammas, generator, node.name, inputs, score_dtype(convs[0].weight))
+    return LayerFilters(weights, gammas, generator, node.name, inputs, score_dtype(convs[0].weight), node.index,
+                        context)
 
 
 def _input_slice(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
