@@ -84,6 +84,13 @@ def provenance(argv: list[str], env: dict[str, str], libs: Sequence[str] = ()) -
             f"when the section was written.", ""]
 
 
+def publish(section: str, write: bool) -> None:
+    """Print a report section and, with ``write`` (the scripts' ``--write``), put it into BENCHMARKS.md."""
+    print(section)
+    if write:
+        write_section(REPO / "BENCHMARKS.md", section)
+
+
 def write_section(path: Path, section: str, first: bool = False) -> None:
     """Replace the ``##`` section whose heading is ``section``'s first line in ``path``; a new section goes at the
     end (``first``: before the first other section). Headings inside fenced code blocks are ignored."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from _report import REPO, machine, provenance, write_section
+from _report import machine, provenance, publish
 from yolo_prune.pipeline.fbs import FbsSettings, run_fbs
 
 SECTION = "## FBS run-time channel gating: MACs, accuracy, latency vs static pruning"
@@ -119,9 +119,7 @@ def main(argv: list[str]) -> int:
               f"times are inflated, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, machine())
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", text)
+    publish(text, args.write)
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _finetune import Recipe, Rows, evaluate, finetune, hyp_variant, load, machine_line, subset_data  # noqa: E402
+from _finetune import Recipe, Rows, evaluate, finetune, hyp_variant, load, subset_data  # noqa: E402
 from _report import provenance, machine, write_section  # noqa: E402
 
 from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402

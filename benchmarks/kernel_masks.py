@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from _report import REPO, machine, provenance, write_section
+from _report import machine, provenance, publish
 from yolo_prune.bench import ort_runner, time_callable
 
 SECTION = "## Kernel-level masks: sparsity vs latency (ONNX Runtime CPU)"
@@ -168,9 +168,7 @@ def main(argv: list[str]) -> int:
               f"it, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, machine(LIBS), LIBS)
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", text)
+    publish(text, args.write)
     return 0
 
 

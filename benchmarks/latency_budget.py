@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import REPO, machine, provenance, write_section  # noqa: E402
+from _report import machine, provenance, publish  # noqa: E402
 
 from yolo_prune.analysis.budget import select_for_budget, select_for_latency  # noqa: E402
 from yolo_prune.analysis.latency import read_latency_table  # noqa: E402
@@ -243,10 +243,8 @@ def main() -> None:
         f"model {100 * lt.noise['base_rel_spread']:.1f}%; the machine was shared with other jobs (see the load note "
         f"in the text). Total {round(time.time() - started)} s for this invocation.", "",
         *provenance(sys.argv[1:], machine(("onnxruntime",)), ("onnxruntime",))])
-    print(text)
     write_text_atomic(Path(args.work) / f"latency_budget{args.suffix}.md", text + "\n")
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

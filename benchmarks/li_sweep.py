@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _report import REPO, machine, provenance, write_section
+from _report import REPO, machine, provenance, publish
 from yolo_prune.pipeline.sweep import PERCENTS, SweepSettings, run_sweep
 
 SECTION = "## Li et al. filter pruning on digits (sweep)"
@@ -111,9 +111,7 @@ def main(argv: list[str]) -> int:
               f"times are inflated, ratios come from runs interleaved in the same rounds.", ""]
     lines += provenance(argv, env)
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", text)
+    publish(text, args.write)
     return 0
 
 

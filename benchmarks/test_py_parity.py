@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _report import REPO, machine, provenance, write_section
+from _report import REPO, machine, provenance, publish
 
 SECTION = "## test.py parity"
 ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+(\d+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s*$")
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                       NOTES, "",
                       *provenance(sys.argv[1:] if argv is None else argv, env,
                                   ["opencv-python-headless", "numpy", "pycocotools"])])
-    print(text)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", text)
+    publish(text, args.write)
     return 0 if ok else 1
 
 

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _report import REPO, machine, provenance, write_section
+from _report import REPO, machine, provenance, publish
 
 SECTION = "## Fine-tuning speed"
 VARIANTS = ("official", "official-cache", "baseline", "fast", "fast-bf16")
@@ -360,9 +360,7 @@ def main(argv=None) -> int:
             print(f"profile {name}: {profiles[name]}", file=sys.stderr, flush=True)
     env = machine(("numpy",))
     text = report(args, runs, profiles, args.images, env)
-    print(text)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", text)
+    publish(text, args.write)
     return 0
 
 
