@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    import torch_pruning as tp
-    env = machine(extra={"torch_pruning": getattr(tp, "__version__", "unknown")})
+    env = machine(("torch-pruning",))
     base_model = build_model(args.cfg, nc=args.nc).eval()
     base = check_model(copy.deepcopy(base_model), args.img_size, None)
     expected_shape = base.shape
