@@ -30,7 +30,7 @@ from _finetune import Recipe, Rows, evaluate, finetune, load, subset_data  # noq
 from _methods import Method, prune_to_budget  # noqa: E402
 
 from yolo_prune.prune.cost import fused_cost_model  # noqa: E402
-from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402
+from yolo_prune.demo_data import BASE_MODEL  # noqa: E402
 
 QUICK = {"train_images": 128, "epochs": 2, "budgets": "0.5", "methods": "uniform:l1,knapsack:taylor+rec",
          "seeds": 1, "val_images": 100, "criteria": "", "schedules": "", "distill": False}
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="data YAML of the synthetic benchmark (`yolo-prune synth`)")
-    p.add_argument("--base", default=str(DEMO_MODEL), help="the converged base model")
+    p.add_argument("--base", default=str(BASE_MODEL), help="the converged base model")
     p.add_argument("--quick", action="store_true", help="the quick protocol (defaults below change to: "
                    + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
     p.add_argument("--train-images", type=int, default=None)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _finetune import Recipe, Rows, evaluate, finetune, hyp_variant, load, subset_data  # noqa: E402
 from _report import provenance, machine, write_section  # noqa: E402
 
-from yolo_prune.demo_data import DEMO_MODEL  # noqa: E402
+from yolo_prune.demo_data import BASE_MODEL  # noqa: E402
 
 
 def uniform_pruned(model: torch.nn.Module, budget: float, img: int) -> torch.nn.Module:
@@ -58,7 +58,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default=str(DEMO_MODEL), help="the (converged) model to fine-tune")
+    p.add_argument("--base", default=str(BASE_MODEL), help="the (converged) model to fine-tune")
     p.add_argument("--data", required=True, help="data YAML (the synthetic benchmark)")
     p.add_argument("--hyps", default="scratch.tiny;finetune;finetune:lr0=0.001;finetune:lr0=0.005",
                    help="';'-separated hyps: shipped names, paths, or name:key=value,key=value")

@@ -19,7 +19,7 @@ import torch
 
 from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
 from yolo_prune.data.synth import generate_synthetic
-from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH
+from yolo_prune.demo_data import BASE_MODEL, DEMO_SYNTH
 from yolo_prune.engine.calibration import calibration_source
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.models.complexity import count_gflops, count_params
@@ -39,8 +39,8 @@ def analyse(out: Path, data: Path, img: int, args: argparse.Namespace, options: 
     """Sensitivity analysis of the shipped model on training images (resumes an interrupted demo)."""
     subset = DataSettings(str(data), "train", img, 16, 2, args.analysis_images)
     settings = AnalysisSettings([0.25, 0.5, 0.75], args.criterion, options=options)
-    run = lambda replace: sensitivity_on_data(load_checkpoint(DEMO_MODEL).model, subset, settings,  # noqa: E731
-                                              out / "sensitivity", device=CPU, source=str(DEMO_MODEL), exist_ok=replace)
+    run = lambda replace: sensitivity_on_data(load_checkpoint(BASE_MODEL).model, subset, settings,  # noqa: E731
+                                              out / "sensitivity", device=CPU, source=str(BASE_MODEL), exist_ok=replace)
     try:
         run(False)
     except YoloPruneError:
@@ -65,7 +65,7 @@ def fine_tune(data: Path, out: Path, pairs, args: argparse.Namespace, options: C
     from yolo_prune.engine.train_state import TrainSettings
     from yolo_prune.engine.trainer import train
 
-    settings = TrainSettings(weights=str(DEMO_MODEL), data=str(data), epochs=args.epochs, batch_size=16,
+    settings = TrainSettings(weights=str(BASE_MODEL), data=str(data), epochs=args.epochs, batch_size=16,
                              img_size=DEMO_SYNTH["img_size"], device="cpu", workers=2, project=str(out),
                              name="finetune", exist_ok=True, seed=0, max_val_images=32, pruning_params=pairs,
                              criterion=args.criterion, criterion_options=options.to_dict(), distill=True)
@@ -114,8 +114,8 @@ def main() -> None:
     options = CriterionOptions(n_samples=args.analysis_images, reconstruct=not args.no_reconstruct)
     started = banner("1/7 synthetic benchmark (same seed as the shipped model's training data)")
     data = generate_synthetic(out / "synth", **(DEMO_SYNTH | {"n_train": args.train_images}), exist_ok=True).data_yaml
-    banner(f"2/7 shipped model {DEMO_MODEL.name}: evaluate on {DEMO_SYNTH['n_val']} validation images")
-    model = load_checkpoint(DEMO_MODEL).model.float()
+    banner(f"2/7 shipped model {BASE_MODEL.name}: evaluate on {DEMO_SYNTH['n_val']} validation images")
+    model = load_checkpoint(BASE_MODEL).model.float()
     val = DataSettings(str(data), "val", img, 32, 2)
     before = evaluate_on_data(model, val, device=CPU, progress=False)
     print(f"mAP@.5 {before.map50:.4f}  mAP@.5:.95 {before.map:.4f}")
