@@ -67,3 +67,5 @@ def test_sweep_cli_usage_errors(capsys):
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert main(["sweep", "--percents", "[0.5, 2]"]) == 2
     assert "--percents: 2 is out of range" in capsys.readouterr().err
+    assert main(["sweep", "--percents", "[0.5, 1.0]"]) == 2  # 1.0 would remove every filter: [0, 1) at the flag
+    assert "--percents: 1.0 is out of range; values must lie in [0, 1)" in capsys.readouterr().err

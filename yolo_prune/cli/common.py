@@ -222,9 +222,10 @@ def model_img(model: "torch.nn.Module", img: int | None, flag: str = "--img") ->
 
 
 def literal_numbers(text: str, flag: str, kind: type, low: float, high: float | None = None,
-                    open_interval: bool = False) -> list:
+                    open_interval: bool = False, high_open: bool = False) -> list:
     """A list (or one value) of numbers parsed with ``ast.literal_eval``; ``kind`` int refuses fractions, values
-    must lie in [low, high] ((low, high) with ``open_interval``), and none may repeat."""
+    must lie in [low, high] ((low, high) with ``open_interval``, [low, high) with ``high_open``), and none may
+    repeat."""
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -237,10 +238,10 @@ def literal_numbers(text: str, flag: str, kind: type, low: float, high: float | 
         raise YoloPruneError(f"{flag}: expected a non-empty list of {wanted}, got {text!r}")
     for v in values:
         below = v < low or (open_interval and v == low)
-        above = high is not None and (v > high or (open_interval and v == high))
+        above = high is not None and (v > high or ((open_interval or high_open) and v == high))
         if not math.isfinite(v) or below or above:
-            where = (f"({low:g}, {high:g})" if open_interval else f"[{low:g}, {high:g}]") if high is not None \
-                else f">= {low:g}"
+            where = f"{'(' if open_interval else '['}{low:g}, {high:g}{')' if open_interval or high_open else ']'}" \
+                if high is not None else f">= {low:g}"
             raise YoloPruneError(f"{flag}: {v!r} is out of range; values must lie in {where}")
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:

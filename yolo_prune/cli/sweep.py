@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from yolo_prune.pipeline.sweep import PERCENTS, SweepSettings, run_sweep
 
-    percents = literal_numbers(args.percents, "--percents", float, 0.0, 1.0) if args.percents else list(PERCENTS)
+    percents = literal_numbers(args.percents, "--percents", float, 0.0, 1.0, high_open=True) if args.percents else list(PERCENTS)
     layers = literal_numbers(args.layers, "--layers", int, 0) if args.layers else None
     if args.weights:
         input_file(args.weights, "--weights")
