@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.common import (img_int, input_file, literal_numbers, non_negative_int, output_dir, positive_int,
-                                   print_json)
+from yolo_prune.cli.common import (add_run_flags, img_int, input_file, literal_numbers, non_negative_int, output_dir,
+                                   positive_int, print_json)
 
 EPILOG = """examples:
   yolo-prune classify train --arch scnnb --data digits --epochs 10 --name scnnb
@@ -46,11 +46,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--saliency-l1", type=float, default=None,
                    help="FBS: weight of the L1 term on the gates' saliencies (default: what the checkpoint says)")
     p.add_argument("--no-augment", action="store_true", help="no random shifts")
-    p.add_argument("--project", default="runs/classify", help="parent folder of runs (default runs/classify)")
-    p.add_argument("--name", default="exp", help="run name: project/name, or name2, name3... if it exists")
-    p.add_argument("--exist-ok", action="store_true", help="write into project/name even if it exists")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
-                   help="continue an interrupted run: its last.pt or run folder (default: newest under --project)")
+    add_run_flags(p, "runs/classify")
     add_pruning_flags(p, required=False)
     p.set_defaults(func=run_train, criterion="l1", command="classify train")
 

@@ -103,6 +103,17 @@ class OneWeights(argparse.Action):
         setattr(namespace, self.dest, values[0])
 
 
+def add_run_flags(parser: argparse.ArgumentParser, project: str) -> None:
+    """--project/--name/--exist-ok/--resume: where a training run writes and how an interrupted one continues
+    (YOLOv7's train.py flags, shared by every trainer's command)."""
+    parser.add_argument("--project", default=project, help=f"parent folder of runs (default {project})")
+    parser.add_argument("--name", default="exp", help="run name: project/name, or name2, name3... if it exists")
+    parser.add_argument("--exist-ok", action="store_true", help="write into project/name even if it exists")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                        help="continue an interrupted run: its last.pt or run folder "
+                             "(default: newest under --project)")
+
+
 def check_model_source(args: argparse.Namespace) -> None:
     """``--weights`` is a readable file; ``--nc`` only goes with ``--cfg``."""
     if getattr(args, "weights", None):

@@ -5,8 +5,8 @@ import argparse
 
 import sys
 
-from yolo_prune.cli.common import (img_int, input_file, non_negative_float, non_negative_int, output_dir,
-                                   positive_int)
+from yolo_prune.cli.common import (add_run_flags, img_int, input_file, non_negative_float, non_negative_int,
+                                   output_dir, positive_int)
 from yolo_prune.cli.prune import add_pruning_flags, criterion_options
 from yolo_prune.errors import YoloPruneError
 
@@ -42,11 +42,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "the model's max stride")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
     p.add_argument("--workers", type=non_negative_int, default=8, help="data loader worker processes (default 8)")
-    p.add_argument("--project", default="runs/train", help="parent folder of runs (default runs/train)")
-    p.add_argument("--name", default="exp", help="run name: project/name, or name2, name3... if it exists")
-    p.add_argument("--exist-ok", action="store_true", help="write into project/name even if it exists")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
-                   help="continue an interrupted run: its last.pt or run folder (default: newest under --project)")
+    add_run_flags(p, "runs/train")
     add_pruning_flags(p, required=False)
     p.add_argument("--from-scratch", action="store_true", help="keep the (pruned) architecture, re-initialise weights")
     p.add_argument("--distill", action="store_true",
