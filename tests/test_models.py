@@ -166,3 +166,27 @@ def test_bad_rows_are_reported(bad, match):
     cfg["backbone"][2] = bad
     with pytest.raises(ConfigError, match=match):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("k", [3, 5, 9, 13])
+def test_same_max_pool_equals_the_k_by_k_pool_and_exports_one_node(k, tmp_path):
+    """SameMaxPool2d (row pool then column pool) gives nn.MaxPool2d's values exactly, gradients included in sum,
+    and ONNX export keeps one k x k MaxPool node."""
+    import onnx
+
+    from yolo_prune.models.blocks import SP, SameMaxPool2d
+
+    torch.manual_seed(k)
+    x = torch.randn(2, 5, 11, 7, requires_grad=True)
+    ref, ours = torch.nn.MaxPool2d(k, 1, k // 2), SameMaxPool2d(k, 1, k // 2)
+    out = ours(x)
+    assert torch.equal(out, ref(x))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref(x).sum(), x)
+    assert torch.equal(g.sum(), g_ref.sum()) and (g >= 0).all()
+    strided = SameMaxPool2d(k, 2, k // 2)  # not a same-size pool: the plain k x k path
+    assert torch.equal(strided(x), torch.nn.MaxPool2d(k, 2, k // 2)(x))
+    path = tmp_path / "sp.onnx"
+    torch.onnx.export(SP(k).eval(), (torch.zeros(1, 4, 16, 16),), str(path), dynamo=False, opset_version=12)
+    pools = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 1 and list(pools[0].attribute[[a.name for a in pools[0].attribute].index("kernel_shape")].ints) == [k, k]
