@@ -128,7 +128,7 @@ class Timers:
 
     TARGETS = (  # (module, attribute, bucket)
         ("yolo_prune.engine.evaluator", "summarize", "metrics"),  # test.py metrics + COCOeval, both tools
-        ("yolo_prune.analysis.sensitivity", "run_all", "cache_forward"),
+        ("yolo_prune.analysis.fastforward", "run_all", "cache_forward"),  # via ActivationCache
         ("yolo_prune.analysis.sensitivity", "pruned_cost", "pruned_cost"),
         ("yolo_prune.pipeline.evaluation", "cached_batches", "image_cache"),
     )
@@ -227,7 +227,7 @@ class Analysis:
     baseline: dict
     t_forward: float  # seconds in downstream re-runs (all configurations)
     t_nms: float  # seconds in NMS + per-image bookkeeping (all configurations and the baseline)
-    t_cache: float  # seconds in the full cached forward passes (run_all, once per batch per chunk)
+    t_cache: float  # seconds in the full cached forward passes (run_all; per batch, kept across chunks)
     mac_share: float  # sum over configurations of the downstream share of multiply-adds
     t_metrics: float  # seconds in test.py metrics + COCOeval (every configuration and the baseline)
     t_pruned_cost: float  # seconds computing the pruned models' params / GFLOPs
@@ -238,7 +238,7 @@ class Analysis:
 def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[int] | None, chunk_layers: int,
                  out_dir: Path, shares: dict[int, float], **extra) -> Analysis:
     """One timed ``sensitivity_on_data``; ``extra``: AnalysisSettings fields (the reference path sets
-    ``stack_bytes=0, coco_backend='pycocotools'``)."""
+    ``stack_bytes=0, cache_bytes=0, coco_backend="pycocotools"``)."""
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
     settings = AnalysisSettings(rates=rates, criterion="l2", layers=layers, chunk_layers=chunk_layers, **extra)
@@ -370,7 +370,8 @@ def measure(model, data: "DataSettings", args: argparse.Namespace, layers: list[
     ref = None
     if args.reference:
         ref = run_analysis(copy.deepcopy(model), data, list(args.rates), layers, args.chunk_layers,
-                           work.with_name(work.name + "-reference"), shares, stack_bytes=0, coco_backend="pycocotools")
+                           work.with_name(work.name + "-reference"), shares, stack_bytes=0, cache_bytes=0,
+                           coco_backend="pycocotools")
         log(f"reference analysis (one pass per configuration, pycocotools): {ref.seconds:.1f} s")
     loads.append(load())
     for i in range(args.repeats):
@@ -421,8 +422,8 @@ def breakdown(args: argparse.Namespace, r: ModelResult) -> list[str]:
             ("NMS + per-image matching", p_nms, an.t_nms),
             ("test.py metrics + COCOeval (`summarize`; analysis: once per configuration + baseline)", p_met,
              an.t_metrics),
-            (f"cached full forward (`run_all`, once per batch per chunk of {args.chunk_layers} layers, "
-             f"{an.n_chunks} chunks)", None, an.t_cache),
+            (f"cached full forward (`run_all`: once per batch, kept across the {an.n_chunks} chunks of "
+             f"{args.chunk_layers} layers by the activation cache)", None, an.t_cache),
             ("pruned model params / GFLOPs (`pruned_cost`, per configuration)", None, an.t_pruned_cost),
             ("read + letterbox images (plain: inside the rest; analysis: `cached_batches`, once)", None,
              an.t_image_cache),
@@ -482,7 +483,7 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
                      f"{a.analysis.seconds:.1f} | {a.analysis.seconds / a.analysis.n_configs:.2f} | "
                      f"**{a.ratio:.3f}** | <= {args.goal:g}: **{verdict}** | {a.ratio_cpu:.3f} | {a.spread:.2f} | "
                      f"{a.slowdown:.2f} | {a.ratio_reference:.3f} | {a.max_map_difference:.1e} | {a.max_pr_difference:.1e} |")
-    lines += ["", "Reference = today's path in the same run: `AnalysisSettings(..., stack_bytes=0, "
+    lines += ["", "Reference = today's path in the same run: `AnalysisSettings(..., stack_bytes=0, cache_bytes=0, "
               "coco_backend='pycocotools')` (one downstream pass per configuration, pycocotools COCOeval); the goal "
               f"also needs every configuration's mAP@.5 and mAP@.5:.95 within {args.tolerance:g} of it. mp and mr "
               "(test.py's precision and recall at the best mean F1, read off curves interpolated in the scores) may "

@@ -168,6 +168,32 @@ def test_stacked_rates_equal_one_pass_per_configuration(tmp_path):
         assert (stacked.results[key]["params"], stacked.results[key]["gflops"]) == (res["params"], res["gflops"])
 
 
+def test_activation_cache_runs_the_full_forward_once_per_batch_with_identical_results(tmp_path, monkeypatch):
+    """Kept across chunks, the unpruned activations are computed once per batch (not once per chunk) and every
+    configuration's result is bit-identical to recomputing them per chunk; a budget below one batch keeps none."""
+    from yolo_prune.analysis import fastforward
+
+    model, graph, batches = _setup()
+    calls = []
+    real = fastforward.run_all
+    monkeypatch.setattr(fastforward, "run_all", lambda m, x: calls.append(len(x)) or real(m, x))
+    kw = dict(layers=LAYERS, img_size=64, progress=False, chunk_layers=2)  # 4 chunks
+    kept = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "kept", {"s": 1}), RATES,
+                           **kw)
+    assert len(calls) == len(batches)
+    calls.clear()
+    again = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "per", {"s": 1}), RATES,
+                            cache_bytes=0, **kw)
+    assert len(calls) == len(batches) * 4
+    def without_speed(results):
+        return {key: {k: v for k, v in res.items() if k != "speed"} for key, res in results.items()}
+
+    assert without_speed(kept.results) == without_speed(again.results)
+    cache = fastforward.ActivationCache(budget=1000)
+    outputs, computed = cache.outputs(0, model, batches[0].inputs(torch.float32))
+    assert computed and cache.used == 0 and cache.outputs(0, model, batches[0].inputs(torch.float32))[1]
+
+
 @pytest.mark.parametrize("conv", [41, 46])  # SPPCSPC cv1, cv6: the block runs on stacked inputs
 def test_stacked_pass_inside_blocks_is_exact(conv):
     """yolov7: convs that are not a whole cfg layer (inside SPPCSPC): the block's inputs are repeated per

@@ -31,6 +31,32 @@ def run_all(model: nn.Module, x: torch.Tensor) -> list:
     return outputs
 
 
+class ActivationCache:
+    """Each batch's :func:`run_all` outputs, kept across chunks of layers while they fit ``budget`` bytes, so that
+    a chunk after the first re-runs only downstream layers; batches beyond the budget run the full forward again."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self._kept: dict[int, list] = {}
+
+    def outputs(self, index: int, model: nn.Module, x: torch.Tensor) -> tuple[list, bool]:
+        """(batch ``index``'s outputs, whether they were computed now rather than taken from the cache)."""
+        if index in self._kept:
+            return self._kept[index], False
+        outputs = run_all(model, x)
+        size = nbytes(outputs)
+        if self.used + size <= self.budget:
+            self._kept[index], self.used = outputs, self.used + size
+        return outputs, True
+
+
+def nbytes(value) -> int:
+    """Bytes held by a tensor or a (nested) list/tuple of them."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return sum(nbytes(v) for v in value) if isinstance(value, (list, tuple)) else 0
+
+
 def _inputs(spec, outputs: Sequence, x: torch.Tensor):
     sources = spec.sources()
     if isinstance(spec.from_, int):

@@ -11,6 +11,7 @@ import torch
 from yolo_prune.errors import ConfigError
 
 CPU_STACK_BYTES = 1 << 30  # stacked downstream activations on CPU (the host's other work needs its memory too)
+CPU_CACHE_BYTES = 2 << 30  # unpruned activations kept across chunks on CPU
 
 
 def stack_budget(device: torch.device, requested: int | None = None) -> int:
@@ -21,6 +22,17 @@ def stack_budget(device: torch.device, requested: int | None = None) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
     return CPU_STACK_BYTES
+
+
+def cache_budget(device: torch.device, requested: int | None = None) -> int:
+    """Bytes of unpruned activations kept across chunks: ``requested``, else a quarter of the free GPU memory,
+    else 2 GiB."""
+    if requested is not None:
+        return max(0, int(requested))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return CPU_CACHE_BYTES
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class Plan:
     chunks: int
     ranks: int = 1
     stack_bytes: int = 0
+    cache_bytes: int = 0
     seconds_per_config: float | None = None
     measured_on: str = ""
 
@@ -79,8 +92,10 @@ class Plan:
         """``plan: 165 configurations (0 done, 165 to do) on 64 images in 4 batches, 14 chunks, 1 rank; ...``"""
         stack = f"a layer's rates stacked in one pass up to {self.stack_bytes / 2**20:.0f} MiB" if self.stack_bytes \
             else "one pass per configuration"
+        cache = f"unpruned activations kept across chunks up to {self.cache_bytes / 2**20:.0f} MiB" \
+            if self.cache_bytes else "the unpruned forward re-run per chunk"
         text = (f"plan: {self.configs} configurations ({self.done} done, {self.todo} to do) on {self.images} images "
-                f"in {self.batches} batches, {self.chunks} chunk(s) over {self.ranks} rank(s); {stack}")
+                f"in {self.batches} batches, {self.chunks} chunk(s) over {self.ranks} rank(s); {stack}; {cache}")
         if self.seconds_per_config is not None:
             text += (f"; {self.seconds_per_config:.2f} s per configuration ({self.measured_on}); "
                      f"ETA {format_seconds(self.eta())}")

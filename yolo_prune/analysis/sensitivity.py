@@ -18,9 +18,9 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 import torch.nn as nn
 
-from yolo_prune.analysis.fastforward import (downstream_layers, last_uses, layer_of, masked, masked_stack, run_all,
-                                             run_from, run_from_stacked, stackable)
-from yolo_prune.analysis.planning import EarlyStop, Plan, format_seconds, stack_budget
+from yolo_prune.analysis.fastforward import (ActivationCache, downstream_layers, last_uses, layer_of, masked,
+                                             masked_stack, nbytes, run_from, run_from_stacked, stackable)
+from yolo_prune.analysis.planning import EarlyStop, Plan, cache_budget, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
 from yolo_prune.prune.context import CriterionContext, rewrite_kind
@@ -116,6 +116,7 @@ class _Chunk:
     sync: Callable[[], None]
     stack_bytes: int
     last: list[int]
+    activations: ActivationCache
     early: EarlyStop | None = None
     early_base: float | None = None  # the unpruned model's partial mAP@.5 (same images for every chunk)
 
@@ -129,10 +130,10 @@ def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch]
     stop_at = ctx.early.images(sum(len(b.images) for b in batches)) if ctx.early else None
     reference = ctx.scorer.start() if ctx.early and ctx.early_base is None else None
     with torch.inference_mode():
-        for batch in batches:
+        for index, batch in enumerate(batches):
             x = batch.inputs(dtype)
             t0 = time.perf_counter()
-            cache = run_all(model, x)
+            cache, _ = ctx.activations.outputs(index, model, x)
             ctx.sync()
             if baseline is not None:
                 _update(ctx, baseline, _prediction(cache[-1]), batch.meta, time.perf_counter() - t0)
@@ -156,17 +157,11 @@ def _groups(model: nn.Module, graph: PruningGraph, configs: list[_Config], cache
         by_layer.setdefault(c.layer, []).append(c)
     groups = []
     for same in by_layer.values():
-        per = sum(_nbytes(cache[i]) for i in same[0].downstream) or 1
+        per = sum(nbytes(cache[i]) for i in same[0].downstream) or 1
         alone = not stackable(model, graph, same[0].layer) or any(c.patch for c in same)  # patches: one at a time
         k = 1 if alone else max(1, min(len(same), budget // per))
         groups += [same[i:i + k] for i in range(0, len(same), k)]
     return groups
-
-
-def _nbytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    return sum(_nbytes(v) for v in value) if isinstance(value, (list, tuple)) else 0
 
 
 def _run_group(model: nn.Module, graph: PruningGraph, cache: Sequence, x: torch.Tensor, group: list[_Config], meta: Any,
@@ -234,7 +229,8 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
                     store: ResultStore, rates: Sequence[float], *, layers: Sequence[int] | None = None,
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
-                    prefix: str = "output", stack_bytes: int | None = None, early_stop: EarlyStop | None = None,
+                    prefix: str = "output", stack_bytes: int | None = None, cache_bytes: int | None = None,
+                    early_stop: EarlyStop | None = None,
                     dry_run: bool = False, log: Callable[[str], None] | None = None,
                     context: CriterionContext | None = None) -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
@@ -242,7 +238,8 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     ``model`` is used in eval mode and not modified (hooks are removed after each configuration; PLS-LC and
     --reconstruct changes are applied per configuration and undone). ``context`` carries data-driven criteria's
     scores and options. ``stack_bytes`` caps a stacked pass (None: :func:`stack_budget`; 0: one pass per
-    configuration). ``log`` (rank 0) gets the plan before any work and the measured time per configuration with
+    configuration); ``cache_bytes`` caps the unpruned activations kept across chunks (None: :func:`cache_budget`;
+    0: the full forward again per chunk). ``log`` (rank 0) gets the plan before any work and the measured time per configuration with
     the ETA after the first chunk; ``dry_run`` times the first chunk on the first batch only, logs the plan with
     that estimate, and returns without scoring or writing anything.
     """
@@ -252,9 +249,10 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     n_images = sum(len(b.images) for b in batches)
     shape = (*batches[0].images.shape[-2:], batches[0].images.shape[0]) if batches else (0, 0, 0)
     device = batches[0].images.device if batches else torch.device("cpu")
-    ctx = _Chunk(scorer, _sync_for(batches), stack_budget(device, stack_bytes), last_uses(model), early_stop)
+    ctx = _Chunk(scorer, _sync_for(batches), stack_budget(device, stack_bytes), last_uses(model),
+                 ActivationCache(cache_budget(device, cache_bytes)), early_stop)
     plan = Plan(len(layers) * len(rates), sum(store.done(l, r) for l in layers for r in rates), n_images,
-                len(batches), len(chunks), dist.world, ctx.stack_bytes)
+                len(batches), len(chunks), dist.world, ctx.stack_bytes, ctx.activations.budget)
     say = log if log is not None and dist.rank == 0 else (lambda _text: None)
     model.eval()
     if dry_run:
@@ -306,7 +304,7 @@ def _probe(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx:
     if not configs or not batches:
         return
     t0 = time.perf_counter()
-    probe = _Chunk(ctx.scorer, ctx.sync, ctx.stack_bytes, ctx.last)
+    probe = _Chunk(ctx.scorer, ctx.sync, ctx.stack_bytes, ctx.last, ActivationCache(0))
     _score_chunk(model, graph, batches[:1], probe, configs, None)
     for c in configs:
         ctx.scorer.finish(c.state)

@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--stack-mib", type=non_negative_int, default=None, metavar="MIB",
                    help="analysis: memory for one pass over a layer's stacked rates (default: half the free GPU "
                         "memory, 1024 on CPU; 0: one pass per configuration)")
+    p.add_argument("--cache-mib", type=non_negative_int, default=None, metavar="MIB",
+                   help="analysis: memory for the unpruned model's activations kept across chunks of layers "
+                        "(default: a quarter of the free GPU memory, 2048 on CPU; 0: re-run them per chunk)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -81,7 +84,8 @@ def _analysis_only(args: argparse.Namespace) -> None:
     given = [flag for flag, value in (("--pruning-rate", args.pruning_rate), ("--layers", args.layers),
                                       ("--prune-output", args.prune_output), ("--chunk-layers", args.chunk_layers),
                                       ("--dry-run", args.dry_run), ("--early-stop", args.early_stop),
-                                      ("--early-stop-after", args.early_stop_after), ("--stack-mib", args.stack_mib))
+                                      ("--early-stop-after", args.early_stop_after), ("--stack-mib", args.stack_mib),
+                                      ("--cache-mib", args.cache_mib))
              if value is not None]
     if given:
         raise YoloPruneError(f"{', '.join(given)}: only with --task {ANALYSIS}")
@@ -273,7 +277,8 @@ def _analyse(args, model, data, device) -> int:
     analysis = AnalysisSettings(args.rates, args.criterion, args.round_to, args.seed, args.layer_list, args.conf,
                                 args.iou, args.chunk_layers or 4, args.prefix, criterion_options(args),
                                 early_stop=args.early,
-                                stack_bytes=None if args.stack_mib is None else args.stack_mib << 20)
+                                stack_bytes=None if args.stack_mib is None else args.stack_mib << 20,
+                                cache_bytes=None if args.cache_mib is None else args.cache_mib << 20)
     log = (lambda text: print(text, file=sys.stderr)) if args.json else print
     store = sensitivity_on_data(model, data, analysis, args.out_dir, device=device, half=args.half,
                                 exist_ok=args.exist_ok, source=str(args.weights), progress=not args.json,

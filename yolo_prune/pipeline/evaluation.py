@@ -119,6 +119,7 @@ class AnalysisSettings:
     options: CriterionOptions = field(default_factory=CriterionOptions)
     early_stop: Any = None  # analysis.planning.EarlyStop, opt-in
     stack_bytes: int | None = None  # memory for one stacked pass of a layer's rates (None: automatic, 0: off)
+    cache_bytes: int | None = None  # unpruned activations kept across chunks (None: automatic, 0: off)
     coco_backend: str = "auto"  # COCOeval implementation (engine.coco.coco_backend); same numbers either way
 
 
@@ -163,4 +164,4 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
                            layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
                            dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,
-                           stack_bytes=analysis.stack_bytes, early_stop=analysis.early_stop, dry_run=dry_run, log=log)
+                           stack_bytes=analysis.stack_bytes, cache_bytes=analysis.cache_bytes, early_stop=analysis.early_stop, dry_run=dry_run, log=log)
