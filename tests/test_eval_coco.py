@@ -217,3 +217,47 @@ def test_vectorised_test_py_metrics_equal_the_official_loops_on_real_predictions
     np.testing.assert_allclose(m.ap50, ap[:, 0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(m.ap, ap.mean(1), rtol=0, atol=1e-12)
     assert (m.mp, m.mr) == (pytest.approx(p.mean(), abs=1e-12), pytest.approx(r.mean(), abs=1e-12))
+
+
+def test_round_decimals_is_pythons_round() -> None:
+    """Vectorised rounding equals round(v, n) everywhere, including the values where np.round differs (scaled
+    products that land on .5 only after rounding) and exact ties (half to even)."""
+    from yolo_prune.engine.coco import round_decimals
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-1000, 2000, 200_000), rng.uniform(0, 1, 100_000),
+                             np.arange(0, 5000) / 2000 + 0.0005, [2.675, 1.0005, 0.0005, 0.0015, 2.5e-6, 0.125, -0.0005,
+                                                                  639.9995, 1e-9, 0.0]])
+    for digits in (3, 5):
+        expected = np.array([round(float(v), digits) for v in values])
+        assert np.array_equal(round_decimals(values, digits), expected)
+        if digits == 3:  # the case this function exists for: np.round gets hundreds of these wrong
+            assert (np.round(values, digits) != expected).sum() > 100
+
+
+def test_detections_to_coco_equals_yolov7_loop_and_prepared_gt_repeats(real_run) -> None:
+    """Result entries equal YOLOv7 test.py's per-box loop (round(x, 3), round(conf, 5)), and one prepared ground
+    truth evaluated many times gives a fresh evaluation's numbers with either backend."""
+    from yolo_prune.engine.boxes import xyxy2ltwh
+    from yolo_prune.engine.coco import GroundTruth, coco_backend, load_coco
+
+    ids = default_image_ids(real_run.paths)
+    loop = []
+    for det, img_id in zip(real_run.dets, ids):
+        for (conf, cls), b in zip(det[:, 4:6].tolist(), xyxy2ltwh(det[:, :4].double()).tolist()):
+            loop.append({"image_id": img_id, "category_id": int(cls), "bbox": [round(v, 3) for v in b],
+                         "score": round(conf, 5)})
+    results = detections_to_coco(real_run.dets, ids, list(range(6)))
+    assert results == loop and len(results) > 1000
+    gt_dict = build_coco_gt(real_run.labels, real_run.shapes, ids, 6)
+    backends = ["pycocotools"] + (["faster-coco-eval"] if coco_backend() == "faster-coco-eval" else [])
+    for backend in backends:
+        prepared = GroundTruth(load_coco(gt_dict))
+        fresh = coco_evaluate(results, gt_dict, img_ids=ids, backend=backend)
+        for subset in (results, results[::2], results):
+            again = coco_evaluate([dict(r) for r in subset], prepared, img_ids=ids, backend=backend, owned=True)
+            if subset is results:
+                np.testing.assert_array_equal(again.stats, fresh.stats)
+                np.testing.assert_array_equal(again.class_ap, fresh.class_ap)
+            else:
+                assert again.map != fresh.map

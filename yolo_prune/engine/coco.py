@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
+import torch
 from torch import Tensor
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -136,16 +137,36 @@ def build_coco_gt(
 def detections_to_coco(
     dets: Sequence[Tensor], image_ids: Sequence[Any], cat_ids: Sequence[int],
 ) -> list[dict]:
-    """COCO result entries from per-image detections [n, 6] = (x1, y1, x2, y2, conf, cls), original pixels."""
-    out = []
-    for det, img_id in zip(dets, image_ids):
-        if not len(det):
-            continue
-        boxes = xyxy2ltwh(det[:, :4].double()).tolist()
-        for (conf, cls), b in zip(det[:, 4:6].tolist(), boxes):
-            out.append({"image_id": img_id, "category_id": int(cat_ids[int(cls)]),
-                        "bbox": [round(v, 3) for v in b], "score": round(conf, 5)})
-    return out
+    """COCO result entries from per-image detections [n, 6] = (x1, y1, x2, y2, conf, cls), original pixels.
+
+    Vectorised over all images; the rounding is Python's ``round`` (:func:`round_decimals`), so the entries equal
+    YOLOv7's ``round(x, 3)`` / ``round(conf, 5)`` loop value for value."""
+    kept = [(det, img_id) for det, img_id in zip(dets, image_ids) if len(det)]
+    if not kept:
+        return []
+    det = torch.cat([d.detach().cpu() for d, _ in kept]).double()
+    boxes = round_decimals(xyxy2ltwh(det[:, :4]).numpy(), 3).tolist()
+    scores = round_decimals(det[:, 4].numpy(), 5).tolist()
+    cats = np.asarray(cat_ids, dtype=np.int64)[det[:, 5].numpy().astype(np.int64)].tolist()
+    ids = [img_id for d, img_id in kept for _ in range(len(d))]
+    return [{"image_id": i, "category_id": c, "bbox": b, "score": sc} for i, c, b, sc in zip(ids, cats, boxes, scores)]
+
+
+def round_decimals(x: np.ndarray, digits: int) -> np.ndarray:
+    """``round(v, digits)`` of Python for every float64 element: the exact value rounded to ``digits`` decimals (ties
+    to even), as the nearest double. ``np.round`` scales by 10^digits and can round the scaled product, which is
+    inexact, the wrong way; here Dekker's exact product decides the cases where the scaled value lands on .5."""
+    x = np.asarray(x, dtype=np.float64)
+    scale = 10.0 ** digits
+    y = x * scale
+    hi = 134217729.0 * x  # Veltkamp split: x = hi + lo with hi * scale exact
+    hi = hi - (hi - x)
+    error = (hi * scale - y) + (x - hi) * scale  # x * scale == y + error exactly
+    nearest = np.rint(y)
+    floor = np.floor(y)
+    tie = (y - floor == 0.5) & (error != 0)
+    nearest[tie] = floor[tie] + (error[tie] > 0)
+    return nearest / scale
 
 
 def save_predictions_json(results: list[dict], path: str | Path) -> Path:
@@ -197,17 +218,36 @@ def coco_backend(name: str = "auto") -> str:
     return "faster-coco-eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
 
 
-def _cocoeval(gt: COCO, results: list[dict], img_ids: list[Any], backend: str):
-    """An evaluated + accumulated + summarised COCOeval object of ``backend`` (same attributes either way)."""
-    if backend == "faster-coco-eval":
-        from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
+class GroundTruth:
+    """A COCO ground truth prepared once for many evaluations (the sensitivity analysis scores hundreds of
+    configurations on the same images): the pycocotools index, and faster-coco-eval's own copy made on first use."""
 
-        fgt = FasterCOCO()
-        fgt.dataset = copy.deepcopy(gt.dataset)  # its index adds fields; the caller's ground truth stays as it was
-        fgt.createIndex()
-        ev = COCOeval_faster(fgt, fgt.loadRes([dict(r) for r in results]), "bbox", print_function=print)
+    def __init__(self, coco: COCO):
+        self.coco = coco
+        self._faster: Any = None
+
+    def faster(self) -> Any:
+        if self._faster is None:
+            from faster_coco_eval import COCO as FasterCOCO
+
+            self._faster = FasterCOCO()
+            self._faster.dataset = copy.deepcopy(self.coco.dataset)  # its index adds fields; ours stays as it was
+            self._faster.createIndex()
+        return self._faster
+
+
+def _cocoeval(gt: COCO | GroundTruth, results: list[dict], img_ids: list[Any], backend: str, owned: bool = False):
+    """An evaluated + accumulated + summarised COCOeval object of ``backend`` (same attributes either way).
+    ``loadRes`` adds fields to the entries, so they are copied unless the caller hands them over (``owned``)."""
+    prepared = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
+    entries = results if owned else [dict(r) for r in results]
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCOeval_faster
+
+        fgt = prepared.faster()
+        ev = COCOeval_faster(fgt, fgt.loadRes(entries), "bbox", print_function=print)
     else:
-        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "bbox")
+        ev = COCOeval(prepared.coco, prepared.coco.loadRes(entries), "bbox")
     ev.params.imgIds = img_ids
     ev.evaluate()
     ev.accumulate()
@@ -216,21 +256,22 @@ def _cocoeval(gt: COCO, results: list[dict], img_ids: list[Any], backend: str):
 
 
 def coco_evaluate(
-    results: list[dict], gt: CocoSource, img_ids: Sequence[Any] | None = None, verbose: bool = False,
-    backend: str = "auto",
+    results: list[dict], gt: CocoSource | GroundTruth, img_ids: Sequence[Any] | None = None, verbose: bool = False,
+    backend: str = "auto", owned: bool = False,
 ) -> CocoResult:
     """Run COCOeval (bbox) on COCO result entries against ``gt``; ``img_ids`` restricts the images.
 
-    ``results`` are not modified. With ``verbose`` the implementation's own printout is shown. ``backend``: see
-    :func:`coco_backend`.
+    ``results`` are not modified unless ``owned`` hands them over (saves a copy per evaluation). With ``verbose`` the
+    implementation's own printout is shown. ``backend``: see :func:`coco_backend`. A :class:`GroundTruth` is reused
+    as it is (nothing rebuilt per call).
     """
-    gt = load_coco(gt)
-    img_ids = sorted(gt.getImgIds()) if img_ids is None else list(img_ids)
+    prepared = gt if isinstance(gt, GroundTruth) else GroundTruth(load_coco(gt))
+    img_ids = sorted(prepared.coco.getImgIds()) if img_ids is None else list(img_ids)
     if not results:
-        return _empty_result(gt, img_ids)
+        return _empty_result(prepared.coco, img_ids)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
-        ev = _cocoeval(gt, results, img_ids, coco_backend(backend))
+        ev = _cocoeval(prepared, results, img_ids, coco_backend(backend), owned)
     ap, ap50 = per_category_ap(ev.eval["precision"])
     stats = np.asarray(ev.stats, dtype=float)[:12]  # faster-coco-eval appends AR@.5 and AR@.75
     return CocoResult(stats, list(ev.params.catIds), ap, ap50, len(results))

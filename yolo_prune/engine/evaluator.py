@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from yolo_prune.engine.boxes import scale_coords, xywh2xyxy
 from yolo_prune.engine.coco import (
-    CocoResult, CocoSource, build_coco_gt, category_ids, coco_evaluate, default_image_ids,
+    CocoResult, CocoSource, GroundTruth, build_coco_gt, category_ids, coco_evaluate, default_image_ids,
     detections_to_coco, image_ids_in, load_coco, save_predictions_json,
 )
 from yolo_prune.engine.metrics import StatsAccumulator, YoloMetrics
@@ -199,22 +199,31 @@ def _eval_batch(
 
 def _coco_metrics(
     run: EvalRun, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
-    verbose: bool, backend: str = "auto",
+    verbose: bool, backend: str = "auto", gt_cache: dict | None = None,
 ) -> tuple[CocoResult, list[int], Path | None]:
     """COCOeval of the recorded detections against ``coco_gt`` (or GT built from the labels).
 
+    ``gt_cache`` (a dict the caller keeps) holds the prepared ground truth of each image list, so repeated
+    evaluations of the same images (the sensitivity analysis) build it once.
     Returns (result, category id of each class index [nc], path of the written predictions.json or None).
     """
-    if coco_gt is None:
-        img_ids: list[Any] = default_image_ids(run.paths)
-        gt: Any = build_coco_gt(run.labels, run.shapes, img_ids, nc, names, run.paths)
-        cat_ids = list(range(nc))
+    key = (coco_gt is None, tuple(run.paths), sum(len(lab) for lab in run.labels))
+    if gt_cache is not None and key in gt_cache:
+        gt, img_ids, cat_ids = gt_cache[key]
     else:
-        gt = load_coco(coco_gt)
-        img_ids, cat_ids = image_ids_in(gt, run.paths), category_ids(gt, nc)
+        if coco_gt is None:
+            img_ids = default_image_ids(run.paths)
+            gt = GroundTruth(load_coco(build_coco_gt(run.labels, run.shapes, img_ids, nc, names, run.paths)))
+            cat_ids = list(range(nc))
+        else:
+            coco = load_coco(coco_gt)
+            gt, img_ids, cat_ids = GroundTruth(coco), image_ids_in(coco, run.paths), category_ids(coco, nc)
+        if gt_cache is not None:
+            gt_cache[key] = (gt, img_ids, cat_ids)
     results = detections_to_coco(run.dets, img_ids, cat_ids)
     json_path = save_predictions_json(results, save_json) if save_json is not None else None
-    return coco_evaluate(results, gt, img_ids=img_ids, verbose=verbose, backend=backend), cat_ids, json_path
+    coco = coco_evaluate(results, gt, img_ids=img_ids, verbose=verbose, backend=backend, owned=True)
+    return coco, cat_ids, json_path
 
 
 def _class_coco_ap(coco: CocoResult, cat_ids: list[int]) -> tuple[list[float], list[float]]:
@@ -286,13 +295,14 @@ def evaluate(
 
 def summarize(
     run: EvalRun, nc: int, names: list[str], coco_gt: CocoSource | None, save_json: str | Path | None,
-    verbose: bool, coco_backend: str = "auto",
+    verbose: bool, coco_backend: str = "auto", gt_cache: dict | None = None,
 ) -> EvalResult:
-    """Reduce the recorded images to an :class:`EvalResult` (``coco_backend``: see :func:`.coco.coco_backend`)."""
+    """Reduce the recorded images to an :class:`EvalResult` (``coco_backend``: see :func:`.coco.coco_backend`;
+    ``gt_cache``: see :func:`_coco_metrics`)."""
     yolo = run.stats.compute(nc)
     if yolo.n_labels.shape[0] > nc:
         raise DataError(f"labels contain class {yolo.n_labels.shape[0] - 1}, but nc={nc}")
-    coco, cat_ids, json_path = _coco_metrics(run, nc, names, coco_gt, save_json, verbose, coco_backend)
+    coco, cat_ids, json_path = _coco_metrics(run, nc, names, coco_gt, save_json, verbose, coco_backend, gt_cache)
     ap, ap50 = _class_coco_ap(coco, cat_ids)
     n = len(run.paths)
     speed = (run.t_inf / n * 1e3, run.t_nms / n * 1e3, (run.t_inf + run.t_nms) / n * 1e3, *(run.nominal_hw or run.hw),

@@ -30,6 +30,7 @@ class DetectionScorer:
         self.nc, self.names = nc, list(names)
         self.conf_thres, self.iou_thres, self.coco_gt = conf_thres, iou_thres, coco_gt
         self.coco_backend = coco_backend
+        self._ground_truth: dict = {}  # prepared once per image list: every configuration scores the same images
 
     def start(self) -> Any:
         return ev.EvalRun(StatsAccumulator())
@@ -46,7 +47,8 @@ class DetectionScorer:
         return float(state.stats.compute(self.nc).map50)
 
     def finish(self, state: Any) -> dict[str, Any]:
-        result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False, self.coco_backend)
+        result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False, self.coco_backend,
+                              self._ground_truth)
         # as `yolo-prune test --json`: mp/mr from test.py, map50/map from COCOeval, test.py's own set apart
         return {"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
                 "official": ev.official_metrics(result),
