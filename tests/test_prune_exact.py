@@ -243,3 +243,14 @@ def test_darknet_split_of_a_concatenation_fixes_its_producers(tmp_path):
     assert [graph[i].prunable for i in range(3)] == [False, False, True]
     assert "route model.3 splits a concatenation" in graph[0].reason
     assert graph[2].inputs == ((0, 8, 0, 1),)
+
+
+def test_work_needing_a_contiguous_slot_refuses_a_chunked_one_by_name():
+    """group-taylor and --reconstruct read a consumer slot as one block of channels; a Darknet route-group chunk is
+    refused with the consumer's name and what to use instead (conv 5 reads the second half of conv 4)."""
+    from yolo_prune.errors import PruningError
+
+    graph = derive_graph(build_model(DARKNET / "mixed.cfg"))
+    assert graph[6].whole_slot_offset(1, "x", "y") == 8  # after the quarter of conv 4 in slot 0
+    with pytest.raises(PruningError, match=r"reconstruction: model\.\d+.* reads its input in chunks .*; prune without"):
+        graph[5].whole_slot_offset(0, "reconstruction", "prune without --reconstruct")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from yolo_prune.errors import PruningError
+
 
 
 class Slot(NamedTuple):
@@ -42,6 +44,13 @@ class ConvNode:
     def sizes(self) -> list[int]:
         """Channel count of each slot of this conv's input when it is a concatenation (else empty)."""
         return [slot.size for slot in self.inputs] if len(self.inputs) > 1 else []
+
+    def whole_slot_offset(self, slot: int, what: str, advice: str) -> int:
+        """First input channel of ``slot``, for work that needs the slot's channels contiguous; a slot read in
+        chunks (a Darknet route group) is refused with ``what: <name> ...; <advice>``."""
+        if self.inputs[slot].parts > 1:
+            raise PruningError(f"{what}: {self.name} reads its input in chunks (a Darknet route group); {advice}")
+        return sum(s.size for s in self.inputs[:slot])
 
     def describe(self) -> str:
         links = ", ".join(f"{c}[{s}]" for c, s in self.consumers) or "-"

@@ -155,10 +155,7 @@ def _taylor_in(model: nn.Module, graph: PruningGraph, consumer: int, slot: int, 
                grads: dict[str, Tensor]) -> Tensor:
     """Per producer filter: the consumer's input-channel kernels of that slot (and an ImplicitA's slice)."""
     cnode = graph[consumer]
-    if cnode.inputs[slot].parts > 1:
-        raise PruningError(f"group-taylor: {cnode.name} reads its input in chunks (a Darknet route group); "
-                           f"use taylor or taylor-weight")
-    offset = sum(s.size for s in cnode.inputs[:slot])
+    offset = cnode.whole_slot_offset(slot, "group-taylor", "use taylor or taylor-weight")
     module = model.get_submodule(cnode.name)
     total = torch.zeros(width)
     for pname, p in module.named_parameters():

@@ -70,10 +70,7 @@ def _fold_consumer(model: nn.Module, graph: PruningGraph, consumer: int, slot: i
                    b: torch.Tensor, c: torch.Tensor) -> None:
     """Fold the reconstruction into one consumer slot (Conv, RepConv or a head conv with its ImplicitA)."""
     node = graph[consumer]
-    if node.inputs[slot].parts > 1:
-        raise PruningError(f"reconstruction: {node.name} reads its input in chunks (a Darknet route group); "
-                           f"prune without --reconstruct")
-    offset = sum(s.size for s in node.inputs[:slot])
+    offset = node.whole_slot_offset(slot, "reconstruction", "prune without --reconstruct")
     module = model.get_submodule(node.name)
     if isinstance(module, Conv):
         _absorb(module.bn, module.conv, _fold_conv(module.conv, offset, kept, b, c))
