@@ -47,6 +47,9 @@ def test_two_iterations_end_to_end_and_resume(tiny_setup, tmp_path, capsys):
     history = yp.load_checkpoint(json.loads((out / "iter_2" / "done.json").read_text())["weights"]).history
     assert [h["event"] for h in history].count("prune") == 2
     assert {h["scoring"] for h in history if h["event"] == "prune"} == {"independent"}
+    # the default recipe: Taylor scores with the least-squares reconstruction
+    assert {(h["criterion"], h["criterion_options"]["reconstruct"]) for h in history if h["event"] == "prune"} \
+        == {("taylor", True)}
     assert (out / "summary.png").stat().st_size > 1000 and "| 2 |" in (out / "summary.md").read_text()
     before = (out / "summary.csv").read_text()
     capsys.readouterr()

@@ -27,12 +27,16 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--device", default="")
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--pruning-rate", default="[0.25, 0.5, 0.75]", help="analysis rates")
-    p.add_argument("--criterion", default="0", help="importance criterion (number or name; data-driven ones "
-                   "sample --data's training split)")
+    p.add_argument("--criterion", default="taylor", help="importance criterion (number or name; data-driven ones "
+                   "sample --data's training split). Default taylor with --reconstruct: the most accurate at every "
+                   "budget of BENCHMARKS.md's accuracy protocol; --criterion 0 --no-reconstruct is the published L2 norm")
     p.add_argument("--round-to", type=positive_int, default=None)
     p.add_argument("--seed", type=seed_int, default=0)
     add_scoring_flag(p)
     add_criterion_flags(p)
+    p.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
+                   help="prune without the least-squares reconstruction (on by default here)")
+    p.set_defaults(reconstruct=True)
     p.add_argument("--max-images", type=positive_int, default=None, help="analysis: validation subset size")
     p.add_argument("--eval-images", type=positive_int, default=None, help="evaluation after fine-tuning: subset size")
     p.add_argument("--params-layers", type=non_negative_int, default=5)
