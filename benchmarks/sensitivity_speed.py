@@ -238,7 +238,7 @@ class Analysis:
 def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[int] | None, chunk_layers: int,
                  out_dir: Path, shares: dict[int, float], **extra) -> Analysis:
     """One timed ``sensitivity_on_data``; ``extra``: AnalysisSettings fields (the reference path sets
-    ``stack_bytes=0, cache_bytes=0, coco_backend="pycocotools"``)."""
+    ``stack_bytes=0, cache_bytes=0, channels_last_cpu=False, coco_backend="pycocotools"``)."""
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
     settings = AnalysisSettings(rates=rates, criterion="l2", layers=layers, chunk_layers=chunk_layers, **extra)
@@ -371,7 +371,7 @@ def measure(model, data: "DataSettings", args: argparse.Namespace, layers: list[
     if args.reference:
         ref = run_analysis(copy.deepcopy(model), data, list(args.rates), layers, args.chunk_layers,
                            work.with_name(work.name + "-reference"), shares, stack_bytes=0, cache_bytes=0,
-                           coco_backend="pycocotools")
+                           channels_last_cpu=False, coco_backend="pycocotools")
         log(f"reference analysis (one pass per configuration, pycocotools): {ref.seconds:.1f} s")
     loads.append(load())
     for i in range(args.repeats):
@@ -484,10 +484,12 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
                      f"**{a.ratio:.3f}** | <= {args.goal:g}: **{verdict}** | {a.ratio_cpu:.3f} | {a.spread:.2f} | "
                      f"{a.slowdown:.2f} | {a.ratio_reference:.3f} | {a.max_map_difference:.1e} | {a.max_pr_difference:.1e} |")
     lines += ["", "Reference = today's path in the same run: `AnalysisSettings(..., stack_bytes=0, cache_bytes=0, "
-              "coco_backend='pycocotools')` (one downstream pass per configuration, pycocotools COCOeval); the goal "
+              "channels_last_cpu=False, coco_backend='pycocotools')` (one downstream pass per configuration in the "
+              "default memory layout, the full forward per chunk, pycocotools COCOeval); the goal "
               f"also needs every configuration's mAP@.5 and mAP@.5:.95 within {args.tolerance:g} of it. mp and mr "
               "(test.py's precision and recall at the best mean F1, read off curves interpolated in the scores) may "
-              "move by ~1e-6: a stacked pass sums the convolutions in another order, so scores differ in their last "
+              "move by ~1e-6: a stacked or channels-last pass sums the convolutions in another order, so scores differ "
+              "in their last "
               "float bits (not the COCO backend: faster-coco-eval equals pycocotools on the same detections, tested)."]
     lines += [
         "",

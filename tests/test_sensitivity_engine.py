@@ -194,6 +194,22 @@ def test_activation_cache_runs_the_full_forward_once_per_batch_with_identical_re
     assert computed and cache.used == 0 and cache.outputs(0, model, batches[0].inputs(torch.float32))[1]
 
 
+def test_channels_last_scoring_equals_the_default_layout_and_restores_the_model(tmp_path):
+    """Scoring in channels-last layout on CPU (the default) gives the default layout's metrics to float rounding,
+    and the model leaves the analysis with its weights in the default layout."""
+    model, graph, batches = _setup()
+    kw = dict(layers=LAYERS, img_size=64, progress=False)
+    fast = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "cl", {"s": 1}), RATES, **kw)
+    assert all(p.is_contiguous() for p in model.parameters())
+    plain = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "nchw", {"s": 1}), RATES,
+                            channels_last_cpu=False, **kw)
+    assert set(fast.results) == set(plain.results)
+    assert any(fast.results[k]["map"] != r["map"] for k, r in plain.results.items())  # another layout ran
+    for key, res in plain.results.items():
+        for metric in ("mp", "mr", "map50", "map", "per_class"):
+            assert fast.results[key][metric] == pytest.approx(res[metric], rel=1e-6, abs=1e-9), (key, metric)
+
+
 @pytest.mark.parametrize("conv", [41, 46])  # SPPCSPC cv1, cv6: the block runs on stacked inputs
 def test_stacked_pass_inside_blocks_is_exact(conv):
     """yolov7: convs that are not a whole cfg layer (inside SPPCSPC): the block's inputs are repeated per
@@ -265,7 +281,8 @@ def test_early_stop_stops_only_hopeless_configurations(tmp_path):
 
     model, graph, batches = _setup()
     batches = batches * 2  # 4 batches of 2 images: the decision falls after the first (after=0.25)
-    kw = dict(layers=LAYERS, img_size=64, progress=False, stack_bytes=0)
+    # the scorer magnifies differences 1e5-fold: score in the model's own layout, as the reference loop below does
+    kw = dict(layers=LAYERS, img_size=64, progress=False, stack_bytes=0, channels_last_cpu=False)
     full = run_sensitivity(model, graph, batches, PartialScorer(), ResultStore.open(tmp_path / "full", {"s": 1}),
                            RATES, **kw)
     with torch.no_grad():

@@ -18,11 +18,12 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 import torch.nn as nn
 
-from yolo_prune.analysis.fastforward import (ActivationCache, downstream_layers, last_uses, layer_of, masked,
-                                             masked_stack, nbytes, run_from, run_from_stacked, stackable)
+from yolo_prune.analysis.fastforward import (ActivationCache, channels_last, downstream_layers, last_uses, layer_of,
+                                             masked, masked_stack, nbytes, run_from, run_from_stacked, stackable)
 from yolo_prune.analysis.planning import EarlyStop, Plan, cache_budget, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.models.model import Model
 from yolo_prune.prune.context import CriterionContext, rewrite_kind
 from yolo_prune.prune.cost import CostModel, fused_cost_model
 from yolo_prune.prune.plan import make_plan
@@ -118,6 +119,7 @@ class _Chunk:
     last: list[int]
     activations: ActivationCache
     early: EarlyStop | None = None
+    channels_last: bool = False  # inputs (and, around the chunk, the model) in channels-last layout
     early_base: float | None = None  # the unpruned model's partial mAP@.5 (same images for every chunk)
 
 
@@ -132,6 +134,8 @@ def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch]
     with torch.inference_mode():
         for index, batch in enumerate(batches):
             x = batch.inputs(dtype)
+            if ctx.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             t0 = time.perf_counter()
             cache, _ = ctx.activations.outputs(index, model, x)
             ctx.sync()
@@ -230,7 +234,7 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
                     criterion: str = "l2", round_to: int | None = None, seed: int = 0, img_size: int = 640,
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
                     prefix: str = "output", stack_bytes: int | None = None, cache_bytes: int | None = None,
-                    early_stop: EarlyStop | None = None,
+                    early_stop: EarlyStop | None = None, channels_last_cpu: bool = True,
                     dry_run: bool = False, log: Callable[[str], None] | None = None,
                     context: CriterionContext | None = None) -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
@@ -239,7 +243,9 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     --reconstruct changes are applied per configuration and undone). ``context`` carries data-driven criteria's
     scores and options. ``stack_bytes`` caps a stacked pass (None: :func:`stack_budget`; 0: one pass per
     configuration); ``cache_bytes`` caps the unpruned activations kept across chunks (None: :func:`cache_budget`;
-    0: the full forward again per chunk). ``log`` (rank 0) gets the plan before any work and the measured time per configuration with
+    0: the full forward again per chunk). ``channels_last_cpu``: on CPU, score in channels-last layout (faster;
+    the same metrics to float rounding; criteria and reconstruction are computed in the model's own layout).
+    ``log`` (rank 0) gets the plan before any work and the measured time per configuration with
     the ETA after the first chunk; ``dry_run`` times the first chunk on the first batch only, logs the plan with
     that estimate, and returns without scoring or writing anything.
     """
@@ -250,7 +256,8 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     shape = (*batches[0].images.shape[-2:], batches[0].images.shape[0]) if batches else (0, 0, 0)
     device = batches[0].images.device if batches else torch.device("cpu")
     ctx = _Chunk(scorer, _sync_for(batches), stack_budget(device, stack_bytes), last_uses(model),
-                 ActivationCache(cache_budget(device, cache_bytes)), early_stop)
+                 ActivationCache(cache_budget(device, cache_bytes)), early_stop,
+                 channels_last=channels_last_cpu and device.type == "cpu" and isinstance(model, Model))
     plan = Plan(len(layers) * len(rates), sum(store.done(l, r) for l in layers for r in rates), n_images,
                 len(batches), len(chunks), dist.world, ctx.stack_bytes, ctx.activations.budget)
     say = log if log is not None and dist.rank == 0 else (lambda _text: None)
@@ -268,7 +275,8 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
         configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed, context)
                    if not store.done(c.layer, c.rate)]
         baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
-        _score_chunk(model, graph, batches, ctx, configs, baseline)
+        with channels_last(model, ctx.channels_last):
+            _score_chunk(model, graph, batches, ctx, configs, baseline)
         local = {"results": [(c.layer, c.rate, _metrics(scorer, c, shape, pruned_cost(costs, c.layer, c.rate, round_to)))
                              for c in configs]}
         if baseline is not None:
@@ -304,8 +312,9 @@ def _probe(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx:
     if not configs or not batches:
         return
     t0 = time.perf_counter()
-    probe = _Chunk(ctx.scorer, ctx.sync, ctx.stack_bytes, ctx.last, ActivationCache(0))
-    _score_chunk(model, graph, batches[:1], probe, configs, None)
+    probe = _Chunk(ctx.scorer, ctx.sync, ctx.stack_bytes, ctx.last, ActivationCache(0), channels_last=ctx.channels_last)
+    with channels_last(model, ctx.channels_last):
+        _score_chunk(model, graph, batches[:1], probe, configs, None)
     for c in configs:
         ctx.scorer.finish(c.state)
     per_image = (time.perf_counter() - t0) / len(configs) / len(batches[0].images)

@@ -120,6 +120,7 @@ class AnalysisSettings:
     early_stop: Any = None  # analysis.planning.EarlyStop, opt-in
     stack_bytes: int | None = None  # memory for one stacked pass of a layer's rates (None: automatic, 0: off)
     cache_bytes: int | None = None  # unpruned activations kept across chunks (None: automatic, 0: off)
+    channels_last_cpu: bool = True  # score in channels-last layout on CPU (faster; same metrics to float rounding)
     coco_backend: str = "auto"  # COCOeval implementation (engine.coco.coco_backend); same numbers either way
 
 
@@ -164,4 +165,5 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
                            layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
                            dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,
-                           stack_bytes=analysis.stack_bytes, cache_bytes=analysis.cache_bytes, early_stop=analysis.early_stop, dry_run=dry_run, log=log)
+                           stack_bytes=analysis.stack_bytes, cache_bytes=analysis.cache_bytes,
+                           channels_last_cpu=analysis.channels_last_cpu, early_stop=analysis.early_stop, dry_run=dry_run, log=log)
