@@ -328,6 +328,10 @@ def report(args, runs: list[Run], profiles: dict[str, dict[str, float]], n_train
         lines.append(f"| {v} | {len(rs)} | {ips:.2f} | {ips / off:.2f}x | {cpu:.2f} | {cpu / off_cpu:.2f}x | {secs} | "
                      f"{statistics.fmean(m50) if m50 else float('nan'):.4f} | "
                      f"{statistics.fmean(maps) if maps else float('nan'):.4f} | {'; '.join(r.load for r in rs)} |")
+    lines += ["", "mAP@.5:.95 per run (seed order): " + "; ".join(
+        f"{v} " + ", ".join(f"{r.map:.4f}" for r in rs) for v, rs in by.items() if rs)
+        + (" (the official trainer seeds itself: its runs differ only by loader randomness, none with 0 workers)"
+           if any(v.startswith("official") for v in by) else "") + "."]
     ours = {v: median_ips(rs) for v, rs in by.items() if not v.startswith("official") and rs}
     if ours and off == off:
         best = max(ours, key=ours.get)
