@@ -14,25 +14,25 @@ CPU_STACK_BYTES = 1 << 30  # stacked downstream activations on CPU (the host's o
 CPU_CACHE_BYTES = 2 << 30  # unpruned activations kept across chunks on CPU
 
 
-def stack_budget(device: torch.device, requested: int | None = None) -> int:
-    """Bytes one stacked downstream pass may hold: ``requested``, else half the free GPU memory, else 1 GiB."""
+def _budget(device: torch.device, requested: int | None, gpu_share: int, cpu_bytes: int) -> int:
+    """``requested`` bytes, else 1/``gpu_share`` of the free GPU memory, else ``cpu_bytes``."""
     if requested is not None:
         return max(0, int(requested))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    return CPU_STACK_BYTES
+        return free // gpu_share
+    return cpu_bytes
+
+
+def stack_budget(device: torch.device, requested: int | None = None) -> int:
+    """Bytes one stacked downstream pass may hold: ``requested``, else half the free GPU memory, else 1 GiB."""
+    return _budget(device, requested, 2, CPU_STACK_BYTES)
 
 
 def cache_budget(device: torch.device, requested: int | None = None) -> int:
     """Bytes of unpruned activations kept across chunks: ``requested``, else a quarter of the free GPU memory,
     else 2 GiB."""
-    if requested is not None:
-        return max(0, int(requested))
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 4
-    return CPU_CACHE_BYTES
+    return _budget(device, requested, 4, CPU_CACHE_BYTES)
 
 
 @dataclass(frozen=True)
