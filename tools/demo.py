@@ -102,7 +102,9 @@ def latency(models: dict[str, torch.nn.Module], img: int, out: Path, rounds: int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--analysis-images", type=int, default=16)
+    p.add_argument("--analysis-images", type=int, default=64,
+                   help="training images of the sensitivity analysis (at 50 %% of the GFLOPs, 16 kept mAP@.5:.95 0.37 "
+                        "right after pruning, 64 kept 0.51)")
     p.add_argument("--budget", type=float, default=0.5, help="target GFLOPs as a fraction of the unpruned model's")
     p.add_argument("--criterion", default="taylor")
     p.add_argument("--no-reconstruct", action="store_true")
