@@ -195,14 +195,15 @@ def test_activation_cache_runs_the_full_forward_once_per_batch_with_identical_re
 
 
 def test_channels_last_scoring_equals_the_default_layout_and_restores_the_model(tmp_path):
-    """Scoring in channels-last layout on CPU (the default) gives the default layout's metrics to float rounding,
-    and the model leaves the analysis with its weights in the default layout."""
+    """Scoring in channels-last layout on CPU (opt-in) gives the default layout's raw outputs to float rounding, and
+    the model leaves the analysis with its weights in the default layout."""
     model, graph, batches = _setup()
     kw = dict(layers=LAYERS, img_size=64, progress=False)
-    fast = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "cl", {"s": 1}), RATES, **kw)
+    fast = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "cl", {"s": 1}), RATES,
+                           channels_last_cpu=True, **kw)
     assert all(p.is_contiguous() for p in model.parameters())
     plain = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "nchw", {"s": 1}), RATES,
-                            channels_last_cpu=False, **kw)
+                            **kw)
     assert set(fast.results) == set(plain.results)
     assert any(fast.results[k]["map"] != r["map"] for k, r in plain.results.items())  # another layout ran
     for key, res in plain.results.items():
@@ -281,8 +282,7 @@ def test_early_stop_stops_only_hopeless_configurations(tmp_path):
 
     model, graph, batches = _setup()
     batches = batches * 2  # 4 batches of 2 images: the decision falls after the first (after=0.25)
-    # the scorer magnifies differences 1e5-fold: score in the model's own layout, as the reference loop below does
-    kw = dict(layers=LAYERS, img_size=64, progress=False, stack_bytes=0, channels_last_cpu=False)
+    kw = dict(layers=LAYERS, img_size=64, progress=False, stack_bytes=0)
     full = run_sensitivity(model, graph, batches, PartialScorer(), ResultStore.open(tmp_path / "full", {"s": 1}),
                            RATES, **kw)
     with torch.no_grad():

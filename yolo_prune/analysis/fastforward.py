@@ -34,7 +34,8 @@ def run_all(model: nn.Module, x: torch.Tensor) -> list:
 @contextmanager
 def channels_last(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Run ``model`` with its 4-D weights in channels-last layout (oneDNN's fast path on CPU: ~15 % faster
-    convolutions for yolov7-tiny), restored to the default layout afterwards; inputs must be converted too."""
+    convolutions for yolov7-tiny, summed in another order), restored to the default layout afterwards; inputs must
+    be converted too."""
     if not enabled:
         yield
         return

@@ -120,7 +120,7 @@ class AnalysisSettings:
     early_stop: Any = None  # analysis.planning.EarlyStop, opt-in
     stack_bytes: int | None = None  # memory for one stacked pass of a layer's rates (None: automatic, 0: off)
     cache_bytes: int | None = None  # unpruned activations kept across chunks (None: automatic, 0: off)
-    channels_last_cpu: bool = True  # score in channels-last layout on CPU (faster; same metrics to float rounding)
+    channels_last_cpu: bool = False  # score in channels-last layout on CPU (faster; mAP may move by ~1e-4)
     coco_backend: str = "auto"  # COCOeval implementation (engine.coco.coco_backend); same numbers either way
 
 
