@@ -73,7 +73,7 @@ def plot(rows: list[dict], control: float, g0: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     specs = sorted({r["spec"] for r in rows if r.get("kind") == "budget"})
     for spec in specs:
         pts = sorted((r["gflops"], r["map"]) for r in rows if r.get("spec") == spec and r.get("kind") == "budget"
@@ -86,7 +86,7 @@ def plot(rows: list[dict], control: float, g0: float, path: Path) -> None:
     ax.set_xlabel("GFLOPs")
     ax.set_ylabel("mAP@.5:.95 (validation)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no point hidden
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
