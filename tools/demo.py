@@ -1,4 +1,4 @@
-"""`make demo`: the main job end to end on the built-in default, with no downloads (about 10 min on 2 CPU cores).
+"""`make demo`: the main job end to end on the built-in default, with no downloads (about 4 min on 2 quiet CPU cores).
 
 synthetic benchmark -> shipped yolov7-tiny (trained on it to convergence) -> the recommended recipe: sensitivity
 analysis on training images with the Taylor criterion and least-squares reconstruction, budget knapsack to half
