@@ -54,15 +54,15 @@ class ActivationCache:
         self.budget, self.used = budget, 0
         self._kept: dict[int, list] = {}
 
-    def outputs(self, index: int, model: nn.Module, x: torch.Tensor) -> tuple[list, bool]:
-        """(batch ``index``'s outputs, whether they were computed now rather than taken from the cache)."""
+    def outputs(self, index: int, model: nn.Module, x: torch.Tensor) -> list:
+        """Batch ``index``'s outputs: from the cache, or computed now (and kept if they fit)."""
         if index in self._kept:
-            return self._kept[index], False
+            return self._kept[index]
         outputs = run_all(model, x)
         size = nbytes(outputs)
         if self.used + size <= self.budget:
             self._kept[index], self.used = outputs, self.used + size
-        return outputs, True
+        return outputs
 
 
 def nbytes(value) -> int:

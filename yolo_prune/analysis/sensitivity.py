@@ -137,7 +137,7 @@ def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch]
             if ctx.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             t0 = time.perf_counter()
-            cache, _ = ctx.activations.outputs(index, model, x)
+            cache = ctx.activations.outputs(index, model, x)
             ctx.sync()
             if baseline is not None:
                 _update(ctx, baseline, _prediction(cache[-1]), batch.meta, time.perf_counter() - t0)

@@ -236,10 +236,9 @@ class GroundTruth:
         return self._faster
 
 
-def _cocoeval(gt: COCO | GroundTruth, results: list[dict], img_ids: list[Any], backend: str, owned: bool = False):
+def _cocoeval(prepared: GroundTruth, results: list[dict], img_ids: list[Any], backend: str, owned: bool = False):
     """An evaluated + accumulated + summarised COCOeval object of ``backend`` (same attributes either way).
     ``loadRes`` adds fields to the entries, so they are copied unless the caller hands them over (``owned``)."""
-    prepared = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
     entries = results if owned else [dict(r) for r in results]
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCOeval_faster
