@@ -170,6 +170,7 @@ def test_early_stop_marks_stopped_configurations_and_is_part_of_the_settings(sma
 
 
 @pytest.mark.parametrize("extra,words", [
+    (["--cache-mib", "-1"], "--cache-mib"),
     (["--early-stop", "1.5"], "--early-stop 1.5: the mAP@.5 ratio must be in (0, 1]"),
     (["--early-stop-after", "0.5"], "--early-stop-after: only with --early-stop"),
     (["--early-stop", "--early-stop-after", "1"], "--early-stop-after 1.0: the image fraction must be in (0, 1)"),
@@ -187,5 +188,6 @@ def test_analysis_speed_flags_without_the_analysis_are_usage_errors(small_set, t
     from cli_workspace import run_cli
 
     data, weights = small_set
-    code, _, err = run_cli(["test", "--data", str(data), "--weights", str(weights), "--dry-run", "--stack-mib", "0"])
-    assert code == 2 and "--dry-run, --stack-mib: only with --task pruning_sensitivity_analysis" in err
+    code, _, err = run_cli(["test", "--data", str(data), "--weights", str(weights), "--dry-run", "--stack-mib", "0",
+                            "--cache-mib", "0"])
+    assert code == 2 and "--dry-run, --stack-mib, --cache-mib: only with --task pruning_sensitivity_analysis" in err
