@@ -117,12 +117,17 @@ def start_checkpoints(weights: Path, args) -> Path:
     torch.save({"nc": int(model.nc), "state_dict": model.state_dict()}, plain)
     script = args.work / "convert.py"
     script.write_text(CONVERT)
-    env = dict(os.environ, PYTHONPATH=f"{args.official_deps}:{args.official_dir}", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    subprocess.run([sys.executable, str(script), str(plain), str(out)], cwd=args.official_dir, env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(plain), str(out)], cwd=args.official_dir,
+                   env=dict(os.environ, **official_env(args)), check=True)
     return out
 
 
-# ------------------------------------------------------------------------------------------------ setup
+def official_env(args) -> dict[str, str]:
+    """What the official code needs in its environment: its tree and dependencies, pickled checkpoints, no wandb."""
+    return {"PYTHONPATH": f"{args.official_deps}:{args.official_dir}", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+            "WANDB_MODE": "disabled"}
+
+
 def official_checkout(git_dir: Path, work: Path) -> Path:
     """The official code extracted from its bare git directory into ``work/yolov7`` and patched for numpy 2."""
     dest = work / "yolov7"
@@ -185,9 +190,7 @@ def command(variant: str, seed: int, args, data: Path, project: Path) -> tuple[l
         argv = ["official", "--cfg", "cfg/training/yolov7-tiny.yaml", "--weights", start, "--hyp",
                 "data/hyp.scratch.tiny.yaml", "--noautoanchor", *common,
                 *(["--cache-images"] if variant == "official-cache" else [])]
-        env = {"PYTHONPATH": f"{args.official_deps}:{args.official_dir}", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
-               "WANDB_MODE": "disabled"}
-        return argv, args.official_dir, env
+        return argv, args.official_dir, official_env(args)
     model = ["--weights", str(args.start_weights)] if args.start_weights else ["--cfg", "yolov7-tiny"]
     argv = ["ours", "train", *model, "--hyp", "scratch.tiny", "--seed", str(seed), *common,
             *OURS[variant]]

@@ -7,7 +7,6 @@ from typing import NamedTuple
 from yolo_prune.errors import PruningError
 
 
-
 class Slot(NamedTuple):
     """One slot of a convolution's input: the conv that produced these channels (None: the network input) and
     how many. A slot can hold one of ``parts`` equal chunks of its producer's channels (chunk ``part``, as a
