@@ -236,10 +236,40 @@ def test_stacked_pass_inside_blocks_is_exact(conv):
             with masked(model, graph, conv, r):
                 single.append(run_from(model, cache, deps, x)[0])
         with masked_stack(model, graph, conv, removed, len(x)):
-            stacked = run_from_stacked(model, cache, deps, x, len(removed), False, last_uses(model))[0]
+            stacked = run_from_stacked(model, cache, deps, x, len(removed), None, last_uses(model))[0]
     for j, ref in enumerate(single):
         torch.testing.assert_close(stacked[2 * j:2 * j + 2], ref, rtol=1e-5, atol=1e-4)
         assert not torch.equal(stacked[2 * j:2 * j + 2], single[(j + 1) % 3])  # the masks differ per slice
+
+
+def test_stacked_pass_reads_the_masked_conv_from_the_cache_bit_for_bit():
+    """A conv that is a whole cfg layer is not re-run in a stacked pass: its cached output, masked per slice, is
+    exactly what the re-run gives (same input, same kernel)."""
+    from yolo_prune.analysis.fastforward import (downstream_layers, last_uses, layer_of, masked_stack, run_all,
+                                                 run_from_stacked)
+
+    model, graph, batches = _setup()
+    x = batches[0].inputs(torch.float32)
+    conv = 6
+    layer = layer_of(graph, conv)
+    assert model.model[layer] is model.conv_modules()[conv]
+    n = graph[conv].out_channels
+    removed = [list(range(0, n, 2)), list(range(n // 2))]
+    calls = []
+    model.model[layer].register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        cache = run_all(model, x)
+        calls.clear()
+        deps = downstream_layers(model)[layer]
+        with masked_stack(model, graph, conv, removed, len(x)) as stack:
+            rerun = model.model[layer](cache[model.specs[layer].sources()[0]])  # the hook stacks the variants
+            assert torch.equal(stack(cache[layer]), rerun)
+            calls.clear()
+            cached = run_from_stacked(model, cache, deps, x, len(removed), stack, last_uses(model))[0]
+            assert calls == []  # the conv itself did not run again
+    for j, r in enumerate(removed):
+        assert torch.equal(rerun[2 * j:2 * j + 2, r], torch.zeros_like(rerun[2 * j:2 * j + 2, r]))
+    assert cached.shape[0] == len(removed) * len(x)
 
 
 def test_plan_is_logged_before_work_and_dry_run_writes_nothing(tmp_path):

@@ -11,7 +11,7 @@ Networks without cfg rows (the classification CNNs) have no cached prefix: ``run
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -155,17 +155,19 @@ def _tiled(value, k: int):
 
 
 def run_from_stacked(model: Model, cache: Sequence, layers: Sequence[int], x: torch.Tensor, k: int,
-                     expand_first: bool = False, last: Sequence[int] | None = None):
+                     first: Callable[[torch.Tensor], torch.Tensor] | None = None, last: Sequence[int] | None = None):
     """:func:`run_from` for ``k`` stacked variants: outputs of ``layers`` have batch k * B; unchanged inputs come
-    from ``cache`` (batch B) repeated per variant. ``expand_first``: the first layer runs once on batch B and its
-    forward hook stacks the k variants (see :func:`masked_stack`). ``last`` (:func:`last_uses`) lets stacked
-    outputs go as soon as no later layer reads them. Returns the head's output (batch k * B)."""
+    from ``cache`` (batch B) repeated per variant. ``first``: the first layer is the masked conv itself, so its
+    output is not re-run: ``first`` stacks the k masked variants of its cached output (the filter
+    :func:`masked_stack` yields; the same values a re-run would give, bit for bit). ``last`` (:func:`last_uses`)
+    lets stacked outputs go as soon as no later layer reads them. Returns the head's output (batch k * B)."""
     stacked: dict[int, object] = {}
     for n, i in enumerate(layers):
         spec = model.specs[i]
-        shared = n == 0 and expand_first
-        srcs = [x if s == -1 else stacked[s] if s in stacked else cache[s] if shared else _tiled(cache[s], k)
-                for s in spec.sources()]
+        if n == 0 and first is not None:
+            stacked[i] = first(cache[i])
+            continue
+        srcs = [x if s == -1 else stacked[s] if s in stacked else _tiled(cache[s], k) for s in spec.sources()]
         stacked[i] = model.model[i](srcs[0] if isinstance(spec.from_, int) else srcs)
         if last is not None:
             for s in spec.sources():
@@ -197,15 +199,16 @@ def masks_of(removed: Sequence[Sequence[int]], channels: int) -> torch.Tensor:
 
 @contextmanager
 def masked_stack(model: Model, graph: PruningGraph, conv: int, removed: Sequence[Sequence[int]],
-                 batch: int) -> Iterator[None]:
-    """:func:`masked` for k stacked variants: variant j (batch rows j*B..) has filters ``removed[j]`` zeroed."""
+                 batch: int) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """:func:`masked` for k stacked variants: variant j (batch rows j*B..) has filters ``removed[j]`` zeroed.
+    Yields the filter itself (conv output of batch B -> the k masked variants), for a cached output."""
     masks = masks_of(removed, graph[conv].out_channels)
     hook = _stack_filter(masks, batch)
     handles = [model.conv_modules()[conv].register_forward_hook(hook)]
     for m in _implicit_consumers(model, graph, conv):
         handles.append(m.register_forward_hook(_stack_filter(masks, batch)))
     try:
-        yield
+        yield lambda out: hook(None, None, out)
     finally:
         for h in handles:
             h.remove()

@@ -176,9 +176,10 @@ def _run_group(model: nn.Module, graph: PruningGraph, cache: Sequence, x: torch.
         with masked(model, graph, first.layer, first.removed), patched(model, first.patch):
             preds = [_prediction(run_from(model, cache, first.downstream, x))]
     else:
-        expand = model.model[first.downstream[0]] is model.conv_modules()[first.layer]  # the layer is the conv
-        with masked_stack(model, graph, first.layer, [c.removed for c in group], len(x)):
-            out = _prediction(run_from_stacked(model, cache, first.downstream, x, len(group), expand, ctx.last))
+        cached = model.model[first.downstream[0]] is model.conv_modules()[first.layer]  # the layer is the conv
+        with masked_stack(model, graph, first.layer, [c.removed for c in group], len(x)) as stack:
+            out = _prediction(run_from_stacked(model, cache, first.downstream, x, len(group),
+                                               stack if cached else None, ctx.last))
         preds = list(out.split(len(x)))
     ctx.sync()
     seconds = (time.perf_counter() - t0) / len(group)
