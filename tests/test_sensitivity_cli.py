@@ -171,6 +171,7 @@ def test_early_stop_marks_stopped_configurations_and_is_part_of_the_settings(sma
 
 @pytest.mark.parametrize("extra,words", [
     (["--cache-mib", "-1"], "--cache-mib"),
+    (["--score-workers", "-1"], "--score-workers"),
     (["--early-stop", "1.5"], "--early-stop 1.5: the mAP@.5 ratio must be in (0, 1]"),
     (["--early-stop-after", "0.5"], "--early-stop-after: only with --early-stop"),
     (["--early-stop", "--early-stop-after", "1"], "--early-stop-after 1.0: the image fraction must be in (0, 1)"),
@@ -189,5 +190,19 @@ def test_analysis_speed_flags_without_the_analysis_are_usage_errors(small_set, t
 
     data, weights = small_set
     code, _, err = run_cli(["test", "--data", str(data), "--weights", str(weights), "--dry-run", "--stack-mib", "0",
-                            "--cache-mib", "0"])
-    assert code == 2 and "--dry-run, --stack-mib, --cache-mib: only with --task pruning_sensitivity_analysis" in err
+                            "--cache-mib", "0", "--score-workers", "1"])
+    assert code == 2 and ("--dry-run, --stack-mib, --cache-mib, --score-workers: only with --task "
+                          "pruning_sensitivity_analysis") in err
+
+
+def test_score_worker_process_gives_the_in_process_results(small_set, tmp_path):
+    """--score-workers 1: COCOeval of each chunk runs in a worker process while the next chunk's forwards run; the
+    stored metrics are those of scoring in this process, value for value."""
+    data, weights = small_set
+    layers = "[0, 3, 23, 40]"
+    assert main(_args(data, weights, tmp_path / "here", "--layers", layers, "--score-workers", "0", "--json")) == 0
+    assert main(_args(data, weights, tmp_path / "pool", "--layers", layers, "--score-workers", "1", "--json")) == 0
+    here, pool = (json.loads((tmp_path / d / "sens" / "sensitivity.json").read_text()) for d in ("here", "pool"))
+    assert len(pool["results"]) == 8 and _strip_speed(pool["results"]) == _strip_speed(here["results"])
+    assert {k: v for k, v in pool["baseline"].items() if k != "speed"} == \
+        {k: v for k, v in here["baseline"].items() if k != "speed"}

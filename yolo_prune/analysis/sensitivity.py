@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from yolo_prune.analysis.fastforward import (ActivationCache, channels_last, downstream_layers, last_uses, layer_of,
                                              masked, masked_stack, nbytes, run_from, run_from_stacked, stackable)
+from yolo_prune.analysis.finish_pool import FinishPool, WorkerPolicy
 from yolo_prune.analysis.planning import EarlyStop, Plan, cache_budget, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
@@ -124,8 +125,9 @@ class _Chunk:
 
 
 def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx: _Chunk, configs: list[_Config],
-                 baseline: _Config | None) -> None:
-    """Run every batch once through the model and once per group of a layer's configurations downstream."""
+                 baseline: _Config | None, on_done: Callable[[_Config], None] = lambda _cfg: None) -> None:
+    """Run every batch once through the model and once per group of a layer's configurations downstream;
+    ``on_done`` gets each configuration as soon as its last batch is scored (the rest of the batch still to run)."""
     for cfg in configs + ([baseline] if baseline else []):
         cfg.state = ctx.scorer.start()
     dtype, seen = next(model.parameters()).dtype, 0
@@ -139,12 +141,17 @@ def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch]
             t0 = time.perf_counter()
             cache = ctx.activations.outputs(index, model, x)
             ctx.sync()
+            final = index == len(batches) - 1
             if baseline is not None:
                 _update(ctx, baseline, _prediction(cache[-1]), batch.meta, time.perf_counter() - t0)
+                if final:
+                    on_done(baseline)
             if reference is not None and seen < stop_at:
                 ctx.scorer.update(reference, _prediction(cache[-1]), batch.meta)
             for group in _groups(model, graph, [c for c in configs if c.stopped is None], cache, ctx.stack_bytes):
                 _run_group(model, graph, cache, x, group, batch.meta, ctx)
+                for cfg in group if final else []:
+                    on_done(cfg)
             seen += len(x)
             if stop_at is not None and seen >= stop_at and (seen - len(x)) < stop_at:
                 if ctx.early_base is None:
@@ -212,8 +219,8 @@ def _floats(value: Any) -> Any:
     return [float(x) for x in value] if isinstance(value, (list, tuple)) else float(value)
 
 
-def _metrics(scorer: Scorer, cfg: _Config, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
-    m = scorer.finish(cfg.state)
+def _metrics(m: dict[str, Any], cfg: _Config, shape: tuple[int, int, int], cost: tuple[int, float]) -> dict:
+    """A configuration's stored record: the scorer's finished metrics, its timings and its cost."""
     t_inf, t_nms = 1e3 * cfg.seconds / max(cfg.images, 1), 1e3 * cfg.nms_seconds / max(cfg.images, 1)
     out = {**{k: _floats(v) for k, v in m.items()},
            "speed": [round(t_inf, 3), round(t_nms, 3), round(t_inf + t_nms, 3), *shape],
@@ -221,6 +228,14 @@ def _metrics(scorer: Scorer, cfg: _Config, shape: tuple[int, int, int], cost: tu
     if cfg.stopped is not None:
         out["early_stop"] = cfg.stopped
     return out
+
+
+@dataclass
+class _Round:
+    """One round's scored configurations, their metrics being finished by the pool."""
+
+    configs: list[_Config]
+    baseline: _Config | None
 
 
 def _sync_for(batches: Sequence[Batch]) -> Callable[[], None]:
@@ -236,6 +251,7 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
                     chunk_layers: int = 4, dist: Distributed = Distributed(), progress: bool = True,
                     prefix: str = "output", stack_bytes: int | None = None, cache_bytes: int | None = None,
                     early_stop: EarlyStop | None = None, channels_last_cpu: bool = False,
+                    score_workers: WorkerPolicy = WorkerPolicy(),
                     dry_run: bool = False, log: Callable[[str], None] | None = None,
                     context: CriterionContext | None = None) -> ResultStore:
     """Score every (layer, rate) not yet in ``store``; rank 0 saves after each round and writes the outputs.
@@ -247,6 +263,8 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     0: the full forward again per chunk). ``channels_last_cpu``: on CPU, score in channels-last layout (~10 %
     faster, but convolutions sum in another order: a detection near a threshold can flip, moving a configuration's mAP
     by ~1e-4, so it is off by default; criteria and reconstruction are computed in the model's own layout).
+    ``score_workers``: processes that run ``scorer.finish`` (COCOeval) for one round while the next round's forwards
+    run, and when they start (:mod:`.finish_pool`; same numbers; default: in this process, right after each round).
     ``log`` (rank 0) gets the plan before any work and the measured time per configuration with
     the ETA after the first chunk; ``dry_run`` times the first chunk on the first batch only, logs the plan with
     that estimate, and returns without scoring or writing anything.
@@ -271,19 +289,16 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
     say(plan.describe())
     costs = fused_cost_model(model, img_size)
     bars = _progress_bars(rates, len(layers), lambda r: sum(store.done(l, r) for l in layers), progress and dist.rank == 0)
-    for start in range(0, max(len(chunks), 1 if store.baseline is None else 0), dist.world):
-        t_round = time.perf_counter()
-        mine = chunks[start + dist.rank] if start + dist.rank < len(chunks) else []
-        configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed, context)
-                   if not store.done(c.layer, c.rate)]
-        baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
-        with channels_last(model, ctx.channels_last):
-            _score_chunk(model, graph, batches, ctx, configs, baseline)
-        local = {"results": [(c.layer, c.rate, _metrics(scorer, c, shape, pruned_cost(costs, c.layer, c.rate, round_to)))
-                             for c in configs]}
-        if baseline is not None:
+    t_start, scored, pending = time.perf_counter(), 0, None
+
+    def merge(done: _Round) -> None:
+        """Gather a round's metrics from every rank, store them (rank 0 saves), and log the ETA after the first."""
+        local = {"results": [(c.layer, c.rate, _metrics(pool.result((c.layer, c.rate)), c, shape,
+                                                         pruned_cost(costs, c.layer, c.rate, round_to)))
+                             for c in done.configs]}
+        if done.baseline is not None:
             base = costs.cost()
-            local["baseline"] = _metrics(scorer, baseline, shape, (base.params, base.gflops))
+            local["baseline"] = _metrics(pool.result("baseline"), done.baseline, shape, (base.params, base.gflops))
         merged = 0
         for part in dist.all_gather(local):
             store.baseline = part.get("baseline", store.baseline)
@@ -294,11 +309,40 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
                     bars[rate].update(1)
         if dist.rank == 0:
             store.save()
-        if start == 0 and merged:
-            plan.seconds_per_config = (time.perf_counter() - t_round) * dist.world / merged
-            plan.measured_on, plan.done = f"measured on the first {merged} configuration(s)", plan.done + merged
+        if plan.seconds_per_config is None and merged:
+            plan.seconds_per_config = (time.perf_counter() - t_start) * dist.world / max(scored, 1)
+            plan.measured_on, plan.done = f"measured on the first {scored * dist.world} configuration(s)", plan.done + merged
             say(f"first chunk: {plan.seconds_per_config:.2f} s per configuration; ETA {format_seconds(plan.eta())} "
                 f"for the {plan.todo} left")
+
+    rounds = range(0, max(len(chunks), 1 if store.baseline is None else 0), dist.world)
+    with FinishPool(scorer, 0 if score_workers.worth_seconds else score_workers.workers) as pool:
+        for n_round, start in enumerate(rounds):
+            mine = chunks[start + dist.rank] if start + dist.rank < len(chunks) else []
+            configs = [c for c in _configs(model, graph, mine, rates, criterion, round_to, seed, context)
+                       if not store.done(c.layer, c.rate)]
+            baseline = _Config(-1, 0.0, [], []) if store.baseline is None and start == 0 and dist.rank == 0 else None
+
+            def submit(cfg: _Config) -> None:
+                pool.submit("baseline" if cfg is baseline else (cfg.layer, cfg.rate), cfg.state)
+                cfg.state = None  # the pool holds what it needs
+
+            with channels_last(model, ctx.channels_last):
+                _score_chunk(model, graph, batches, ctx, configs, baseline, submit)
+            for c in configs:  # early-stopped ones missed their last batch
+                if c.state is not None:
+                    submit(c)
+            scored += len(configs)
+            if pending is not None:  # the previous round was finished by the workers meanwhile
+                merge(pending)
+            pending = _Round(configs, baseline)
+            if not pool.workers:  # finished in this process already: nothing to overlap
+                merge(pending)
+                pending = None
+                if pool.busy_seconds / (n_round + 1) * (len(rounds) - n_round - 1) >= score_workers.worth_seconds:
+                    pool.start(score_workers.workers)  # the finishing left is worth a worker's start
+        if pending is not None:
+            merge(pending)
     for bar in (bars or {}).values():
         bar.close()
     if dist.rank == 0:

@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--cache-mib", type=non_negative_int, default=None, metavar="MIB",
                    help="analysis: memory for the unpruned model's activations kept across chunks of layers "
                         "(default: a quarter of the free GPU memory, 2048 on CPU; 0: re-run them per chunk)")
+    p.add_argument("--score-workers", type=non_negative_int, default=None, metavar="N",
+                   help="analysis: processes that finish each configuration's COCOeval while the next chunk's "
+                        "forwards run (default: 4 next to a GPU, 1 on CPU, at most the CPUs left; 0: in this process)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -85,7 +88,7 @@ def _analysis_only(args: argparse.Namespace) -> None:
                                       ("--prune-output", args.prune_output), ("--chunk-layers", args.chunk_layers),
                                       ("--dry-run", args.dry_run), ("--early-stop", args.early_stop),
                                       ("--early-stop-after", args.early_stop_after), ("--stack-mib", args.stack_mib),
-                                      ("--cache-mib", args.cache_mib))
+                                      ("--cache-mib", args.cache_mib), ("--score-workers", args.score_workers))
              if value is not None]
     if given:
         raise YoloPruneError(f"{', '.join(given)}: only with --task {ANALYSIS}")
@@ -278,7 +281,8 @@ def _analyse(args, model, data, device) -> int:
                                 args.iou, args.chunk_layers or 4, args.prefix, criterion_options(args),
                                 early_stop=args.early,
                                 stack_bytes=None if args.stack_mib is None else args.stack_mib << 20,
-                                cache_bytes=None if args.cache_mib is None else args.cache_mib << 20)
+                                cache_bytes=None if args.cache_mib is None else args.cache_mib << 20,
+                                score_workers=args.score_workers)
     log = (lambda text: print(text, file=sys.stderr)) if args.json else print
     store = sensitivity_on_data(model, data, analysis, args.out_dir, device=device, half=args.half,
                                 exist_ok=args.exist_ok, source=str(args.weights), progress=not args.json,

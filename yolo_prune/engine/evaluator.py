@@ -99,6 +99,46 @@ class EvalRun:
         self.labels.append(labels.cpu())
         self.dets.append(dets.cpu())
 
+    def packed(self) -> "PackedRun":
+        """The records as a few flat arrays (cheap to pickle to another process; :meth:`PackedRun.unpack` undoes it)."""
+        return PackedRun(
+            self.stats.iouv.numpy(), list(self.paths), list(self.shapes),
+            _flat(self.labels, 5), np.asarray([len(t) for t in self.labels], np.int64),
+            _flat(self.dets, 6), np.asarray([len(t) for t in self.dets], np.int64),
+            self.t_inf, self.t_nms, self.hw, self.batch, self.nominal_hw)
+
+
+def _flat(tensors: list[Tensor], width: int) -> np.ndarray:
+    return torch.cat(tensors).numpy() if tensors else np.zeros((0, width), np.float32)
+
+
+@dataclass
+class PackedRun:
+    """An :class:`EvalRun` as flat arrays: per-image labels / detections concatenated, with per-image counts."""
+
+    iouv: np.ndarray
+    paths: list[str]
+    shapes: list[tuple[int, int]]
+    labels: np.ndarray
+    label_counts: np.ndarray
+    dets: np.ndarray
+    det_counts: np.ndarray
+    t_inf: float
+    t_nms: float
+    hw: tuple[int, int]
+    batch: int
+    nominal_hw: tuple[int, int] | None
+
+    def unpack(self) -> EvalRun:
+        """The run it was packed from (same values, element for element)."""
+        run = EvalRun(StatsAccumulator(torch.from_numpy(self.iouv)), t_inf=self.t_inf, t_nms=self.t_nms, hw=self.hw,
+                      batch=self.batch, nominal_hw=self.nominal_hw)
+        labels = torch.from_numpy(self.labels).split(self.label_counts.tolist())
+        dets = torch.from_numpy(self.dets).split(self.det_counts.tolist())
+        for path, hw0, lab, det in zip(self.paths, self.shapes, labels, dets):
+            run.add(path, hw0, lab, det)
+        return run
+
 
 def _name_list(names: Names, nc: int) -> list[str]:
     """Class names [nc] from a list, a {index: name} mapping or None (indices as names)."""

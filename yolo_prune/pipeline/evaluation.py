@@ -122,6 +122,7 @@ class AnalysisSettings:
     cache_bytes: int | None = None  # unpruned activations kept across chunks (None: automatic, 0: off)
     channels_last_cpu: bool = False  # score in channels-last layout on CPU (faster; mAP may move by ~1e-4)
     coco_backend: str = "auto"  # COCOeval implementation (engine.coco.coco_backend); same numbers either way
+    score_workers: int | None = None  # processes finishing COCOeval while the forwards go on (None: automatic, 0: off)
 
 
 def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: AnalysisSettings, out_dir: str | Path,
@@ -130,6 +131,7 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     """Run (or resume) the analysis of ``model`` on the split; results land in ``out_dir``. ``log`` receives the
     plan and the ETA; ``dry_run`` logs the plan (time measured on the first batch) and writes nothing."""
     from yolo_prune.analysis.distributed import from_environment
+    from yolo_prune.analysis.finish_pool import score_workers
     from yolo_prune.analysis.sensitivity import run_sensitivity
     from yolo_prune.analysis.store import ResultStore
     from yolo_prune.engine.calibration import calibration_source
@@ -166,4 +168,6 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
                            seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
                            dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,
                            stack_bytes=analysis.stack_bytes, cache_bytes=analysis.cache_bytes,
-                           channels_last_cpu=analysis.channels_last_cpu, early_stop=analysis.early_stop, dry_run=dry_run, log=log)
+                           channels_last_cpu=analysis.channels_last_cpu, early_stop=analysis.early_stop,
+                           score_workers=score_workers(device.type, analysis.score_workers),
+                           dry_run=dry_run, log=log)

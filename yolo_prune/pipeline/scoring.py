@@ -46,7 +46,13 @@ class DetectionScorer:
         """test.py's mAP@.5 of the images scored so far (cheap: no COCOeval), for the analysis' early stop."""
         return float(state.stats.compute(self.nc).map50)
 
+    def portable(self, state: Any) -> ev.PackedRun:
+        """``state`` in the form a worker process receives (flat arrays); :meth:`finish` takes either."""
+        return state if isinstance(state, ev.PackedRun) else state.packed()
+
     def finish(self, state: Any) -> dict[str, Any]:
+        if isinstance(state, ev.PackedRun):
+            state = state.unpack()
         result = ev.summarize(state, self.nc, self.names, self.coco_gt, None, False, self.coco_backend,
                               self._ground_truth)
         # as `yolo-prune test --json`: mp/mr from test.py, map50/map from COCOeval, test.py's own set apart

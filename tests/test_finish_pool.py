@@ -1,0 +1,117 @@
+"""Finishing configurations (COCOeval) in worker processes: same numbers as in this process, errors surfaced."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import yolo_prune as yp
+from yolo_prune.analysis.finish_pool import FinishPool, WorkerPolicy, score_workers
+from yolo_prune.errors import YoloPruneError
+from yolo_prune.pipeline.scoring import DetectionScorer
+
+
+def _confident_model(seed: int):
+    """A random yolov7-tiny (nc=3) whose boxes pass the confidence threshold: NMS and COCOeval have real work."""
+    torch.manual_seed(seed)
+    model = yp.build_model("yolov7-tiny", nc=3).eval()
+    with torch.no_grad():
+        for conv in model.detect.m:
+            conv.bias.view(3, -1)[:, 4] += 4.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A DetectionScorer, a small synthetic set's batches, and the states of two models on it (real detections)."""
+    from yolo_prune.data.synth import generate_synthetic
+    from yolo_prune.pipeline.evaluation import DataSettings, cached_batches
+
+    root = tmp_path_factory.mktemp("pool")
+    generate_synthetic(root / "data", n_train=2, n_val=8, img_size=96, n_classes=3, seed=2)
+    batches, cfg = cached_batches(DataSettings(str(root / "data" / "data.yaml"), img_size=96, batch_size=4,
+                                               workers=0), 32, torch.device("cpu"))
+    scorer = DetectionScorer(cfg.nc, cfg.names)
+    states = []
+    for seed in (0, 1):
+        model, state = _confident_model(seed), scorer.start()
+        with torch.no_grad():
+            for b in batches:
+                scorer.update(state, model(b.inputs(torch.float32))[0], b.meta)
+        states.append(state)
+    return scorer, states, batches
+
+
+def test_packed_state_unpacks_to_the_same_records(scored):
+    scorer, states, _ = scored
+    run = states[0]
+    back = scorer.portable(run).unpack()
+    assert back.paths == run.paths and back.shapes == run.shapes and (back.hw, back.batch) == (run.hw, run.batch)
+    assert sum(len(d) for d in run.dets) > 0
+    for a, b in zip(run.dets + run.labels, back.dets + back.labels):
+        assert torch.equal(a, b)
+
+
+def test_worker_process_finishes_with_the_in_process_numbers(scored):
+    scorer, states, _ = scored
+    here = [scorer.finish(s) for s in states]
+    with FinishPool(scorer, 1) as pool:
+        assert pool.workers == 1
+        for i, s in enumerate(states):
+            pool.submit(i, s)
+        there = [pool.result(i) for i in (1, 0)][::-1]  # any order
+        assert pool.busy_seconds > 0
+    assert there == here and here[0]["map50"] > 0 and here[0] != here[1]
+
+
+def test_a_worker_failure_is_raised_with_the_configuration(scored):
+    scorer, states, _ = scored
+    bad = scorer.portable(states[0])
+    bad.labels = bad.labels.copy()
+    bad.labels[:, 0] = 7  # a class the scorer does not have (nc=3)
+    with FinishPool(scorer, 1) as pool:
+        pool.submit((5, 0.5), bad)
+        with pytest.raises(YoloPruneError, match=r"scoring configuration \(5, 0\.5\) failed in a worker process "
+                                                 r"\(--score-workers 0 scores in this process\):(.|\n)*nc=3"):
+            pool.result((5, 0.5))
+
+
+def test_a_dead_worker_is_reported_not_waited_for(scored):
+    scorer, states, _ = scored
+    with FinishPool(scorer, 1) as pool:
+        pool._workers[0].proc.kill()
+        pool._workers[0].proc.wait()
+        pool.submit("baseline", states[0])
+        with pytest.raises(YoloPruneError, match="the worker process ended"):
+            pool.result("baseline")
+
+
+def test_workers_started_mid_analysis_give_the_in_process_results(scored, tmp_path, monkeypatch):
+    """The automatic policy finishes the first round here and starts a worker when the rest is worth it; the
+    stored results are the same as finishing everything in this process."""
+    from yolo_prune.analysis.sensitivity import run_sensitivity
+    from yolo_prune.analysis.store import ResultStore
+    from yolo_prune.graph import derive_graph
+
+    scorer, _, batches = scored
+    model = _confident_model(0)
+    graph = derive_graph(model)
+    kw = dict(layers=[0, 5, 23], img_size=96, progress=False, chunk_layers=1)
+    started, real_start = [], FinishPool.start
+    monkeypatch.setattr(FinishPool, "start", lambda pool, n: started.append(n) or real_start(pool, n))
+    here = run_sensitivity(model, graph, batches, scorer, ResultStore.open(tmp_path / "here", {"s": 1}), [0.5], **kw)
+    later = run_sensitivity(model, graph, batches, scorer, ResultStore.open(tmp_path / "later", {"s": 1}), [0.5],
+                            score_workers=WorkerPolicy(1, 1e-9), **kw)
+
+    def plain(results):
+        return {k: {m: v for m, v in r.items() if m != "speed"} for k, r in results.items()}
+
+    assert plain(later.results) == plain(here.results) and len(here.results) == 3
+    assert [n for n in started if n] == [1]  # one worker, started by the second run (after its first round)
+
+
+def test_automatic_policy():
+    assert score_workers("cpu", None, cpus=2) == WorkerPolicy(1, 2.0)
+    assert score_workers("cpu", None, cpus=1) == WorkerPolicy(0, 2.0)
+    assert score_workers("cuda", None, cpus=16) == WorkerPolicy(4, 2.0)
+    assert score_workers("cuda", None, cpus=3) == WorkerPolicy(2, 2.0)
+    assert score_workers("cpu", 3, cpus=2) == WorkerPolicy(3, 0.0)

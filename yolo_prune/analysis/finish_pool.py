@@ -1,0 +1,195 @@
+"""Scorers' ``finish`` (COCOeval and test.py's metrics, once per configuration) in worker processes, so that one
+chunk's configurations are summarised while the next chunk's forward passes run.
+
+At COCO scale this host work costs more than the GPU's downstream forwards (BENCHMARKS.md, "Sensitivity analysis
+speed"); it is pure Python/C++ on the CPU and independent per configuration, so it scales with processes (threads
+would serialise on the GIL and stall the forward loop). Each worker is a fresh interpreter running this module
+(``python -m``: nothing of the caller's script is imported again, unlike multiprocessing's spawn) and receives the
+scorer once over a pipe; each state travels in the scorer's ``portable`` form (plain arrays), and the numbers that
+come back are the ones an in-process ``finish`` gives for the same state. One feeder thread per worker hands it the
+next state when it is free (blocking pipe I/O releases the GIL), so the forward loop never waits on a busy worker.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from yolo_prune.errors import YoloPruneError
+
+AUTO_CPU_WORKERS = 1  # CPU analyses: the forward passes keep the other cores busy
+AUTO_GPU_WORKERS = 4  # GPU analyses: the host does little else
+WORTH_SECONDS = 2.0  # automatic workers start once the finishing left is estimated above a start (~2 s of CPU)
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """How many worker processes finish configurations, and when they start: at once (``worth_seconds`` 0), or
+    once the first rounds, finished in this process, put the finishing still to do above ``worth_seconds``."""
+
+    workers: int = 0
+    worth_seconds: float = 0.0
+
+
+def score_workers(device_type: str, requested: int | None = None, cpus: int | None = None) -> WorkerPolicy:
+    """``requested`` workers from the start; else 4 next to a GPU and 1 on a CPU (never more than the CPUs left
+    besides this process), started when worth it (small analyses finish faster than a worker starts)."""
+    if requested is not None:
+        return WorkerPolicy(max(0, int(requested)))
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    wanted = AUTO_GPU_WORKERS if device_type == "cuda" else AUTO_CPU_WORKERS
+    return WorkerPolicy(max(0, min(wanted, cpus - 1)), WORTH_SECONDS)
+
+
+class _Worker:
+    """One ``python -m yolo_prune.analysis.finish_pool`` process and the two pipe ends that talk to it."""
+
+    def __init__(self, scorer: Any):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # so a source checkout imports the same code
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        env["OMP_NUM_THREADS"] = "1"  # its few tensor ops must not take the cores of the forward passes
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(to_child_r), str(from_child_w)],
+                                     pass_fds=(to_child_r, from_child_w), env=env)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.send = Connection(to_child_w, readable=False)
+        self.recv = Connection(from_child_r, writable=False)
+        self.send.send(scorer)
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def close(self) -> None:
+        """Ask the worker to end (it is idle), wait for it, and close the pipes."""
+        try:
+            self.send.send(None)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.send.close()
+        self.recv.close()
+
+
+def _feed(worker: _Worker, tasks: queue.Queue, results: queue.Queue) -> None:
+    """Feeder thread: the next (key, state) to the worker once it is free; its answer (or death) to ``results``."""
+    while (task := tasks.get()) is not None:
+        key, state = task
+        try:
+            worker.send.send((key, state))
+            results.put(worker.recv.recv())
+        except (EOFError, OSError):
+            results.put((key, None, f"the worker process ended (exit code {worker.proc.poll()}; out of memory?)",
+                         0.0))
+            return
+
+
+def _portable(scorer: Any, state: Any) -> Any:
+    convert = getattr(scorer, "portable", None)
+    return convert(state) if convert is not None else state
+
+
+class FinishPool:
+    """``submit(key, state)`` now, ``result(key)`` later; without workers ``finish`` runs at submit time."""
+
+    def __init__(self, scorer: Any, workers: int = 0):
+        self.scorer = scorer
+        self._done: dict[Any, Any] = {}
+        self._waiting = 0  # submitted to the workers, not yet back
+        self.busy_seconds = 0.0  # time spent in ``finish`` (here or in the workers)
+        self._tasks: queue.Queue = queue.Queue()
+        self._results: queue.Queue = queue.Queue()
+        self._workers: list[_Worker] = []
+        self._feeders: list[threading.Thread] = []
+        self.start(workers)
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def start(self, workers: int) -> None:
+        """Start ``workers`` processes (none when some already run); later submissions go to them."""
+        if self._workers or workers <= 0:
+            return
+        self._workers = [_Worker(self.scorer) for _ in range(workers)]
+        self._feeders = [threading.Thread(target=_feed, args=(w, self._tasks, self._results), daemon=True)
+                         for w in self._workers]
+        for t in self._feeders:
+            t.start()
+
+    def __enter__(self) -> "FinishPool":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def submit(self, key: Any, state: Any) -> None:
+        if not self._workers:
+            t0 = time.perf_counter()
+            self._done[key] = self.scorer.finish(state)
+            self.busy_seconds += time.perf_counter() - t0
+        else:
+            self._tasks.put((key, _portable(self.scorer, state)))
+            self._waiting += 1
+
+    def result(self, key: Any) -> Any:
+        """The metrics of ``key`` (waits for its worker; a worker's exception is raised here)."""
+        while key not in self._done:
+            got, metrics, error, seconds = self._results.get()
+            self._waiting, self.busy_seconds = self._waiting - 1, self.busy_seconds + seconds
+            if error is not None:
+                raise YoloPruneError(f"scoring configuration {got} failed in a worker process "
+                                     f"(--score-workers 0 scores in this process):\n{error}")
+            self._done[got] = metrics
+        return self._done.pop(key)
+
+    def close(self) -> None:
+        """Stop the workers; work still pending (an error elsewhere ended the analysis) is dropped at once."""
+        if self._waiting:
+            for w in self._workers:
+                w.kill()  # their feeders see the pipes close
+        for _ in self._feeders:
+            self._tasks.put(None)
+        for t in self._feeders:
+            t.join(timeout=10)
+        for w in self._workers:
+            w.close()
+        self._workers, self._feeders = [], []
+
+
+def _serve(tasks: Connection, results: Connection) -> None:
+    """Worker side: the scorer first, then (key, state) -> (key, metrics, error text, seconds) until None."""
+    try:
+        scorer = tasks.recv()
+        while (task := tasks.recv()) is not None:
+            _answer(scorer, task, results)
+    except (EOFError, BrokenPipeError):  # the analysis ended without saying so (killed): nothing left to do
+        pass
+
+
+def _answer(scorer: Any, task: tuple, results: Connection) -> None:
+    key, state = task
+    t0 = time.perf_counter()
+    try:
+        metrics, error = scorer.finish(state), None
+    except Exception:  # reported to the parent, which raises it
+        metrics, error = None, traceback.format_exc()
+    results.send((key, metrics, error, time.perf_counter() - t0))
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
