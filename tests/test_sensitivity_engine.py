@@ -309,6 +309,18 @@ class PartialScorer(SumScorer):
         return super().finish(state[0::2])
 
 
+def test_early_stop_decided_on_the_last_batch_marks_configurations_before_they_are_finished(tmp_path):
+    """With one batch the decision falls on the last batch: configurations are marked first, then finished."""
+    from yolo_prune.analysis.planning import EarlyStop
+
+    model, graph, batches = _setup()
+    kw = dict(layers=LAYERS[:3], img_size=64, progress=False)
+    early = run_sensitivity(model, graph, batches[:1], PartialScorer(), ResultStore.open(tmp_path / "e", {"s": 1}),
+                            RATES, early_stop=EarlyStop(1.0, 0.25), **kw)
+    assert len(early.results) == 6
+    assert all(r["early_stop"]["images"] == 2 for r in early.results.values() if "early_stop" in r)
+
+
 def test_early_stop_stops_only_hopeless_configurations(tmp_path):
     from yolo_prune.analysis.planning import EarlyStop
 

@@ -141,22 +141,26 @@ def _score_chunk(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch]
             t0 = time.perf_counter()
             cache = ctx.activations.outputs(index, model, x)
             ctx.sync()
+            deciding = stop_at is not None and seen < stop_at <= seen + len(x)  # early stop after this batch
+            done: list[_Config] = []  # finished now: handed over at once, or after the early-stop decision
             final = index == len(batches) - 1
             if baseline is not None:
                 _update(ctx, baseline, _prediction(cache[-1]), batch.meta, time.perf_counter() - t0)
-                if final:
-                    on_done(baseline)
+                done += [baseline] if final else []
             if reference is not None and seen < stop_at:
                 ctx.scorer.update(reference, _prediction(cache[-1]), batch.meta)
             for group in _groups(model, graph, [c for c in configs if c.stopped is None], cache, ctx.stack_bytes):
                 _run_group(model, graph, cache, x, group, batch.meta, ctx)
-                for cfg in group if final else []:
-                    on_done(cfg)
+                done += group if final else []
+                while done and not deciding:
+                    on_done(done.pop(0))
             seen += len(x)
-            if stop_at is not None and seen >= stop_at and (seen - len(x)) < stop_at:
+            if deciding:
                 if ctx.early_base is None:
                     ctx.early_base = ctx.scorer.partial_map50(reference)
                 _early_stop(ctx, configs, seen)
+            for cfg in done:
+                on_done(cfg)
 
 
 def _groups(model: nn.Module, graph: PruningGraph, configs: list[_Config], cache: Sequence, budget: int
@@ -339,7 +343,7 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
             if not pool.workers:  # finished in this process already: nothing to overlap
                 merge(pending)
                 pending = None
-                if pool.busy_seconds / (n_round + 1) * (len(rounds) - n_round - 1) >= score_workers.worth_seconds:
+                if pool.local_seconds / (n_round + 1) * (len(rounds) - n_round - 1) >= score_workers.worth_seconds:
                     pool.start(score_workers.workers)  # the finishing left is worth a worker's start
         if pending is not None:
             merge(pending)
