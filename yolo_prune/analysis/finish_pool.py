@@ -110,7 +110,8 @@ class FinishPool:
         self.scorer = scorer
         self._done: dict[Any, Any] = {}
         self._waiting = 0  # submitted to the workers, not yet back
-        self.busy_seconds = 0.0  # time spent in ``finish`` (here or in the workers)
+        self.local_seconds = 0.0  # time spent in ``finish`` in this process
+        self.worker_seconds = 0.0  # ... and in the workers
         self._tasks: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
         self._workers: list[_Worker] = []
@@ -141,7 +142,7 @@ class FinishPool:
         if not self._workers:
             t0 = time.perf_counter()
             self._done[key] = self.scorer.finish(state)
-            self.busy_seconds += time.perf_counter() - t0
+            self.local_seconds += time.perf_counter() - t0
         else:
             self._tasks.put((key, _portable(self.scorer, state)))
             self._waiting += 1
@@ -150,7 +151,7 @@ class FinishPool:
         """The metrics of ``key`` (waits for its worker; a worker's exception is raised here)."""
         while key not in self._done:
             got, metrics, error, seconds = self._results.get()
-            self._waiting, self.busy_seconds = self._waiting - 1, self.busy_seconds + seconds
+            self._waiting, self.worker_seconds = self._waiting - 1, self.worker_seconds + seconds
             if error is not None:
                 raise YoloPruneError(f"scoring configuration {got} failed in a worker process "
                                      f"(--score-workers 0 scores in this process):\n{error}")
