@@ -167,6 +167,45 @@ def timers() -> Timers:
     return TIMERS
 
 
+class PoolTimes:
+    """The score workers' finishing seconds (reported by the pool when it closes) and this process's waits for them."""
+
+    def __init__(self) -> None:
+        from yolo_prune.analysis.finish_pool import FinishPool
+
+        self.seconds = {"workers": 0.0, "wait": 0.0}
+        result, close = FinishPool.result, FinishPool.close
+
+        def timed_result(pool, key):
+            t0 = time.perf_counter()
+            try:
+                return result(pool, key)
+            finally:
+                if pool.workers:
+                    self.seconds["wait"] += time.perf_counter() - t0
+
+        def counted_close(pool):
+            self.seconds["workers"] += pool.worker_seconds
+            pool.worker_seconds = 0.0
+            close(pool)
+
+        FinishPool.result, FinishPool.close = timed_result, counted_close
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {"workers": 0.0, "wait": 0.0}
+        return out
+
+
+POOLS: PoolTimes | None = None
+
+
+def pool_times() -> PoolTimes:
+    global POOLS
+    if POOLS is None:
+        POOLS = PoolTimes()
+    return POOLS
+
+
 @dataclass
 class PlainRun:
     wall: float
@@ -180,6 +219,7 @@ def plain_eval(model, data: "DataSettings"):
     from yolo_prune.pipeline.evaluation import evaluate_on_data
 
     timers().take()
+    pool_times().take()
     c0, t0 = cpu_seconds(), time.perf_counter()
     res = evaluate_on_data(model, data, device=torch.device("cpu"), progress=False)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -232,6 +272,8 @@ class Analysis:
     t_metrics: float  # seconds in test.py metrics + COCOeval (every configuration and the baseline)
     t_pruned_cost: float  # seconds computing the pruned models' params / GFLOPs
     t_image_cache: float  # seconds reading and letterboxing the images once
+    t_workers: float = 0.0  # seconds the score worker processes spent finishing (overlapped with the forwards)
+    t_wait: float = 0.0  # seconds this process waited for the score workers
     results: dict = field(default_factory=dict)  # sensitivity.json's results
 
 
@@ -243,12 +285,14 @@ def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[i
 
     settings = AnalysisSettings(rates=rates, criterion="l2", layers=layers, chunk_layers=chunk_layers, **extra)
     timers().take()
+    pool_times().take()
     c0, t0 = cpu_seconds(), time.perf_counter()
     sensitivity_on_data(model, data, settings, out_dir, device=torch.device("cpu"), progress=False)
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     parts = timers().take()
     saved = json.loads((out_dir / "sensitivity.json").read_text())
     results, baseline = list(saved["results"].values()), saved["baseline"]
+    pools = pool_times().take()
     n_img = data.max_images or 0
     n_layers = len({r["layer"] for r in results})
     n_chunks = math.ceil(n_layers / chunk_layers)
@@ -259,7 +303,8 @@ def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[i
                     t_cache=parts.get("cache_forward", 0.0),
                     mac_share=sum(shares[int(r["layer"])] for r in results),
                     t_metrics=parts.get("metrics", 0.0), t_pruned_cost=parts.get("pruned_cost", 0.0),
-                    t_image_cache=parts.get("image_cache", 0.0), results=saved["results"])
+                    t_image_cache=parts.get("image_cache", 0.0), t_workers=pools["workers"], t_wait=pools["wait"],
+                    results=saved["results"])
 
 
 def max_metric_difference(ref: dict, other: dict, metrics: tuple[str, ...] = METRICS) -> float:
@@ -365,13 +410,14 @@ def measure(model, data: "DataSettings", args: argparse.Namespace, layers: list[
             f"(mAP {res.map:.4g}, speed {res.speed[0]:.0f}/{res.speed[1]:.0f} ms/img)")
     loads.append(load())
     log(f"analysis: {len(layers) if layers else 'all'} layers x {len(args.rates)} rates ...")
-    an = run_analysis(copy.deepcopy(model), data, list(args.rates), layers, args.chunk_layers, work, shares)
+    an = run_analysis(copy.deepcopy(model), data, list(args.rates), layers, args.chunk_layers, work, shares,
+                      score_workers=args.score_workers)
     log(f"analysis: {an.seconds:.1f} s, cpu {an.cpu:.1f} s for {an.n_configs} configs")
     ref = None
     if args.reference:
         ref = run_analysis(copy.deepcopy(model), data, list(args.rates), layers, args.chunk_layers,
                            work.with_name(work.name + "-reference"), shares, stack_bytes=0, cache_bytes=0,
-                           channels_last_cpu=False, coco_backend="pycocotools")
+                           channels_last_cpu=False, coco_backend="pycocotools", score_workers=0)
         log(f"reference analysis (one pass per configuration, pycocotools): {ref.seconds:.1f} s")
     loads.append(load())
     for i in range(args.repeats):
@@ -417,11 +463,12 @@ def breakdown(args: argparse.Namespace, r: ModelResult) -> list[str]:
 
     p_total, p_inf, p_nms, p_met = mean(lambda x: x.wall), mean(lambda x: x.forward), mean(lambda x: x.nms), \
         mean(lambda x: x.metrics)
-    a_known = an.t_forward + an.t_nms + an.t_cache + an.t_metrics + an.t_pruned_cost + an.t_image_cache
+    a_known = an.t_forward + an.t_nms + an.t_cache + an.t_metrics + an.t_wait + an.t_pruned_cost + an.t_image_cache
     rows = [("forward (plain: full model; analysis: downstream re-runs, removed filters zeroed)", p_inf, an.t_forward),
             ("NMS + per-image matching", p_nms, an.t_nms),
-            ("test.py metrics + COCOeval (`summarize`; analysis: once per configuration + baseline)", p_met,
-             an.t_metrics),
+            ("test.py metrics + COCOeval (`summarize`; analysis: once per configuration + baseline, in this process)",
+             p_met, an.t_metrics),
+            ("waiting for the score worker process(es)", None, an.t_wait),
             (f"cached full forward (`run_all`: once per batch, kept across the {an.n_chunks} chunks of "
              f"{args.chunk_layers} layers by the activation cache)", None, an.t_cache),
             ("pruned model params / GFLOPs (`pruned_cost`, per configuration)", None, an.t_pruned_cost),
@@ -439,6 +486,10 @@ def breakdown(args: argparse.Namespace, r: ModelResult) -> list[str]:
     for name, pv, av in rows:
         lines.append(f"| {name} | {'-' if pv is None else f'{pv:.2f}'} | {av:.1f} | {av / c:.3f} | "
                      f"{av / c / plain:.3f} |")
+    if an.t_workers:
+        w = an.t_workers
+        lines.append(f"| beside the total: test.py metrics + COCOeval in the score worker process(es), overlapped "
+                     f"with the forwards (worker seconds) | - | ({w:.1f}) | ({w / c:.3f}) | ({w / c / plain:.3f}) |")
     return lines + [""]
 
 
@@ -463,7 +514,8 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
         f"NMS, COCO mAP); 1 warm-up, then {args.repeats} timed runs before and {args.repeats} after the analysis, "
         "median of all;",
         "- analysis: `sensitivity_on_data(model, DataSettings(...), AnalysisSettings(rates=[" + rates + "], "
-        "criterion='l2'" + (", layers=[...]" if len(layers) != n_prunable else "") + "), <fresh temp dir>, "
+        "criterion='l2'" + (", layers=[...]" if len(layers) != n_prunable else "")
+        + ("" if args.score_workers is None else f", score_workers={args.score_workers}") + "), <fresh temp dir>, "
         "device=cpu, progress=False)`, end to end;",
         "- ratio = analysis / (configurations x one plain evaluation); goal: <= " + f"{args.goal:g}.",
         "",
@@ -493,7 +545,7 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
               "float bits (not the COCO backend: faster-coco-eval equals pycocotools on the same detections, tested)."]
     lines += [
         "",
-        "CPU time = this process + its data-loader workers. Two checks that the host stayed quiet (with 2 "
+        "CPU time = this process + its data-loader workers + its score worker processes. Two checks that the host stayed quiet (with 2 "
         "intra-op threads a contended host slows the forward pass several-fold, far more than the CPU share "
         "lost): plain-eval spread = slowest / fastest timed plain evaluation (1.0 when quiet); analysis slowdown "
         "= the analysis' downstream forward seconds / (its multiply-adds at the plain evaluations' median forward "
@@ -577,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gloo", action="store_true",
                     help="also time the analysis of the first model with 2 processes (gloo, 1 thread each) against "
                          "1 process with 1 thread")
+    ap.add_argument("--score-workers", type=int, default=None,
+                    help="AnalysisSettings.score_workers of the measured analysis (default: automatic; the reference "
+                         "and the gloo runs score in-process)")
     ap.add_argument("--write", action="store_true", help="(re)write the section in BENCHMARKS.md")
     ap.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="file --write updates")
     args = ap.parse_args(argv)
@@ -646,8 +701,8 @@ def _gloo_rank(rank: int, world: int, init: str, which: str, cfg: str, nc: int, 
     model, _ = load_model(which, cfg, nc, seed)
     t0 = time.perf_counter()
     sensitivity_on_data(model, data, AnalysisSettings(rates=rates, criterion="l2", layers=layers,
-                                                      chunk_layers=chunk_layers), out, device=torch.device("cpu"),
-                        progress=False)
+                                                      chunk_layers=chunk_layers, score_workers=0), out,
+                        device=torch.device("cpu"), progress=False)
     if rank == 0:
         Path(out, "seconds.txt").write_text(str(time.perf_counter() - t0))
     dist.destroy_process_group()
@@ -662,7 +717,7 @@ def gloo_scaling(which: str, data, args, layers, work: Path) -> dict:
     torch.set_num_threads(1)
     model, _ = load_model(which, args.cfg, args.nc, args.seed)
     one = run_analysis(model, data, list(args.rates), layers, args.chunk_layers, work / "one",
-                       {c: 0.0 for c in range(1000)})
+                       {c: 0.0 for c in range(1000)}, score_workers=0)
     torch.set_num_threads(threads)
     load0, t0 = load(), time.perf_counter()
     mp.start_processes(_gloo_rank, nprocs=2, join=True, start_method="spawn",
@@ -697,6 +752,7 @@ YOLOV7_GPU_MS = 2.8  # yolov7 @640, V100, batch 32, per image: the official READ
 def coco_estimate_lines(r: "ModelResult", args) -> list[str]:
     """COCO val (5,000 images) x yolov7 (89 layers x 3 rates), one GPU, from the per-image costs measured here."""
     from yolo_prune import build_model
+    from yolo_prune.analysis.finish_pool import AUTO_GPU_WORKERS as GPU_SCORE_WORKERS
     from yolo_prune.graph.derive import derive_graph
 
     an, n_img = r.best.analysis, args.images
@@ -705,19 +761,25 @@ def coco_estimate_lines(r: "ModelResult", args) -> list[str]:
     share = statistics.fmean(downstream_shares(yolov7, prunable, 640).values())
     configs, images, chunks = len(prunable) * 3, 5000, math.ceil(len(prunable) / args.chunk_layers)
     nms_ms = 1e3 * an.t_nms / ((an.n_configs + 1) * n_img)
-    metrics_ms = 1e3 * an.t_metrics / ((an.n_configs + 1) * n_img)
+    metrics_ms = 1e3 * (an.t_metrics + an.t_workers) / ((an.n_configs + 1) * n_img)
     forward = configs * images * share * YOLOV7_GPU_MS / 1e3
     cache = chunks * images * YOLOV7_GPU_MS / 1e3
     host = configs * images * (nms_ms + metrics_ms) / 1e3
     total = forward + cache + host
+    coco_eval = configs * images * metrics_ms / 1e3
+    pooled = max(total - coco_eval, coco_eval / GPU_SCORE_WORKERS)
     return [f"COCO-scale estimate (yolov7, COCO val2017: {images} images, {len(prunable)} prunable layers x 3 rates "
             f"= {configs} configurations, one GPU): downstream forwards {configs} x {images} x {share:.3f} (mean "
             f"share of yolov7's multiply-adds re-run per configuration) x {YOLOV7_GPU_MS} ms (yolov7's per-image "
             f"time at batch 32 on a V100, official README) = {forward / 3600:.2f} h; cached full forwards {chunks} "
             f"chunks x {images} x {YOLOV7_GPU_MS} ms = {cache / 3600:.2f} h; per-configuration host work at the "
             f"per-image costs measured here on the {r.name} model (NMS + matching {nms_ms:.2f} ms, test.py metrics "
-            f"+ COCOeval {metrics_ms:.2f} ms per image per configuration, CPU) = {host / 3600:.2f} h; total "
-            f"**~{total / 3600:.1f} h per iteration** (the published workflow: {configs} plain evaluations = "
+            f"+ COCOeval {metrics_ms:.2f} ms per image per configuration, CPU) = {host / 3600:.2f} h; in one "
+            f"process {total / 3600:.1f} h; with the {GPU_SCORE_WORKERS} score worker processes a GPU analysis "
+            f"starts by default, COCOeval ({coco_eval / 3600:.2f} h of it) runs beside the forwards on "
+            f"{GPU_SCORE_WORKERS} cores: max({(total - coco_eval) / 3600:.2f} h, {coco_eval / 3600:.2f} h / "
+            f"{GPU_SCORE_WORKERS}) = **~{pooled / 3600:.1f} h per iteration** (the published workflow: {configs} "
+            f"plain evaluations = "
             f"{configs * images * (YOLOV7_GPU_MS + nms_ms + metrics_ms) / 1e3 / 3600:.1f} h at the same per-image "
             f"costs). Host costs grow with detections per image and classes (COCO: 80 classes, up to 300 "
             f"detections), so they are a lower bound for COCO; a GPU host NMS is faster than the CPU one here.", ""]
