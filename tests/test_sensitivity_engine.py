@@ -135,6 +135,7 @@ def _rank_main(rank, world, init_file, out_dir):
     model, graph, batches = _setup()
     run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(out_dir, {"s": 1}), RATES,
                     layers=LAYERS, img_size=64, progress=False, chunk_layers=2, dist=process_group_info())
+    assert os.path.exists(os.path.join(out_dir, "output_50.txt"))  # every rank returns after rank 0 wrote them
     dist.destroy_process_group()
 
 

@@ -351,6 +351,8 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
         bar.close()
     if dist.rank == 0:
         store.write_outputs(list(rates), prefix)
+    if dist.world > 1:
+        dist.all_gather(None)  # every rank returns once rank 0 has written the outputs (none leaves a rank mid-talk)
     return store
 
 
