@@ -706,6 +706,7 @@ def _gloo_rank(rank: int, world: int, init: str, which: str, cfg: str, nc: int, 
     if rank == 0:
         Path(out, "seconds.txt").write_text(str(time.perf_counter() - t0))
     dist.destroy_process_group()
+    os._exit(0)  # skip interpreter finalisation, where gloo's threads can abort a finished rank (pytorch#190489)
 
 
 def gloo_scaling(which: str, data, args, layers, work: Path) -> dict:

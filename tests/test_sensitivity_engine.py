@@ -137,6 +137,7 @@ def _rank_main(rank, world, init_file, out_dir):
                     layers=LAYERS, img_size=64, progress=False, chunk_layers=2, dist=process_group_info())
     assert os.path.exists(os.path.join(out_dir, "output_50.txt"))  # every rank returns after rank 0 wrote them
     dist.destroy_process_group()
+    os._exit(0)  # skip interpreter finalisation, where gloo's threads can abort a finished rank (pytorch#190489)
 
 
 def test_two_rank_gloo_equals_one_process(tmp_path):
@@ -151,6 +152,38 @@ def test_two_rank_gloo_equals_one_process(tmp_path):
         assert two["results"][key]["map"] == pytest.approx(res["map"], rel=1e-6)
         assert two["results"][key]["params"] == res["params"]
     assert (tmp_path / "two" / "output_50.txt").read_text().count("\n(") == len(LAYERS)
+
+
+def _environment_rank(rank, world, port, out_dir):
+    import torch.distributed as dist
+
+    from yolo_prune.analysis.distributed import environment_group
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with environment_group("cpu") as info:
+        assert dist.is_initialized() and (info.rank, info.world) == (rank, world)
+        gathered = info.all_gather(rank * 10)
+    assert not dist.is_initialized()  # the group it created is destroyed at the end of the block
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(gathered, f)
+    os._exit(0)  # skip interpreter finalisation, where gloo's threads can abort a finished rank (pytorch#190489)
+
+
+def test_environment_group_joins_under_torchrun_variables_and_destroys_what_it_created(tmp_path):
+    import socket
+
+    import torch.distributed as dist
+
+    from yolo_prune.analysis.distributed import environment_group
+
+    with environment_group("cpu") as info:  # no torchrun variables: one rank, nothing initialised
+        assert (info.rank, info.world) == (0, 1) and not dist.is_initialized()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_environment_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [0, 10]
 
 
 # ------------------------------------------------------------------------------------------- speed: stacking, plan

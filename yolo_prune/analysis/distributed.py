@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from yolo_prune.analysis.sensitivity import Distributed
 
@@ -17,6 +18,21 @@ def from_environment(device_type: str = "cpu") -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return process_group_info()
+
+
+@contextmanager
+def environment_group(device_type: str = "cpu") -> Iterator[Distributed]:
+    """:func:`from_environment` for a with-block: a process group it initialises is destroyed at the end, as
+    PyTorch asks (gloo's threads left to the interpreter's exit can abort it: pytorch/pytorch#190489)."""
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    info = from_environment(device_type)
+    try:
+        yield info
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def process_group_info() -> Distributed:

@@ -130,7 +130,7 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
                         source: str = "", progress: bool = True, dry_run: bool = False, log=None):
     """Run (or resume) the analysis of ``model`` on the split; results land in ``out_dir``. ``log`` receives the
     plan and the ETA; ``dry_run`` logs the plan (time measured on the first batch) and writes nothing."""
-    from yolo_prune.analysis.distributed import from_environment
+    from yolo_prune.analysis.distributed import environment_group
     from yolo_prune.analysis.finish_pool import score_workers
     from yolo_prune.analysis.sensitivity import run_sensitivity
     from yolo_prune.analysis.store import ResultStore
@@ -150,7 +150,6 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     if analysis.early_stop is not None:  # only then: analyses without it resume as before
         settings["early_stop"] = analysis.early_stop.settings()
     check_model_classes(model, data, source or "model")
-    dist = from_environment(device.type)
     model = model.to(device).eval()
     if half and device.type == "cuda":
         model = model.half()
@@ -163,11 +162,12 @@ def sensitivity_on_data(model: torch.nn.Module, data: DataSettings, analysis: An
     batches, cfg = cached_batches(data, int(model.stride.max()), device)
     scorer = DetectionScorer(cfg.nc, cfg.names, analysis.conf_thres, analysis.iou_thres,
                              coco_backend=analysis.coco_backend)
-    return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates), context=context,
-                           layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
-                           seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
-                           dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,
-                           stack_bytes=analysis.stack_bytes, cache_bytes=analysis.cache_bytes,
-                           channels_last_cpu=analysis.channels_last_cpu, early_stop=analysis.early_stop,
-                           score_workers=score_workers(device.type, analysis.score_workers),
-                           dry_run=dry_run, log=log)
+    with environment_group(device.type) as dist:
+        return run_sensitivity(model, graph, batches, scorer, store, list(analysis.rates), context=context,
+                               layers=analysis.layers, criterion=criterion, round_to=analysis.round_to,
+                               seed=analysis.seed, img_size=data.img_size, chunk_layers=analysis.chunk_layers,
+                               dist=dist, progress=progress and not dry_run, prefix=analysis.prefix,
+                               stack_bytes=analysis.stack_bytes, cache_bytes=analysis.cache_bytes,
+                               channels_last_cpu=analysis.channels_last_cpu, early_stop=analysis.early_stop,
+                               score_workers=score_workers(device.type, analysis.score_workers),
+                               dry_run=dry_run, log=log)
