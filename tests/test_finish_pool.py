@@ -115,3 +115,14 @@ def test_automatic_policy():
     assert score_workers("cuda", None, cpus=16) == WorkerPolicy(4, 2.0)
     assert score_workers("cuda", None, cpus=3) == WorkerPolicy(2, 2.0)
     assert score_workers("cpu", 3, cpus=2) == WorkerPolicy(3, 0.0)
+
+
+def test_an_idle_pool_closes_at_once(scored):
+    import time
+
+    scorer, _, _ = scored
+    pool = FinishPool(scorer, 2)
+    procs = [w.proc for w in pool._workers]
+    t0 = time.perf_counter()
+    pool.close()
+    assert time.perf_counter() - t0 < 8 and all(p.returncode == 0 for p in procs)

@@ -65,7 +65,7 @@ class _Worker:
         os.close(from_child_w)
         self.send = Connection(to_child_w, readable=False)
         self.recv = Connection(from_child_r, writable=False)
-        self.send.send(scorer)
+        self.scorer = scorer  # sent by the feeder: the pipe blocks until the new interpreter has imported
 
     def kill(self) -> None:
         self.proc.kill()
@@ -86,10 +86,15 @@ class _Worker:
 
 
 def _feed(worker: _Worker, tasks: queue.Queue, results: queue.Queue) -> None:
-    """Feeder thread: the next (key, state) to the worker once it is free; its answer (or death) to ``results``."""
+    """Feeder thread: the scorer, then the next (key, state) to the worker once it is free; its answer (or death)
+    to ``results``."""
+    first = True
     while (task := tasks.get()) is not None:
         key, state = task
         try:
+            if first:
+                worker.send.send(worker.scorer)
+                first = False
             worker.send.send((key, state))
             results.put(worker.recv.recv())
         except (EOFError, OSError):
@@ -175,8 +180,8 @@ class FinishPool:
 def _serve(tasks: Connection, results: Connection) -> None:
     """Worker side: the scorer first, then (key, state) -> (key, metrics, error text, seconds) until None."""
     try:
-        scorer = tasks.recv()
-        while (task := tasks.recv()) is not None:
+        scorer = tasks.recv()  # None: closed before any work came
+        while scorer is not None and (task := tasks.recv()) is not None:
             _answer(scorer, task, results)
     except (EOFError, BrokenPipeError):  # the analysis ended without saying so (killed): nothing left to do
         pass
