@@ -78,6 +78,24 @@ def test_prediction_is_exact_at_measured_points(measured):
     assert table.predict(pairs) < table.predict([])
 
 
+class _FlatTiming:
+    """Whole-model timings that noise made equal for every pruned model."""
+
+    wall_ms = [5.0, 5.0, 5.0]
+
+    def value(self, _timing, _statistic):
+        return 5.0
+
+
+def test_calibration_keeps_the_measured_conv_times_when_noise_flattens_the_models(measured):
+    table = read_latency_table(measured)
+    pairs = [(i, 0.5) for i in range(11)]
+    fit = lt.calibrate(table, [(0.0, [], _FlatTiming()), (0.5, pairs, _FlatTiming())])
+    assert fit["conv_scale"] == 1.0 and "noise" in fit["note"]
+    table.calibration = fit
+    assert table.predict(pairs) < table.predict([])  # pruning is never priced at zero
+
+
 def test_interrupted_table_resumes(tmp_path, monkeypatch):
     """Finished convolutions survive an interruption; the rerun measures only the rest."""
     model = build_model(CFG).eval()

@@ -8,7 +8,7 @@ File (JSON, ``format: yolo-prune-latency-table``, version 1)::
     round_to}, model{source, fingerprint, params, gflops},
     base{median_ms, p10_ms, p90_ms, n}          whole unpruned model, end to end, as deployed
     rest_ms                                     base median minus the convolutions' own times (everything else)
-    calibration{conv_scale, volume_ms, const_ms, points[{rate, measured_ms, conv_ms, volume}]}
+    calibration{conv_scale, volume_ms, const_ms, points[{rate, measured_ms, conv_ms, volume}], note (optional)}
     nodes[{index, name, out, parts, prunable}], groups[[layer, ...]]   the pruning graph the widths refer to
     ops[{name, node, inputs[[producer, size, part, parts]], kernel, stride, groups, in_hw, act,
          ins[...], outs[...], ms[[...]], spread[[...]]}]   kernel time (median over repeats) at in x out channels

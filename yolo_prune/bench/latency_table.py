@@ -302,7 +302,8 @@ def measured_latency(model: nn.Module, settings: dict[str, Any]) -> tuple[float,
 
 def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, float]], Any]]) -> dict[str, Any]:
     """Fit latency = conv_scale x C + volume_ms x V + const_ms (non-negative least squares) to measured models
-    ``(rate, pairs, stats)``, each measured by the table's statistic."""
+    ``(rate, pairs, stats)``, each measured by the table's statistic. A fit without a conv term (timings too noisy
+    to fall with pruning) keeps conv_scale = 1 and says so in ``note``."""
     from scipy.optimize import nnls
 
     rows, measured, info = [], [], []
@@ -313,8 +314,16 @@ def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, flo
         wall = sorted(timing.wall_ms)
         info.append({"rate": rate, "measured_ms": measured[-1], "wall_min_ms": wall[0],
                      "wall_median_ms": float(np.median(wall)), "conv_ms": conv, "volume": volume})
-    (scale, volume_ms, const_ms), _ = nnls(np.array(rows), np.array(measured))
-    fit = {"conv_scale": float(scale), "volume_ms": float(volume_ms), "const_ms": float(const_ms), "points": info}
+    a, y = np.array(rows), np.array(measured)
+    (scale, volume_ms, const_ms), _ = nnls(a, y)
+    fit: dict[str, Any] = {}
+    if scale <= 0:  # noise flattened the whole-model timings: the fit would price every pruning at zero
+        (volume_ms, const_ms), _ = nnls(a[:, 1:], y - a[:, 0])
+        scale = 1.0
+        fit["note"] = ("the whole-model timings did not fall with the conv times (noise?): conv times taken as "
+                       "measured, volume and constant fitted to the rest")
+    fit.update({"conv_scale": float(scale), "volume_ms": float(volume_ms), "const_ms": float(const_ms),
+                "points": info})
     for row, point in zip(rows, info):
         point["predicted_ms"] = float(scale * row[0] + volume_ms * row[1] + const_ms)
     return fit

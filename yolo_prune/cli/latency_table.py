@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibration: latency = {c['conv_scale']:.3f} x conv + {c['volume_ms']:.3f} ms x volume + "
           f"{c['const_ms']:.3f} ms; " + ", ".join(f"rate {p['rate']:g}: measured {p['measured_ms']:.3f} predicted "
                                                   f"{p['predicted_ms']:.3f}" for p in c["points"]))
+    if c.get("note"):
+        print(f"calibration note: {c['note']}")
     print(f"{'layer':>5} {'name':<18} " + " ".join(f"{'rate ' + format(r, 'g'):>18}" for r in (0.0, *rates)))
     for row in table.layers:
         cells = [f"{w:>5} {v['model_ms']:>8.3f} ms" for w, v in row["widths"].items()]
