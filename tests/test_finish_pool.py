@@ -110,11 +110,18 @@ def test_workers_started_mid_analysis_give_the_in_process_results(scored, tmp_pa
 
 
 def test_automatic_policy():
-    assert score_workers("cpu", None, cpus=2) == WorkerPolicy(1, 2.0)
-    assert score_workers("cpu", None, cpus=1) == WorkerPolicy(0, 2.0)
+    assert score_workers("cpu", None, cpus=2, threads=1) == WorkerPolicy(1, 2.0)
+    assert score_workers("cpu", None, cpus=2, threads=2) == WorkerPolicy(0, 2.0)  # no spare core: none
+    assert score_workers("cpu", None, cpus=1, threads=1) == WorkerPolicy(0, 2.0)
     assert score_workers("cuda", None, cpus=16) == WorkerPolicy(4, 2.0)
     assert score_workers("cuda", None, cpus=3) == WorkerPolicy(2, 2.0)
-    assert score_workers("cpu", 3, cpus=2) == WorkerPolicy(3, 0.0)
+    assert score_workers("cpu", 3, cpus=2, threads=2) == WorkerPolicy(3, 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert score_workers("cpu", None, cpus=4) == WorkerPolicy(1, 2.0)  # torch's own thread count by default
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_an_idle_pool_closes_at_once(scored):

@@ -25,7 +25,7 @@ from typing import Any
 
 from yolo_prune.errors import YoloPruneError
 
-AUTO_CPU_WORKERS = 1  # CPU analyses: the forward passes keep the other cores busy
+AUTO_CPU_WORKERS = 1  # CPU analyses: the forward passes keep the other cores busy (and only a spare core helps)
 AUTO_GPU_WORKERS = 4  # GPU analyses: the host does little else
 WORTH_SECONDS = 2.0  # automatic workers start once the finishing left is estimated above a start (~2 s of CPU)
 
@@ -39,14 +39,22 @@ class WorkerPolicy:
     worth_seconds: float = 0.0
 
 
-def score_workers(device_type: str, requested: int | None = None, cpus: int | None = None) -> WorkerPolicy:
-    """``requested`` workers from the start; else 4 next to a GPU and 1 on a CPU (never more than the CPUs left
-    besides this process), started when worth it (small analyses finish faster than a worker starts)."""
+def score_workers(device_type: str, requested: int | None = None, cpus: int | None = None,
+                  threads: int | None = None) -> WorkerPolicy:
+    """``requested`` workers from the start; else 4 next to a GPU (at most the CPUs besides this process) and 1 on a
+    CPU when a core is left besides this process's ``threads`` intra-op threads (default: torch's; a worker beside
+    forwards that use every core slows them more than it saves: BENCHMARKS.md), started when worth it (small analyses
+    finish faster than a worker starts)."""
     if requested is not None:
         return WorkerPolicy(max(0, int(requested)))
     cpus = (os.cpu_count() or 1) if cpus is None else cpus
-    wanted = AUTO_GPU_WORKERS if device_type == "cuda" else AUTO_CPU_WORKERS
-    return WorkerPolicy(max(0, min(wanted, cpus - 1)), WORTH_SECONDS)
+    if device_type == "cuda":
+        return WorkerPolicy(max(0, min(AUTO_GPU_WORKERS, cpus - 1)), WORTH_SECONDS)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return WorkerPolicy(max(0, min(AUTO_CPU_WORKERS, cpus - threads)), WORTH_SECONDS)
 
 
 class _Worker:

@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "(default: a quarter of the free GPU memory, 2048 on CPU; 0: re-run them per chunk)")
     p.add_argument("--score-workers", type=non_negative_int, default=None, metavar="N",
                    help="analysis: processes that finish each configuration's COCOeval while the next chunk's "
-                        "forwards run (default: 4 next to a GPU, 1 on CPU, at most the CPUs left; 0: in this process)")
+                        "forwards run (default: 4 next to a GPU; on CPU 1 when a core is left besides torch's threads; "
+                        "0: in this process)")
     p.set_defaults(func=run, parser=p)
 
 
