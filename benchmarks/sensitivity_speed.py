@@ -151,6 +151,29 @@ class Timers:
                     self.seconds[_bucket] = self.seconds.get(_bucket, 0.0) + time.perf_counter() - t0
 
             setattr(mod, attr, wrapper)
+        self._time_the_score_workers()
+
+    def _time_the_score_workers(self) -> None:
+        """Buckets 'workers' (the score workers' finishing seconds, reported by the pool when it closes) and 'wait'
+        (this process waiting for them)."""
+        from yolo_prune.analysis.finish_pool import FinishPool
+
+        result, close = FinishPool.result, FinishPool.close
+
+        def timed_result(pool, key):
+            t0 = time.perf_counter()
+            try:
+                return result(pool, key)
+            finally:
+                if pool.workers:
+                    self.seconds["wait"] = self.seconds.get("wait", 0.0) + time.perf_counter() - t0
+
+        def counted_close(pool):
+            self.seconds["workers"] = self.seconds.get("workers", 0.0) + pool.worker_seconds
+            pool.worker_seconds = 0.0
+            close(pool)
+
+        FinishPool.result, FinishPool.close = timed_result, counted_close
 
     def take(self) -> dict[str, float]:
         out, self.seconds = self.seconds, {}
@@ -167,45 +190,6 @@ def timers() -> Timers:
     return TIMERS
 
 
-class PoolTimes:
-    """The score workers' finishing seconds (reported by the pool when it closes) and this process's waits for them."""
-
-    def __init__(self) -> None:
-        from yolo_prune.analysis.finish_pool import FinishPool
-
-        self.seconds = {"workers": 0.0, "wait": 0.0}
-        result, close = FinishPool.result, FinishPool.close
-
-        def timed_result(pool, key):
-            t0 = time.perf_counter()
-            try:
-                return result(pool, key)
-            finally:
-                if pool.workers:
-                    self.seconds["wait"] += time.perf_counter() - t0
-
-        def counted_close(pool):
-            self.seconds["workers"] += pool.worker_seconds
-            pool.worker_seconds = 0.0
-            close(pool)
-
-        FinishPool.result, FinishPool.close = timed_result, counted_close
-
-    def take(self) -> dict[str, float]:
-        out, self.seconds = self.seconds, {"workers": 0.0, "wait": 0.0}
-        return out
-
-
-POOLS: PoolTimes | None = None
-
-
-def pool_times() -> PoolTimes:
-    global POOLS
-    if POOLS is None:
-        POOLS = PoolTimes()
-    return POOLS
-
-
 @dataclass
 class PlainRun:
     wall: float
@@ -219,7 +203,6 @@ def plain_eval(model, data: "DataSettings"):
     from yolo_prune.pipeline.evaluation import evaluate_on_data
 
     timers().take()
-    pool_times().take()
     c0, t0 = cpu_seconds(), time.perf_counter()
     res = evaluate_on_data(model, data, device=torch.device("cpu"), progress=False)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -285,14 +268,12 @@ def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[i
 
     settings = AnalysisSettings(rates=rates, criterion="l2", layers=layers, chunk_layers=chunk_layers, **extra)
     timers().take()
-    pool_times().take()
     c0, t0 = cpu_seconds(), time.perf_counter()
     sensitivity_on_data(model, data, settings, out_dir, device=torch.device("cpu"), progress=False)
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     parts = timers().take()
     saved = json.loads((out_dir / "sensitivity.json").read_text())
     results, baseline = list(saved["results"].values()), saved["baseline"]
-    pools = pool_times().take()
     n_img = data.max_images or 0
     n_layers = len({r["layer"] for r in results})
     n_chunks = math.ceil(n_layers / chunk_layers)
@@ -303,7 +284,8 @@ def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[i
                     t_cache=parts.get("cache_forward", 0.0),
                     mac_share=sum(shares[int(r["layer"])] for r in results),
                     t_metrics=parts.get("metrics", 0.0), t_pruned_cost=parts.get("pruned_cost", 0.0),
-                    t_image_cache=parts.get("image_cache", 0.0), t_workers=pools["workers"], t_wait=pools["wait"],
+                    t_image_cache=parts.get("image_cache", 0.0), t_workers=parts.get("workers", 0.0),
+                    t_wait=parts.get("wait", 0.0),
                     results=saved["results"])
 
 
