@@ -343,8 +343,9 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
             if not pool.workers:  # finished in this process already: nothing to overlap
                 merge(pending)
                 pending = None
-                if pool.local_seconds / (n_round + 1) * (len(rounds) - n_round - 1) >= score_workers.worth_seconds:
-                    pool.start(score_workers.workers)  # the finishing left is worth a worker's start
+                left = pool.local_seconds / (n_round + 1) * (len(rounds) - n_round - 1)  # finishing still to do
+                if score_workers.workers and left >= score_workers.worth_seconds:
+                    pool.start(score_workers.workers)  # worth a worker's start
         if pending is not None:
             merge(pending)
     for bar in (bars or {}).values():
