@@ -300,10 +300,13 @@ def measured_latency(model: nn.Module, settings: dict[str, Any]) -> tuple[float,
     return timing.value(s.timing, s.statistic), timing
 
 
+MIN_CONV_SCALE = 0.01  # a fit that keeps under 1 % of the measured conv times (NNLS leaves ~1e-16, not 0) is noise
+
+
 def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, float]], Any]]) -> dict[str, Any]:
     """Fit latency = conv_scale x C + volume_ms x V + const_ms (non-negative least squares) to measured models
-    ``(rate, pairs, stats)``, each measured by the table's statistic. A fit without a conv term (timings too noisy
-    to fall with pruning) keeps conv_scale = 1 and says so in ``note``."""
+    ``(rate, pairs, stats)``, each measured by the table's statistic. A fit without a conv term (conv_scale below
+    MIN_CONV_SCALE: timings too noisy to fall with pruning) keeps conv_scale = 1 and says so in ``note``."""
     from scipy.optimize import nnls
 
     rows, measured, info = [], [], []
@@ -317,7 +320,7 @@ def calibrate(table: LatencyTable, points: list[tuple[float, list[tuple[int, flo
     a, y = np.array(rows), np.array(measured)
     (scale, volume_ms, const_ms), _ = nnls(a, y)
     fit: dict[str, Any] = {}
-    if scale <= 0:  # noise flattened the whole-model timings: the fit would price every pruning at zero
+    if scale < MIN_CONV_SCALE:  # noise flattened the whole-model timings: the fit would price pruning at ~zero
         (volume_ms, const_ms), _ = nnls(a[:, 1:], y - a[:, 0])
         scale = 1.0
         fit["note"] = ("the whole-model timings did not fall with the conv times (noise?): conv times taken as "
