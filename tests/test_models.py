@@ -169,24 +169,72 @@ def test_bad_rows_are_reported(bad, match):
 
 
 @pytest.mark.parametrize("k", [3, 5, 9, 13])
-def test_same_max_pool_equals_the_k_by_k_pool_and_exports_one_node(k, tmp_path):
-    """SameMaxPool2d (row pool then column pool) gives nn.MaxPool2d's values exactly, gradients included in sum,
-    and ONNX export keeps one k x k MaxPool node."""
+def test_exact_max_pool_equals_the_k_by_k_pool_and_exports_one_node(k, tmp_path):
+    """ExactMaxPool2d gives nn.MaxPool2d's values exactly, in training (row pool then column pool; gradients
+    included in sum) and in inference (strided maxima), and ONNX export keeps one k x k MaxPool node."""
     import onnx
 
-    from yolo_prune.models.blocks import SP, SameMaxPool2d
+    from yolo_prune.models.blocks import SP, ExactMaxPool2d
 
     torch.manual_seed(k)
     x = torch.randn(2, 5, 11, 7, requires_grad=True)
-    ref, ours = torch.nn.MaxPool2d(k, 1, k // 2), SameMaxPool2d(k, 1, k // 2)
+    ref, ours = torch.nn.MaxPool2d(k, 1, k // 2), ExactMaxPool2d(k, 1, k // 2)
     out = ours(x)
     assert torch.equal(out, ref(x))
     (g,) = torch.autograd.grad(out.sum(), x)
     (g_ref,) = torch.autograd.grad(ref(x).sum(), x)
     assert torch.equal(g.sum(), g_ref.sum()) and (g >= 0).all()
-    strided = SameMaxPool2d(k, 2, k // 2)  # not a same-size pool: the plain k x k path
-    assert torch.equal(strided(x), torch.nn.MaxPool2d(k, 2, k // 2)(x))
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+        strided = ExactMaxPool2d(k, 2, k // 2)
+        assert torch.equal(strided(x), torch.nn.MaxPool2d(k, 2, k // 2)(x))
     path = tmp_path / "sp.onnx"
     torch.onnx.export(SP(k).eval(), (torch.zeros(1, 4, 16, 16),), str(path), dynamo=False, opset_version=12)
     pools = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MaxPool"]
     assert len(pools) == 1 and list(pools[0].attribute[[a.name for a in pools[0].attribute].index("kernel_shape")].ints) == [k, k]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 11, 7), (1, 1, 1, 1), (3, 2, 16, 16), (1, 2, 13, 3), (2, 4, 6, 9)])
+def test_exact_max_pool2d_is_bit_identical_to_max_pool2d(shape):
+    """The strided-maxima kernels equal F.max_pool2d value for value: odd sizes (floor mode drops the last
+    row/column), ties, -inf, NaN (propagates in both), strides 1-3, paddings 0-6, kernels 2-13."""
+    import torch.nn.functional as F
+
+    from yolo_prune.models.exact_pool import exact_max_pool2d
+
+    torch.manual_seed(sum(shape))
+    x = torch.randn(shape)
+    x.view(-1)[1::3] = 0.5  # ties
+    x.view(-1)[2::7] = float("-inf")
+    if x.numel() > 4:
+        x.view(-1)[4] = float("nan")
+    checked = 0
+    for k, s, p in [(2, 2, 0), (3, 3, 0), (5, 1, 2), (9, 1, 4), (13, 1, 6), (3, 1, 1), (3, 2, 1), (2, 1, 0), (4, 2, 1),
+                    (6, 3, 3)]:
+        if min(shape[2], shape[3]) + 2 * p < k:
+            continue
+        ref, ours = F.max_pool2d(x, k, s, p), exact_max_pool2d(x, k, s, p)
+        assert ref.shape == ours.shape, (k, s, p)
+        assert torch.equal(ref.isnan(), ours.isnan()) and torch.equal(ref.nan_to_num(7.0), ours.nan_to_num(7.0)), (k, s, p)
+        checked += 1
+    assert checked >= 4
+
+
+def test_model_pools_take_the_exact_kernels_only_outside_autograd(monkeypatch):
+    """Inference on CPU runs the strided-maxima kernels (and the model output is unchanged); a forward that
+    records gradients runs torch's pools."""
+    import yolo_prune.models.blocks as blocks
+
+    model = build_model(load_cfg(__import__("yolo_prune").models.resolve_cfg("yolov7-tiny"))).eval()
+    calls = []
+    real = blocks.exact_max_pool2d
+    monkeypatch.setattr(blocks, "exact_max_pool2d", lambda *a: calls.append(a[1:]) or real(*a))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        fast = model(x)[0]
+    assert sorted(set(calls)) == [(2, 2, 0), (5, 1, 2), (9, 1, 4), (13, 1, 6)]
+    calls.clear()
+    monkeypatch.setattr(blocks, "exact_pool_applies", lambda _x: False)
+    with torch.no_grad():
+        plain = model(x)[0]
+    assert calls == [] and torch.equal(fast, plain)

@@ -78,7 +78,8 @@ class _TagMode(TorchFunctionMode):
 
 
 def _hooks(model: nn.Module, mode: _TagMode, inputs: dict[nn.Module, FakeQuantize | None]) -> list[Any]:
-    """Forward hooks: quantizer outputs get tagged; quantized layers record their input's tag."""
+    """Forward hooks: quantizer outputs get tagged, max-pool modules pass their input's tag on; quantized layers
+    record their input's tag."""
     handles = []
     for m in model.modules():
         if isinstance(m, FakeQuantize):
@@ -88,6 +89,12 @@ def _hooks(model: nn.Module, mode: _TagMode, inputs: dict[nn.Module, FakeQuantiz
                 own = getattr(mod, "image_quant", None)
                 inputs[mod] = own if own is not None else mode.tag(args[0])
             handles.append(m.register_forward_pre_hook(pre))
+        elif isinstance(m, nn.MaxPool2d):  # whatever ops its kernel runs (strided maxima), the pool keeps the scale
+            def pooled(_mod: nn.Module, args: tuple, out: Any) -> None:
+                src = mode.tag(args[0])
+                if src is not None and isinstance(out, torch.Tensor):
+                    mode.mark(out, src)
+            handles.append(m.register_forward_hook(pooled))
     return handles
 
 
