@@ -155,18 +155,19 @@ class Timers:
 
     def _time_the_score_workers(self) -> None:
         """Buckets 'workers' (the score workers' finishing seconds, reported by the pool when it closes) and 'wait'
-        (this process waiting for them)."""
+        (this process waiting idle for them; what it finishes itself meanwhile counts as metrics)."""
         from yolo_prune.analysis.finish_pool import FinishPool
 
         result, close = FinishPool.result, FinishPool.close
 
         def timed_result(pool, key):
-            t0 = time.perf_counter()
+            t0, local = time.perf_counter(), pool.local_seconds
             try:
                 return result(pool, key)
             finally:
-                if pool.workers:
-                    self.seconds["wait"] = self.seconds.get("wait", 0.0) + time.perf_counter() - t0
+                if pool.workers:  # the states it finished here meanwhile are in the metrics bucket already
+                    idle = time.perf_counter() - t0 - (pool.local_seconds - local)
+                    self.seconds["wait"] = self.seconds.get("wait", 0.0) + idle
 
         def counted_close(pool):
             self.seconds["workers"] = self.seconds.get("workers", 0.0) + pool.worker_seconds
@@ -448,9 +449,10 @@ def breakdown(args: argparse.Namespace, r: ModelResult) -> list[str]:
     a_known = an.t_forward + an.t_nms + an.t_cache + an.t_metrics + an.t_wait + an.t_pruned_cost + an.t_image_cache
     rows = [("forward (plain: full model; analysis: downstream re-runs, removed filters zeroed)", p_inf, an.t_forward),
             ("NMS + per-image matching", p_nms, an.t_nms),
-            ("test.py metrics + COCOeval (`summarize`; analysis: once per configuration + baseline, in this process)",
+            ("test.py metrics + COCOeval (`summarize`; analysis: the configurations finished in this process: all of them "
+             "without score workers, else those it took back from the workers' queue instead of waiting)",
              p_met, an.t_metrics),
-            ("waiting for the score worker process(es)", None, an.t_wait),
+            ("waiting idle for the score worker process(es)", None, an.t_wait),
             (f"cached full forward (`run_all`: once per batch, kept across the {an.n_chunks} chunks of "
              f"{args.chunk_layers} layers by the activation cache)", None, an.t_cache),
             ("pruned model params / GFLOPs (`pruned_cost`, per configuration)", None, an.t_pruned_cost),

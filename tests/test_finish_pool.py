@@ -54,7 +54,7 @@ def test_packed_state_unpacks_to_the_same_records(scored):
 def test_worker_process_finishes_with_the_in_process_numbers(scored):
     scorer, states, _ = scored
     here = [scorer.finish(s) for s in states]
-    with FinishPool(scorer, 1) as pool:
+    with FinishPool(scorer, 1, steal=False) as pool:
         assert pool.workers == 1
         for i, s in enumerate(states):
             pool.submit(i, s)
@@ -63,12 +63,27 @@ def test_worker_process_finishes_with_the_in_process_numbers(scored):
     assert there == here and here[0]["map50"] > 0 and here[0] != here[1]
 
 
+def test_waiting_for_workers_finishes_queued_states_here(scored):
+    """result() finishes states no worker has taken yet in this process (the worker is still starting), with the
+    same numbers; the worker answers the one it took."""
+    scorer, states, _ = scored
+    here = [scorer.finish(s) for s in states]
+    keys = range(6)
+    with FinishPool(scorer, 1) as pool:
+        for k in keys:
+            pool.submit(k, states[k % 2])
+        got = [pool.result(k) for k in keys]
+        assert pool.stolen >= 1 and pool.local_seconds > 0
+        assert pool.stolen + (pool.worker_seconds > 0) <= len(keys)
+    assert got == [here[k % 2] for k in keys]
+
+
 def test_a_worker_failure_is_raised_with_the_configuration(scored):
     scorer, states, _ = scored
     bad = scorer.portable(states[0])
     bad.labels = bad.labels.copy()
     bad.labels[:, 0] = 7  # a class the scorer does not have (nc=3)
-    with FinishPool(scorer, 1) as pool:
+    with FinishPool(scorer, 1, steal=False) as pool:
         pool.submit((5, 0.5), bad)
         with pytest.raises(YoloPruneError, match=r"scoring configuration \(5, 0\.5\) failed in a worker process "
                                                  r"\(--score-workers 0 scores in this process\):(.|\n)*nc=3"):
@@ -77,7 +92,7 @@ def test_a_worker_failure_is_raised_with_the_configuration(scored):
 
 def test_a_dead_worker_is_reported_not_waited_for(scored):
     scorer, states, _ = scored
-    with FinishPool(scorer, 1) as pool:
+    with FinishPool(scorer, 1, steal=False) as pool:
         pool._workers[0].proc.kill()
         pool._workers[0].proc.wait()
         pool.submit("baseline", states[0])
@@ -131,5 +146,11 @@ def test_an_idle_pool_closes_at_once(scored):
     pool = FinishPool(scorer, 2)
     procs = [w.proc for w in pool._workers]
     t0 = time.perf_counter()
-    pool.close()
-    assert time.perf_counter() - t0 < 8 and all(p.returncode == 0 for p in procs)
+    pool.close()  # the workers are still starting: stopped, not waited for
+    assert time.perf_counter() - t0 < 2 and all(p.returncode is not None for p in procs)
+    used = FinishPool(scorer, 1, steal=False)
+    used.submit("baseline", scored[1][0])
+    used.result("baseline")
+    proc = used._workers[0].proc
+    used.close()  # a worker that worked ends on its own
+    assert proc.returncode == 0

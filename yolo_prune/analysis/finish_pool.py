@@ -74,12 +74,16 @@ class _Worker:
         self.send = Connection(to_child_w, readable=False)
         self.recv = Connection(from_child_r, writable=False)
         self.scorer = scorer  # sent by the feeder: the pipe blocks until the new interpreter has imported
+        self.used = False  # set by the feeder once it has sent the scorer
 
     def kill(self) -> None:
         self.proc.kill()
 
     def close(self) -> None:
-        """Ask the worker to end (it is idle), wait for it, and close the pipes."""
+        """Ask the worker to end (it is idle), wait for it, and close the pipes. A worker that never got work may
+        still be importing (~1 s): it is stopped instead, having nothing to finish."""
+        if not self.used:
+            self.proc.kill()
         try:
             self.send.send(None)
         except OSError:
@@ -101,6 +105,7 @@ def _feed(worker: _Worker, tasks: queue.Queue, results: queue.Queue) -> None:
         key, state = task
         try:
             if first:
+                worker.used = True
                 worker.send.send(worker.scorer)
                 first = False
             worker.send.send((key, state))
@@ -117,10 +122,13 @@ def _portable(scorer: Any, state: Any) -> Any:
 
 
 class FinishPool:
-    """``submit(key, state)`` now, ``result(key)`` later; without workers ``finish`` runs at submit time."""
+    """``submit(key, state)`` now, ``result(key)`` later; without workers ``finish`` runs at submit time.
+    ``steal``: ``result`` finishes still-queued states in this process instead of waiting idle for the workers."""
 
-    def __init__(self, scorer: Any, workers: int = 0):
+    def __init__(self, scorer: Any, workers: int = 0, steal: bool = True):
         self.scorer = scorer
+        self.steal = steal
+        self.stolen = 0  # states submitted to the workers but finished here
         self._done: dict[Any, Any] = {}
         self._waiting = 0  # submitted to the workers, not yet back
         self.local_seconds = 0.0  # time spent in ``finish`` in this process
@@ -161,8 +169,11 @@ class FinishPool:
             self._waiting += 1
 
     def result(self, key: Any) -> Any:
-        """The metrics of ``key`` (waits for its worker; a worker's exception is raised here)."""
+        """The metrics of ``key`` (a worker's exception is raised here). Rather than wait idle, this process finishes
+        states no worker has taken yet (the last round's, typically), then waits for the workers' answers."""
         while key not in self._done:
+            if self.steal and self._steal():
+                continue
             got, metrics, error, seconds = self._results.get()
             self._waiting, self.worker_seconds = self._waiting - 1, self.worker_seconds + seconds
             if error is not None:
@@ -170,6 +181,20 @@ class FinishPool:
                                      f"(--score-workers 0 scores in this process):\n{error}")
             self._done[got] = metrics
         return self._done.pop(key)
+
+    def _steal(self) -> bool:
+        """Finish one state still queued for the workers in this process; False when none is left."""
+        try:
+            task = self._tasks.get_nowait()
+        except queue.Empty:
+            return False
+        key, state = task
+        t0 = time.perf_counter()
+        self._done[key] = self.scorer.finish(state)
+        self.local_seconds += time.perf_counter() - t0
+        self._waiting -= 1
+        self.stolen += 1
+        return True
 
     def close(self) -> None:
         """Stop the workers; work still pending (an error elsewhere ended the analysis) is dropped at once."""
