@@ -194,6 +194,31 @@ def test_faster_coco_eval_equals_pycocotools_on_real_predictions(real_run) -> No
     assert 0.2 < ref.map < 0.9 and json.dumps(gt, sort_keys=True) == before  # ground truth left untouched
 
 
+def test_faster_results_index_equals_faster_coco_evals_own_load_res(real_run) -> None:
+    """The result set built without loadRes's per-entry polygons evaluates exactly as loadRes's (every stat and
+    per-class AP equal), gives the same ids/areas, and refuses entries of unknown images."""
+    pytest.importorskip("faster_coco_eval")
+    from faster_coco_eval import COCOeval_faster
+
+    from yolo_prune.engine.coco import GroundTruth, _faster_results, load_coco
+
+    ids = default_image_ids(real_run.paths)
+    fgt = GroundTruth(load_coco(build_coco_gt(real_run.labels, real_run.shapes, ids, 6))).faster()
+    results = detections_to_coco(real_run.dets, ids, list(range(6)))
+    ours, theirs = _faster_results(fgt, [dict(r) for r in results]), fgt.loadRes([dict(r) for r in results])
+    for key in ("id", "area", "iscrowd", "bbox", "score", "image_id", "category_id"):
+        assert [a[key] for a in ours.dataset["annotations"]] == [a[key] for a in theirs.dataset["annotations"]]
+    stats = []
+    for res in (ours, theirs):
+        ev = COCOeval_faster(fgt, res, "bbox", print_function=lambda *_: None)
+        ev.params.imgIds = ids
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        stats.append((list(ev.stats), ev.eval["precision"].tolist()))
+    assert stats[0] == stats[1]
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        _faster_results(fgt, [dict(results[0], image_id=10**9)])
+
+
 def test_vectorised_test_py_metrics_equal_the_official_loops_on_real_predictions(real_run) -> None:
     """Matching all images at once (and in small blocks) gives test.py's per-image loop result, and the metrics
     its ap_per_class; on the same real predictions."""

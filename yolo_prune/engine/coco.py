@@ -236,6 +236,29 @@ class GroundTruth:
         return self._faster
 
 
+def _faster_results(gt: Any, entries: list[dict]) -> Any:
+    """faster-coco-eval's ``gt.loadRes(entries)`` for bbox entries, without the polygon it builds per entry (bbox
+    evaluation never reads it; the rest of that per-entry Python loop was ~70 % of a COCOeval call here): the
+    same ids, areas and index."""
+    from faster_coco_eval import COCO as FasterCOCO
+
+    if not all("bbox" in e for e in entries):
+        return gt.loadRes(entries)
+    unknown = {e["image_id"] for e in entries} - set(gt.getImgIds())
+    if unknown:
+        raise ValueError(f"results name images that are not in the ground truth: {sorted(unknown)[:5]}")
+    for n, e in enumerate(entries, 1):
+        box = e["bbox"]
+        e["area"], e["id"], e["iscrowd"] = box[2] * box[3], n, 0
+    res = FasterCOCO()
+    res.dataset["info"] = copy.deepcopy(gt.dataset.get("info", {}))
+    res.dataset["images"] = list(gt.dataset["images"])
+    res.dataset["categories"] = copy.deepcopy(gt.dataset["categories"])
+    res.dataset["annotations"] = entries
+    res.createIndex()
+    return res
+
+
 def _cocoeval(prepared: GroundTruth, results: list[dict], img_ids: list[Any], backend: str, owned: bool = False):
     """An evaluated + accumulated + summarised COCOeval object of ``backend`` (same attributes either way).
     ``loadRes`` adds fields to the entries, so they are copied unless the caller hands them over (``owned``)."""
@@ -244,7 +267,7 @@ def _cocoeval(prepared: GroundTruth, results: list[dict], img_ids: list[Any], ba
         from faster_coco_eval import COCOeval_faster
 
         fgt = prepared.faster()
-        ev = COCOeval_faster(fgt, fgt.loadRes(entries), "bbox", print_function=print)
+        ev = COCOeval_faster(fgt, _faster_results(fgt, entries), "bbox", print_function=print)
     else:
         ev = COCOeval(prepared.coco, prepared.coco.loadRes(entries), "bbox")
     ev.params.imgIds = img_ids
