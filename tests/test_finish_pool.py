@@ -147,10 +147,11 @@ def test_an_idle_pool_closes_at_once(scored):
     procs = [w.proc for w in pool._workers]
     t0 = time.perf_counter()
     pool.close()  # the workers are still starting: stopped, not waited for
-    assert time.perf_counter() - t0 < 2 and all(p.returncode is not None for p in procs)
+    assert time.perf_counter() - t0 < 2 and all(p.wait(timeout=10) != 0 for p in procs)  # killed
     used = FinishPool(scorer, 1, steal=False)
     used.submit("baseline", scored[1][0])
     used.result("baseline")
     proc = used._workers[0].proc
-    used.close()  # a worker that worked ends on its own
-    assert proc.returncode == 0
+    t0 = time.perf_counter()
+    used.close()  # a worker that worked is told to end, not waited for: it ends on its own
+    assert time.perf_counter() - t0 < 0.5 and proc.wait(timeout=30) == 0

@@ -80,21 +80,27 @@ class _Worker:
         self.proc.kill()
 
     def close(self) -> None:
-        """Ask the worker to end (it is idle), wait for it, and close the pipes. A worker that never got work may
-        still be importing (~1 s): it is stopped instead, having nothing to finish."""
+        """Ask the worker to end (it is idle) and close the pipes, without waiting for it: its interpreter takes
+        ~1 s to shut down, time the analysis need not spend (a daemon thread reaps it). A worker that never got work
+        may still be importing: it is stopped instead, having nothing to finish."""
         if not self.used:
             self.proc.kill()
         try:
             self.send.send(None)
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
         self.send.close()
         self.recv.close()
+        threading.Thread(target=_reap, args=(self.proc,), daemon=True).start()
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a worker told to end (no zombie left); one that hangs is killed."""
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _feed(worker: _Worker, tasks: queue.Queue, results: queue.Queue) -> None:
