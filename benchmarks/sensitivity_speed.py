@@ -138,6 +138,7 @@ class Timers:
         import importlib
 
         self.seconds: dict[str, float] = {}
+        self.ended: list = []  # score worker processes told to end
         for mod_name, attr, bucket in self.TARGETS:
             mod = importlib.import_module(mod_name)
             fn = getattr(mod, attr)
@@ -172,6 +173,7 @@ class Timers:
         def counted_close(pool):
             self.seconds["workers"] = self.seconds.get("workers", 0.0) + pool.worker_seconds
             pool.worker_seconds = 0.0
+            self.ended.extend(w.proc for w in pool._workers)  # close does not wait for them: reaped_workers does
             close(pool)
 
         FinishPool.result, FinishPool.close = timed_result, counted_close
@@ -179,6 +181,12 @@ class Timers:
     def take(self) -> dict[str, float]:
         out, self.seconds = self.seconds, {}
         return out
+
+    def reaped_workers(self) -> None:
+        """Wait until the score workers told to end have exited, so that their CPU time is in RUSAGE_CHILDREN."""
+        for proc in self.ended:
+            proc.wait()
+        self.ended = []
 
 
 TIMERS: Timers | None = None
@@ -271,7 +279,9 @@ def run_analysis(model, data: "DataSettings", rates: list[float], layers: list[i
     timers().take()
     c0, t0 = cpu_seconds(), time.perf_counter()
     sensitivity_on_data(model, data, settings, out_dir, device=torch.device("cpu"), progress=False)
-    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    seconds = time.perf_counter() - t0
+    timers().reaped_workers()  # after the wall time: the analysis returns without waiting for them to exit
+    cpu = cpu_seconds() - c0
     parts = timers().take()
     saved = json.loads((out_dir / "sensitivity.json").read_text())
     results, baseline = list(saved["results"].values()), saved["baseline"]
