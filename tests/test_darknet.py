@@ -56,6 +56,18 @@ def test_outputs_equal_an_independent_numpy_forward_pass(mixed_files):
     np.testing.assert_allclose(pred[0].numpy(), expected, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("size,stride,padding", [(2, 2, 1), (2, 1, 1), (3, 2, 2), (5, 1, 4), (2, 2, 0), (1, 2, 0)])
+def test_maxpool_inference_path_equals_the_training_path(size, stride, padding):
+    """CPU inference (strided maxima) and autograd (F.max_pool2d on the padded input) give the same values."""
+    torch.manual_seed(size * 10 + stride)
+    pool = DarknetMaxPool(size, stride, padding)
+    x = torch.randn(2, 3, 13, 10)
+    with torch.no_grad():
+        fast = pool(x)
+    slow = pool(x.clone().requires_grad_(True))
+    assert fast.shape == slow.shape and torch.equal(fast, slow.detach())
+
+
 def test_a_yolo_layer_decodes_as_derived_by_hand(tmp_path):
     """Zero weights: every cell predicts sigmoid/exp of the biases only, so the boxes follow in closed form."""
     cfg = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=7\nsize=1\nstride=1\nactivation=linear\n"
