@@ -195,7 +195,7 @@ def test_exact_max_pool_equals_the_k_by_k_pool_and_exports_one_node(k, tmp_path)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 11, 7), (1, 1, 1, 1), (3, 2, 16, 16), (1, 2, 13, 3), (2, 4, 6, 9)])
-def test_exact_max_pool2d_is_bit_identical_to_max_pool2d(shape):
+def test_exact_max_pool2d_gives_max_pool2ds_values(shape):
     """The strided-maxima kernels equal F.max_pool2d value for value: odd sizes (floor mode drops the last
     row/column), ties, -inf, NaN (propagates in both), strides 1-3, paddings 0-6, kernels 2-13."""
     import torch.nn.functional as F
@@ -218,6 +218,31 @@ def test_exact_max_pool2d_is_bit_identical_to_max_pool2d(shape):
         assert torch.equal(ref.isnan(), ours.isnan()) and torch.equal(ref.nan_to_num(7.0), ours.nan_to_num(7.0)), (k, s, p)
         checked += 1
     assert checked >= 4
+
+
+def test_exact_max_pool2d_returns_a_dense_copy_and_refuses_what_max_pool2d_refuses():
+    """A new tensor in the input's memory format (never a view of the input: k 1), channels-last kept, the same
+    errors as max_pool2d for impossible sizes; forward-mode AD and fx tracing take torch's pool."""
+    import torch.autograd.forward_ad as fwAD
+    import torch.nn.functional as F
+
+    from yolo_prune.models.blocks import MP, ExactMaxPool2d
+    from yolo_prune.models.exact_pool import exact_max_pool2d, exact_pool_applies
+
+    x = torch.randn(2, 3, 9, 9)
+    same = ExactMaxPool2d(1, 1)(x)
+    same.zero_()
+    assert x.abs().sum() > 0
+    strided = exact_max_pool2d(x, 3, 2, 1)
+    assert strided.is_contiguous() and torch.equal(strided, F.max_pool2d(x, 3, 2, 1))
+    last = exact_max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2, 1)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, strided)
+    for args in [(torch.randn(1, 1, 1, 1), 2, 2, 0), (x, 2, 2, 2)]:
+        with pytest.raises(RuntimeError):
+            exact_max_pool2d(*args)
+    with fwAD.dual_level():
+        assert not exact_pool_applies(fwAD.make_dual(x, torch.ones_like(x)))
+    assert len(torch.fx.symbolic_trace(MP(2)).graph.nodes) >= 3  # placeholder, pool, output
 
 
 def test_model_pools_take_the_exact_kernels_only_outside_autograd(monkeypatch):
