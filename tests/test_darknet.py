@@ -192,3 +192,13 @@ def test_pruned_model_written_back_reads_into_the_same_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(x)[0], pruned(x)[0])
     assert back.widths() == pruned.widths()
+
+
+def test_int8_preparation_follows_the_scale_through_darknet_maxpools():
+    """The int8 linker passes a quantizer's scale through [maxpool] layers (asymmetric Darknet padding and the
+    strided-maxima kernels alike), so a yolov3-tiny prepares for TensorRT Q/DQ."""
+    from yolo_prune.quant.prepare import quantize_model
+
+    model = build_model(str(DATA / "yolov3-tiny.cfg")).eval()
+    prepared = quantize_model(model, "tensorrt", 64)
+    assert prepared.quantizers > 0

@@ -16,9 +16,11 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from yolo_prune.errors import YoloPruneError
+from yolo_prune.models.darknet.layers import DarknetMaxPool
 from yolo_prune.quant.fakequant import FakeQuantize
 from yolo_prune.quant.modules import QHeadConv, _QuantLayer
 
+MAX_POOLS = (nn.MaxPool2d, DarknetMaxPool)
 PASS_THROUGH = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "interpolate", "upsample_nearest2d"}
 MERGING = {"cat", "concat", "concatenate"}
 
@@ -89,7 +91,7 @@ def _hooks(model: nn.Module, mode: _TagMode, inputs: dict[nn.Module, FakeQuantiz
                 own = getattr(mod, "image_quant", None)
                 inputs[mod] = own if own is not None else mode.tag(args[0])
             handles.append(m.register_forward_pre_hook(pre))
-        elif isinstance(m, nn.MaxPool2d):  # whatever ops its kernel runs (strided maxima), the pool keeps the scale
+        elif isinstance(m, MAX_POOLS):  # whatever ops its kernel runs (strided maxima), a max pool keeps the scale
             def pooled(_mod: nn.Module, args: tuple, out: Any) -> None:
                 src = mode.tag(args[0])
                 if src is not None and isinstance(out, torch.Tensor):
