@@ -159,12 +159,12 @@ class Timers:
         (this process waiting idle for them; what it finishes itself meanwhile counts as metrics)."""
         from yolo_prune.analysis.finish_pool import FinishPool
 
-        result, close = FinishPool.result, FinishPool.close
+        results, close = FinishPool.results, FinishPool.close
 
-        def timed_result(pool, key):
+        def timed_results(pool, keys):
             t0, local = time.perf_counter(), pool.local_seconds
             try:
-                return result(pool, key)
+                return results(pool, keys)
             finally:
                 if pool.workers:  # the states it finished here meanwhile are in the metrics bucket already
                     idle = time.perf_counter() - t0 - (pool.local_seconds - local)
@@ -176,7 +176,7 @@ class Timers:
             self.ended.extend(w.proc for w in pool._workers)  # close does not wait for them: reaped_workers does
             close(pool)
 
-        FinishPool.result, FinishPool.close = timed_result, counted_close
+        FinishPool.results, FinishPool.close = timed_results, counted_close
 
     def take(self) -> dict[str, float]:
         out, self.seconds = self.seconds, {}

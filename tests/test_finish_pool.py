@@ -72,10 +72,51 @@ def test_waiting_for_workers_finishes_queued_states_here(scored):
     with FinishPool(scorer, 1) as pool:
         for k in keys:
             pool.submit(k, states[k % 2])
-        got = [pool.result(k) for k in keys]
+        got = pool.results(list(keys))
         assert pool.stolen >= 1 and pool.local_seconds > 0
         assert pool.stolen + (pool.worker_seconds > 0) <= len(keys)
     assert got == [here[k % 2] for k in keys]
+
+
+def _until_taken(pool: FinishPool) -> None:
+    """Wait (at most 10 s) until a feeder has taken every submitted state."""
+    import time
+
+    t0 = time.perf_counter()
+    while pool._tasks._items and time.perf_counter() - t0 < 10:
+        time.sleep(0.001)
+    assert not pool._tasks._items
+
+
+def test_only_states_submitted_up_to_the_asked_ones_are_taken_back(scored):
+    """Asked for round B while round C is queued too, this process takes back B's queued states only: C stays with
+    the workers (they finish it beside the next forwards)."""
+    scorer, states, _ = scored
+    with FinishPool(scorer, 1) as pool:
+        pool.submit("B1", states[0])
+        _until_taken(pool)
+        for key in ("B2", "C1", "C2"):
+            pool.submit(key, states[0])
+        b = pool.results(["B1", "B2"])  # B1 went to the (still starting) worker; B2 is finished here
+        assert pool.stolen == 1
+        c = pool.results(["C1", "C2"])
+    assert b == c == [scorer.finish(states[0])] * 2
+
+
+def test_an_error_in_a_state_taken_back_is_raised_as_scoring_here_raises_it(scored):
+    scorer, states, _ = scored
+    bad = scorer.portable(states[0])
+    bad.labels = bad.labels.copy()
+    bad.labels[:, 0] = 7  # a class the scorer does not have (nc=3)
+    with pytest.raises(Exception) as here:
+        scorer.finish(bad)
+    with FinishPool(scorer, 1) as pool:
+        pool.submit("ok", states[0])
+        _until_taken(pool)  # by the worker's feeder
+        pool.submit("bad", bad)
+        with pytest.raises(type(here.value), match="nc=3"):
+            pool.results(["ok", "bad"])
+        assert pool._waiting == 1 and pool.stolen == 1
 
 
 def test_a_worker_failure_is_raised_with_the_configuration(scored):

@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from yolo_prune.errors import YoloPruneError
 
@@ -55,6 +56,33 @@ def score_workers(device_type: str, requested: int | None = None, cpus: int | No
 
         threads = torch.get_num_threads()
     return WorkerPolicy(max(0, min(AUTO_CPU_WORKERS, cpus - threads)), WORTH_SECONDS)
+
+
+class _Tasks:
+    """The states waiting for a worker, oldest first: feeders take the next one (blocking), the pool takes back
+    the oldest when it was submitted no later than a limit (never blocking). ``None`` tells a feeder to stop."""
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: tuple[int, Any, Any] | None) -> None:
+        with self._ready:
+            self._items.append(item)
+            self._ready.notify()
+
+    def take(self) -> tuple[int, Any, Any] | None:
+        with self._ready:
+            while not self._items:
+                self._ready.wait()
+            return self._items.popleft()
+
+    def take_back(self, limit: int) -> tuple[int, Any, Any] | None:
+        """The oldest waiting state if its sequence number is <= ``limit``, else None."""
+        with self._ready:
+            if self._items and self._items[0] is not None and self._items[0][0] <= limit:
+                return self._items.popleft()
+            return None
 
 
 class _Worker:
@@ -103,12 +131,12 @@ def _reap(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _feed(worker: _Worker, tasks: queue.Queue, results: queue.Queue) -> None:
+def _feed(worker: _Worker, tasks: _Tasks, results: queue.Queue) -> None:
     """Feeder thread: the scorer, then the next (key, state) to the worker once it is free; its answer (or death)
     to ``results``."""
     first = True
-    while (task := tasks.get()) is not None:
-        key, state = task
+    while (task := tasks.take()) is not None:
+        _, key, state = task
         try:
             if first:
                 worker.used = True
@@ -129,7 +157,7 @@ def _portable(scorer: Any, state: Any) -> Any:
 
 class FinishPool:
     """``submit(key, state)`` now, ``result(key)`` later; without workers ``finish`` runs at submit time.
-    ``steal``: ``result`` finishes still-queued states in this process instead of waiting idle for the workers."""
+    ``steal``: ``results`` finishes still-queued states in this process instead of waiting idle for the workers."""
 
     def __init__(self, scorer: Any, workers: int = 0, steal: bool = True):
         self.scorer = scorer
@@ -139,8 +167,9 @@ class FinishPool:
         self._waiting = 0  # submitted to the workers, not yet back
         self.local_seconds = 0.0  # time spent in ``finish`` in this process
         self.worker_seconds = 0.0  # ... and in the workers
-        self._tasks: queue.Queue = queue.Queue()
+        self._tasks = _Tasks()
         self._results: queue.Queue = queue.Queue()
+        self._submitted: dict[Any, int] = {}  # key -> sequence number, for the states sent to the workers
         self._workers: list[_Worker] = []
         self._feeders: list[threading.Thread] = []
         self.start(workers)
@@ -171,35 +200,54 @@ class FinishPool:
             self._done[key] = self.scorer.finish(state)
             self.local_seconds += time.perf_counter() - t0
         else:
-            self._tasks.put((key, _portable(self.scorer, state)))
+            seq = len(self._submitted)
+            self._submitted[key] = seq
+            self._tasks.put((seq, key, _portable(self.scorer, state)))
             self._waiting += 1
 
     def result(self, key: Any) -> Any:
-        """The metrics of ``key`` (a worker's exception is raised here). Rather than wait idle, this process finishes
-        states no worker has taken yet (the last round's, typically), then waits for the workers' answers."""
-        while key not in self._done:
-            if self.steal and self._steal():
-                continue
-            got, metrics, error, seconds = self._results.get()
-            self._waiting, self.worker_seconds = self._waiting - 1, self.worker_seconds + seconds
-            if error is not None:
-                raise YoloPruneError(f"scoring configuration {got} failed in a worker process "
-                                     f"(--score-workers 0 scores in this process):\n{error}")
-            self._done[got] = metrics
-        return self._done.pop(key)
+        """The metrics of ``key``; see :meth:`results`."""
+        return self.results([key])[0]
 
-    def _steal(self) -> bool:
-        """Finish one state still queued for the workers in this process; False when none is left."""
+    def results(self, keys: Sequence[Any]) -> list[Any]:
+        """The metrics of ``keys`` (a worker's exception is raised here). Answers already back are read first; then,
+        rather than wait idle, this process finishes states no worker has taken yet, but only those submitted no
+        later than the last of ``keys`` (later ones stay with the workers, beside this process's next forwards)."""
+        limit = max((self._submitted.get(k, -1) for k in keys), default=-1)
+        while any(k not in self._done for k in keys):
+            if self._collect(block=False):
+                continue
+            if self.steal and self._take_back(limit):
+                continue
+            self._collect(block=True)
+        return [self._done.pop(k) for k in keys]
+
+    def _collect(self, block: bool) -> bool:
+        """Store one worker answer (waiting for it when ``block``); False when none was there."""
         try:
-            task = self._tasks.get_nowait()
+            got, metrics, error, seconds = self._results.get(block=block)
         except queue.Empty:
             return False
-        key, state = task
-        t0 = time.perf_counter()
-        self._done[key] = self.scorer.finish(state)
-        self.local_seconds += time.perf_counter() - t0
+        self._waiting, self.worker_seconds = self._waiting - 1, self.worker_seconds + seconds
+        if error is not None:
+            raise YoloPruneError(f"scoring configuration {got} failed in a worker process "
+                                 f"(--score-workers 0 scores in this process):\n{error}")
+        self._done[got] = metrics
+        return True
+
+    def _take_back(self, limit: int) -> bool:
+        """Finish here the oldest state no worker has taken, if submitted no later than ``limit``; False if none."""
+        task = self._tasks.take_back(limit)
+        if task is None:
+            return False
+        _, key, state = task
         self._waiting -= 1
         self.stolen += 1
+        t0 = time.perf_counter()
+        try:
+            self._done[key] = self.scorer.finish(state)  # an error is raised as scoring in this process raises it
+        finally:
+            self.local_seconds += time.perf_counter() - t0
         return True
 
     def close(self) -> None:

@@ -297,12 +297,14 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
 
     def merge(done: _Round) -> None:
         """Gather a round's metrics from every rank, store them (rank 0 saves), and log the ETA after the first."""
-        local = {"results": [(c.layer, c.rate, _metrics(pool.result((c.layer, c.rate)), c, shape,
+        keys = [(c.layer, c.rate) for c in done.configs] + (["baseline"] if done.baseline is not None else [])
+        finished = dict(zip(keys, pool.results(keys)))
+        local = {"results": [(c.layer, c.rate, _metrics(finished[c.layer, c.rate], c, shape,
                                                          pruned_cost(costs, c.layer, c.rate, round_to)))
                              for c in done.configs]}
         if done.baseline is not None:
             base = costs.cost()
-            local["baseline"] = _metrics(pool.result("baseline"), done.baseline, shape, (base.params, base.gflops))
+            local["baseline"] = _metrics(finished["baseline"], done.baseline, shape, (base.params, base.gflops))
         merged = 0
         for part in dist.all_gather(local):
             store.baseline = part.get("baseline", store.baseline)
