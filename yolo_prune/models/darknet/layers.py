@@ -81,14 +81,12 @@ class DarknetMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         before = self.padding // 2
         after = self.padding - before
-        if exact_pool_applies(x):  # CPU inference: the same values from strided maxima, several times faster
-            if self.padding:
-                x = F.pad(x, (before, after, before, after), value=float("-inf"))
-            return exact_max_pool2d(x, self.size, self.stride, 0)
-        if before == after and before <= self.size // 2:  # symmetric: the pool pads with -inf itself
+        fast = exact_pool_applies(x)  # CPU inference: the same values from strided maxima, several times faster
+        if not fast and before == after and before <= self.size // 2:  # symmetric: the pool pads with -inf itself
             return F.max_pool2d(x, self.size, self.stride, before)
-        x = F.pad(x, (before, after, before, after), value=float("-inf"))
-        return F.max_pool2d(x, self.size, self.stride)
+        if self.padding:
+            x = F.pad(x, (before, after, before, after), value=float("-inf"))
+        return exact_max_pool2d(x, self.size, self.stride, 0) if fast else F.max_pool2d(x, self.size, self.stride)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, stride={self.stride}, padding={self.padding}"
