@@ -58,13 +58,13 @@ def test_worker_process_finishes_with_the_in_process_numbers(scored):
         assert pool.workers == 1
         for i, s in enumerate(states):
             pool.submit(i, s)
-        there = [pool.result(i) for i in (1, 0)][::-1]  # any order
+        there = pool.results([1, 0])[::-1]  # any order
         assert pool.worker_seconds > 0 and pool.local_seconds == 0
     assert there == here and here[0]["map50"] > 0 and here[0] != here[1]
 
 
 def test_waiting_for_workers_finishes_queued_states_here(scored):
-    """result() finishes states no worker has taken yet in this process (the worker is still starting), with the
+    """results() finishes states no worker has taken yet in this process (the worker is still starting), with the
     same numbers; the worker answers the one it took."""
     scorer, states, _ = scored
     here = [scorer.finish(s) for s in states]
@@ -128,7 +128,7 @@ def test_a_worker_failure_is_raised_with_the_configuration(scored):
         pool.submit((5, 0.5), bad)
         with pytest.raises(YoloPruneError, match=r"scoring configuration \(5, 0\.5\) failed in a worker process "
                                                  r"\(--score-workers 0 scores in this process\):(.|\n)*nc=3"):
-            pool.result((5, 0.5))
+            pool.results([(5, 0.5)])
 
 
 def test_a_dead_worker_is_reported_not_waited_for(scored):
@@ -138,7 +138,7 @@ def test_a_dead_worker_is_reported_not_waited_for(scored):
         pool._workers[0].proc.wait()
         pool.submit("baseline", states[0])
         with pytest.raises(YoloPruneError, match="the worker process ended"):
-            pool.result("baseline")
+            pool.results(["baseline"])
 
 
 def test_workers_started_mid_analysis_give_the_in_process_results(scored, tmp_path, monkeypatch):
@@ -191,7 +191,7 @@ def test_an_idle_pool_closes_at_once(scored):
     assert time.perf_counter() - t0 < 2 and all(p.wait(timeout=10) != 0 for p in procs)  # killed
     used = FinishPool(scorer, 1, steal=False)
     used.submit("baseline", scored[1][0])
-    used.result("baseline")
+    used.results(["baseline"])
     proc = used._workers[0].proc
     t0 = time.perf_counter()
     used.close()  # a worker that worked is told to end, not waited for: it ends on its own

@@ -156,7 +156,7 @@ def _portable(scorer: Any, state: Any) -> Any:
 
 
 class FinishPool:
-    """``submit(key, state)`` now, ``result(key)`` later; without workers ``finish`` runs at submit time.
+    """``submit(key, state)`` now, ``results(keys)`` later; without workers ``finish`` runs at submit time.
     ``steal``: ``results`` finishes still-queued states in this process instead of waiting idle for the workers."""
 
     def __init__(self, scorer: Any, workers: int = 0, steal: bool = True):
@@ -204,10 +204,6 @@ class FinishPool:
             self._submitted[key] = seq
             self._tasks.put((seq, key, _portable(self.scorer, state)))
             self._waiting += 1
-
-    def result(self, key: Any) -> Any:
-        """The metrics of ``key``; see :meth:`results`."""
-        return self.results([key])[0]
 
     def results(self, keys: Sequence[Any]) -> list[Any]:
         """The metrics of ``keys`` (a worker's exception is raised here). Answers already back are read first; then,
