@@ -64,8 +64,14 @@ def _warnings_as_lines(command: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` None means this process was started as ``yolo-prune`` (its arguments from the
+    command line), and then the host allocator keeps freed memory for reuse (:mod:`yolo_prune.host_allocator`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:
+        from yolo_prune.host_allocator import keep_freed_memory
+
+        keep_freed_memory()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
