@@ -230,6 +230,21 @@ def test_activation_cache_runs_the_full_forward_once_per_batch_with_identical_re
     assert cache.used == 0 and len(calls) == 2  # nothing kept: computed each time
 
 
+def test_cpu_cache_budget_is_a_quarter_of_the_available_host_memory(monkeypatch):
+    """On CPU the default activation cache follows the host (a quarter of what psutil says is available); an explicit
+    budget wins, 0 included."""
+    from yolo_prune.analysis import planning
+
+    monkeypatch.setattr(planning, "available_host_bytes", lambda: 24 << 30)
+    assert planning.cache_budget(torch.device("cpu")) == 6 << 30
+    assert planning.cache_budget(torch.device("cpu"), 0) == 0
+    assert planning.cache_budget(torch.device("cpu"), 123) == 123
+    monkeypatch.undo()
+    import psutil
+
+    assert abs(planning.cache_budget(torch.device("cpu")) - psutil.virtual_memory().available / 4) < 256 << 20
+
+
 def test_channels_last_scoring_equals_the_default_layout_and_restores_the_model(tmp_path):
     """Scoring in channels-last layout on CPU (opt-in) gives the default layout's raw outputs to float rounding, and
     the model leaves the analysis with its weights in the default layout."""

@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "memory, 1024 on CPU; 0: one pass per configuration)")
     p.add_argument("--cache-mib", type=non_negative_int, default=None, metavar="MIB",
                    help="analysis: memory for the unpruned model's activations kept across chunks of layers "
-                        "(default: a quarter of the free GPU memory, 2048 on CPU; 0: re-run them per chunk)")
+                        "(default: a quarter of the free GPU memory, on CPU of the available host memory; 0: re-run them "
+                        "per chunk)")
     p.add_argument("--score-workers", type=non_negative_int, default=None, metavar="N",
                    help="analysis: processes that finish each configuration's COCOeval while the next chunk's "
                         "forwards run (default: 4 next to a GPU; on CPU 1 when a core is left besides torch's threads; "
