@@ -321,6 +321,33 @@ def test_stacked_pass_reads_the_masked_conv_from_the_cache_bit_for_bit():
     assert cached.shape[0] == len(removed) * len(x)
 
 
+def test_stacked_copies_equal_the_plain_formulations_bit_for_bit():
+    """The stacked pass' two copies: a concatenation of stacked and cached inputs (cached ones broadcast inside the
+    one copy) equals torch.cat of the repeated inputs, and the per-variant filter (k copies, then each variant's
+    removed channels zeroed) equals masked_fill with the broadcast masks; NaN and -0.0 included."""
+    from yolo_prune.analysis.fastforward import _stack_filter, _stacked_concat, _tiled, masks_of
+
+    torch.manual_seed(0)
+    k, batch = 3, 2
+    stacked = torch.randn(k * batch, 4, 5, 6)
+    cached = torch.randn(batch, 3, 5, 6)
+    cached[0, 0, 0, 0], cached[1, 1, 1, 1] = float("nan"), -0.0
+    for parts in ([(stacked, True), (cached, False)], [(cached, False), (stacked, True), (cached, False)]):
+        got = _stacked_concat(parts, k, batch, 1)
+        want = torch.cat([p if s else _tiled(p, k) for p, s in parts], 1)
+        assert got.shape == want.shape and torch.equal(got.view(-1).view(torch.int32), want.view(-1).view(torch.int32))
+    channels_last = [(stacked.contiguous(memory_format=torch.channels_last), True), (cached, False)]
+    assert torch.equal(_stacked_concat(channels_last, k, batch, 1).nan_to_num(),
+                       torch.cat([stacked, _tiled(cached, k)], 1).nan_to_num())
+
+    masks = masks_of([[0, 2], [], [1]], 3)
+    keep = masks.view(k, 1, -1, 1, 1)
+    for out in (cached, torch.cat([cached] * k)):  # a cached output (batch B) and a stacked pass' own (k * B)
+        want = out.view(-1, batch, *out.shape[1:]).masked_fill(keep, 0).reshape(k * batch, *out.shape[1:])
+        got = _stack_filter(masks, batch)(None, None, out.clone())
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
 def test_plan_is_logged_before_work_and_dry_run_writes_nothing(tmp_path):
     model, graph, batches = _setup()
     lines: list[str] = []

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.models.blocks import Concat
 from yolo_prune.models.heads import IDetect
 from yolo_prune.models.model import Model
 
@@ -154,6 +155,19 @@ def _tiled(value, k: int):
     return type(value)(_tiled(v, k) for v in value)
 
 
+def _stacked_concat(parts: Sequence[tuple[torch.Tensor, bool]], k: int, batch: int, dim: int) -> torch.Tensor:
+    """``Concat`` of (tensor, stacked) inputs: stacked ones have batch k * B, cached ones batch B and are broadcast
+    to the k variants inside the one copy the concatenation makes (not repeated first); the same values as
+    ``torch.cat`` of the repeated inputs. Channels-last inputs take that plain path (the layout they give the output
+    decides the next convolutions')."""
+    if dim < 1 or not all(p.is_contiguous() for p, _ in parts):
+        return torch.cat([p if is_stacked else _tiled(p, k) for p, is_stacked in parts], dim)
+    views = [p.view(k, batch, *p.shape[1:]) if is_stacked else p.unsqueeze(0).expand(k, *p.shape)
+             for p, is_stacked in parts]
+    out = torch.cat(views, dim + 1)
+    return out.view(k * batch, *out.shape[2:])
+
+
 def run_from_stacked(model: Model, cache: Sequence, layers: Sequence[int], x: torch.Tensor, k: int,
                      first: Callable[[torch.Tensor], torch.Tensor] | None = None, last: Sequence[int] | None = None):
     """:func:`run_from` for ``k`` stacked variants: outputs of ``layers`` have batch k * B; unchanged inputs come
@@ -167,8 +181,13 @@ def run_from_stacked(model: Model, cache: Sequence, layers: Sequence[int], x: to
         if n == 0 and first is not None:
             stacked[i] = first(cache[i])
             continue
-        srcs = [x if s == -1 else stacked[s] if s in stacked else _tiled(cache[s], k) for s in spec.sources()]
-        stacked[i] = model.model[i](srcs[0] if isinstance(spec.from_, int) else srcs)
+        module = model.model[i]
+        if isinstance(module, Concat) and -1 not in spec.sources():
+            parts = [(stacked[s], True) if s in stacked else (cache[s], False) for s in spec.sources()]
+            stacked[i] = _stacked_concat(parts, k, len(x), module.d)
+        else:
+            srcs = [x if s == -1 else stacked[s] if s in stacked else _tiled(cache[s], k) for s in spec.sources()]
+            stacked[i] = module(srcs[0] if isinstance(spec.from_, int) else srcs)
         if last is not None:
             for s in spec.sources():
                 if s in stacked and last[s] <= i and s != layers[-1]:
@@ -180,11 +199,17 @@ def _stack_filter(masks: torch.Tensor, batch: int):
     """Forward hook zeroing, for variant j, the channels where ``masks[j]`` is True; an output of batch B (the
     layer ran once) is first repeated to the k variants."""
     k = masks.shape[0]
+    removed = [row.nonzero().flatten() for row in masks]
 
     def hook(_m: nn.Module, _i, out: torch.Tensor) -> torch.Tensor:
-        stacked = out.unsqueeze(0) if out.shape[0] == batch else out.view(k, batch, *out.shape[1:])
-        keep = masks.to(out.device).view(k, 1, -1, *([1] * (out.ndim - 2)))
-        return stacked.masked_fill(keep, 0).reshape(k * batch, *out.shape[1:])
+        if out.shape[0] == batch:  # one output for every variant (a cached one, or the layer ran once): k copies
+            stacked = torch.cat([out] * k).view(k, batch, *out.shape[1:])
+        else:  # the layer's own fresh output of the stacked pass: zeroed in place
+            stacked = out.view(k, batch, *out.shape[1:])
+        for j, index in enumerate(removed):
+            if len(index):
+                stacked[j].index_fill_(1, index.to(out.device), 0)
+        return stacked.view(k * batch, *out.shape[1:])
 
     return hook
 
