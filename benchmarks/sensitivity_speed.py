@@ -60,6 +60,7 @@ from typing import Any
 import torch
 
 from _report import REPO, machine, provenance, write_section
+from yolo_prune.host_allocator import keep_freed_memory
 
 SECTION = "## Sensitivity analysis speed"
 LIBS = ("torchvision", "numpy", "pycocotools")
@@ -501,7 +502,8 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
         f"`{args.cfg}`, CPU, `torch.set_num_threads({args.threads})`: {n_img} synthetic val images "
         f"(`generate_synthetic(n_train=0, n_val={n_img}, img_size={args.img_size}, n_classes={args.nc}, "
         f"seed={args.seed})`) at {args.img_size} px, batch {args.batch}, {args.workers} loader workers; layers: "
-        f"{layer_note}; rates {rates}; L2 criterion.",
+        f"{layer_note}; rates {rates}; L2 criterion; host allocator as in a `yolo-prune` process "
+        f"(`keep_freed_memory()`: {'applied' if args.allocator.applied else 'not applied, ' + args.allocator.reason}).",
         "",
         "- one plain evaluation: `evaluate_on_data(model, DataSettings(...), device=cpu, progress=False)` of the "
         "unpruned model, what the published workflow runs per configuration (data loader, letterbox, forward, "
@@ -644,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     from yolo_prune.pipeline.evaluation import DataSettings
 
     torch.set_num_threads(args.threads)
+    args.allocator = keep_freed_memory()  # as a `yolo-prune` process runs: both sides measured in the same regime
     env = machine(LIBS)
     results: list[ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="sens-speed-") as tmp:
@@ -691,6 +694,7 @@ def _gloo_rank(rank: int, world: int, init: str, which: str, cfg: str, nc: int, 
     from yolo_prune.pipeline.evaluation import AnalysisSettings, sensitivity_on_data
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # spawned: the parent's allocator setting is not inherited
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     model, _ = load_model(which, cfg, nc, seed)
     t0 = time.perf_counter()

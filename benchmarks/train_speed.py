@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _report import REPO, machine, provenance, publish
+from yolo_prune.host_allocator import keep_freed_memory
 
 SECTION = "## Fine-tuning speed"
 SECTION_FROM_WEIGHTS = "## Fine-tuning speed at equal accuracy (from trained weights)"
@@ -87,7 +88,8 @@ if kind == "official":
     torch.save({"yaml": ema.yaml, "state_dict": ema.state_dict()}, last[:-3] + "_plain.pt")
 else:
     from yolo_prune.cli import main
-    sys.exit(main(argv))
+    sys.argv = ["yolo-prune", *argv]
+    sys.exit(main())  # as the console script: the command line's arguments (and its host allocator setting)
 '''
 
 
@@ -313,7 +315,9 @@ def report(args, runs: list[Run], profiles: dict[str, dict[str, float]], n_train
              f"`yolo-prune train` against the official YOLOv7 `train.py` (fetched code, run with today's libraries), "
              f"{start}, hyp scratch.tiny, {n_train} synthetic training images at {args.img} px, "
              f"batch {args.batch}, {args.epochs} epochs, {args.workers} loader workers, {args.threads} torch "
-             f"thread(s) (OMP_NUM_THREADS), CPU; each training a separate process, variants interleaved. Train-loop "
+             f"thread(s) (OMP_NUM_THREADS), CPU; each training a separate process, variants interleaved; "
+             f"yolo-prune runs as its console script does (the host allocator keeps freed memory: "
+             f"`yolo_prune.host_allocator`), the official trainer with the default allocator. Train-loop "
              f"seconds per epoch are timed the same way for both programs (their `tqdm(enumerate(loader))` epoch "
              f"loop: data loading included, evaluation excluded); mAP of the final EMA weights by one evaluator "
              f"(pycocotools) on the same {args.val} val images.", "",
@@ -388,6 +392,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # the in-process --profile runs as a `yolo-prune` process would
     args.work.mkdir(parents=True, exist_ok=True)
     if any(v.startswith("official") for v in args.variants):
         if not args.official_git or not args.official_deps:
