@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -14,14 +15,14 @@ CPU_STACK_BYTES = 1 << 30  # stacked downstream activations on CPU (the host's o
 CPU_CACHE_SHARE = 4  # unpruned activations kept across chunks on CPU: a quarter of the available host memory
 
 
-def _budget(device: torch.device, requested: int | None, gpu_share: int, cpu_bytes: int) -> int:
-    """``requested`` bytes, else 1/``gpu_share`` of the free GPU memory, else ``cpu_bytes``."""
+def _budget(device: torch.device, requested: int | None, gpu_share: int, cpu_bytes: Callable[[], int]) -> int:
+    """``requested`` bytes, else 1/``gpu_share`` of the free GPU memory, else ``cpu_bytes()``."""
     if requested is not None:
         return max(0, int(requested))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // gpu_share
-    return cpu_bytes
+    return cpu_bytes()
 
 
 def available_host_bytes() -> int:
@@ -33,16 +34,14 @@ def available_host_bytes() -> int:
 
 def stack_budget(device: torch.device, requested: int | None = None) -> int:
     """Bytes one stacked downstream pass may hold: ``requested``, else half the free GPU memory, else 1 GiB."""
-    return _budget(device, requested, 2, CPU_STACK_BYTES)
+    return _budget(device, requested, 2, lambda: CPU_STACK_BYTES)
 
 
 def cache_budget(device: torch.device, requested: int | None = None) -> int:
     """Bytes of unpruned activations kept across chunks: ``requested``, else a quarter of the free GPU memory,
     else (CPU) a quarter of the available host memory: a chunk after the first re-runs only downstream layers for
     every batch that fits (yolov7 at 256 px needs 70 MiB per image)."""
-    if requested is None and device.type != "cuda":
-        return available_host_bytes() // CPU_CACHE_SHARE
-    return _budget(device, requested, 4, 0)
+    return _budget(device, requested, 4, lambda: available_host_bytes() // CPU_CACHE_SHARE)
 
 
 @dataclass(frozen=True)
