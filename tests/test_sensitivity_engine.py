@@ -325,7 +325,7 @@ def test_stacked_copies_equal_the_plain_formulations_bit_for_bit():
     """The stacked pass' two copies: a concatenation of stacked and cached inputs (cached ones broadcast inside the
     one copy) equals torch.cat of the repeated inputs, and the per-variant filter (k copies, then each variant's
     removed channels zeroed) equals masked_fill with the broadcast masks; NaN and -0.0 included."""
-    from yolo_prune.analysis.fastforward import _stack_filter, _stacked_concat, _tiled, masks_of
+    from yolo_prune.analysis.fastforward import _stack_filter, _stacked_concat, _tiled
 
     torch.manual_seed(0)
     k, batch = 3, 2
@@ -340,11 +340,14 @@ def test_stacked_copies_equal_the_plain_formulations_bit_for_bit():
     assert torch.equal(_stacked_concat(channels_last, k, batch, 1).nan_to_num(),
                        torch.cat([stacked, _tiled(cached, k)], 1).nan_to_num())
 
-    masks = masks_of([[0, 2], [], [1]], 3)
-    keep = masks.view(k, 1, -1, 1, 1)
+    removed = [[0, 2], [], [1]]
+    keep = torch.zeros(k, 3, dtype=torch.bool)
+    for j, r in enumerate(removed):
+        keep[j, r] = True
+    keep = keep.view(k, 1, -1, 1, 1)
     for out in (cached, torch.cat([cached] * k)):  # a cached output (batch B) and a stacked pass' own (k * B)
         want = out.view(-1, batch, *out.shape[1:]).masked_fill(keep, 0).reshape(k * batch, *out.shape[1:])
-        got = _stack_filter(masks, batch)(None, None, out.clone())
+        got = _stack_filter(removed, batch)(None, None, out.clone())
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
 

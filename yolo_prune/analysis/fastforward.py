@@ -195,18 +195,18 @@ def run_from_stacked(model: Model, cache: Sequence, layers: Sequence[int], x: to
     return stacked[layers[-1]]
 
 
-def _stack_filter(masks: torch.Tensor, batch: int):
-    """Forward hook zeroing, for variant j, the channels where ``masks[j]`` is True; an output of batch B (the
-    layer ran once) is first repeated to the k variants."""
-    k = masks.shape[0]
-    removed = [row.nonzero().flatten() for row in masks]
+def _stack_filter(removed: Sequence[Sequence[int]], batch: int):
+    """Forward hook zeroing, for variant j, channels ``removed[j]``; an output of batch B (the layer ran once) is
+    first repeated to the k variants."""
+    k = len(removed)
+    indices = [torch.as_tensor(sorted(set(r)), dtype=torch.long) for r in removed]
 
     def hook(_m: nn.Module, _i, out: torch.Tensor) -> torch.Tensor:
         if out.shape[0] == batch:  # one output for every variant (a cached one, or the layer ran once): k copies
             stacked = torch.cat([out] * k).view(k, batch, *out.shape[1:])
         else:  # the layer's own fresh output of the stacked pass: zeroed in place
             stacked = out.view(k, batch, *out.shape[1:])
-        for j, index in enumerate(removed):
+        for j, index in enumerate(indices):
             if len(index):
                 stacked[j].index_fill_(1, index.to(out.device), 0)
         return stacked.view(k * batch, *out.shape[1:])
@@ -214,24 +214,15 @@ def _stack_filter(masks: torch.Tensor, batch: int):
     return hook
 
 
-def masks_of(removed: Sequence[Sequence[int]], channels: int) -> torch.Tensor:
-    """Bool [k, channels]: True where variant j removes the channel."""
-    masks = torch.zeros(len(removed), channels, dtype=torch.bool)
-    for j, r in enumerate(removed):
-        masks[j, list(r)] = True
-    return masks
-
-
 @contextmanager
 def masked_stack(model: Model, graph: PruningGraph, conv: int, removed: Sequence[Sequence[int]],
                  batch: int) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """:func:`masked` for k stacked variants: variant j (batch rows j*B..) has filters ``removed[j]`` zeroed.
     Yields the filter itself (conv output of batch B -> the k masked variants), for a cached output."""
-    masks = masks_of(removed, graph[conv].out_channels)
-    hook = _stack_filter(masks, batch)
+    hook = _stack_filter(removed, batch)
     handles = [model.conv_modules()[conv].register_forward_hook(hook)]
     for m in _implicit_consumers(model, graph, conv):
-        handles.append(m.register_forward_hook(_stack_filter(masks, batch)))
+        handles.append(m.register_forward_hook(hook))
     try:
         yield lambda out: hook(None, None, out)
     finally:
