@@ -17,6 +17,7 @@ from yolo_prune.errors import YoloPruneError
 from yolo_prune.graph import derive_graph
 from yolo_prune.models import build_model
 from yolo_prune.models.complexity import count_gflops, count_params
+from yolo_prune.models.conv_backend import onednn_convolutions
 from yolo_prune.models.fuse import fuse
 from yolo_prune.prune import prune
 
@@ -188,17 +189,20 @@ def test_environment_group_joins_under_torchrun_variables_and_destroys_what_it_c
 
 # ------------------------------------------------------------------------------------------- speed: stacking, plan
 def test_stacked_rates_equal_one_pass_per_configuration(tmp_path):
-    """A layer's rates in one stacked pass (masks per slice) give the results of one pass each, to float rounding."""
-    model, graph, batches = _setup()
+    """A layer's rates in one stacked pass (masks per slice, batch k * B) give the results of one pass each (batch
+    B) exactly: the analysis runs every convolution on one kernel whatever the batch (conftest: one thread, where
+    PyTorch's own choice differs between batch 8 and 16 for 1x1 convolutions)."""
+    model, graph, _ = _setup()
+    batches = [Batch(torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1)), None)]  # k * B = 16
     kw = dict(layers=LAYERS, img_size=64, progress=False)
     one = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "one", {"s": 1}), RATES,
                           stack_bytes=0, **kw)
     stacked = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "st", {"s": 1}), RATES,
                               stack_bytes=1 << 30, **kw)
     assert set(stacked.results) == set(one.results)
-    for key, res in one.results.items():  # a batch of k * B may take other convolution kernels than B: rounding
+    for key, res in one.results.items():
         for metric in ("mp", "mr", "map50", "map", "per_class"):
-            assert stacked.results[key][metric] == pytest.approx(res[metric], rel=1e-7, abs=1e-12), (key, metric)
+            assert stacked.results[key][metric] == res[metric], (key, metric)
         assert (stacked.results[key]["params"], stacked.results[key]["gflops"]) == (res["params"], res["gflops"])
 
 
@@ -247,7 +251,8 @@ def test_cpu_cache_budget_is_a_quarter_of_the_available_host_memory(monkeypatch)
 
 def test_channels_last_scoring_equals_the_default_layout_and_restores_the_model(tmp_path):
     """Scoring in channels-last layout on CPU (opt-in) gives the default layout's raw outputs to float rounding, and
-    the model leaves the analysis with its weights in the default layout."""
+    the model leaves the analysis with its weights in the default layout. (Every convolution runs another oneDNN
+    kernel in the two layouts, 1x1 ones included, so the summed statistics differ by up to ~1e-6 relative.)"""
     model, graph, batches = _setup()
     kw = dict(layers=LAYERS, img_size=64, progress=False)
     fast = run_sensitivity(model, graph, batches, SumScorer(), ResultStore.open(tmp_path / "cl", {"s": 1}), RATES,
@@ -259,7 +264,7 @@ def test_channels_last_scoring_equals_the_default_layout_and_restores_the_model(
     assert any(fast.results[k]["map"] != r["map"] for k, r in plain.results.items())  # another layout ran
     for key, res in plain.results.items():
         for metric in ("mp", "mr", "map50", "map", "per_class"):
-            assert fast.results[key][metric] == pytest.approx(res[metric], rel=1e-6, abs=1e-9), (key, metric)
+            assert fast.results[key][metric] == pytest.approx(res[metric], rel=1e-5, abs=1e-9), (key, metric)
 
 
 @pytest.mark.parametrize("conv", [41, 46])  # SPPCSPC cv1, cv6: the block runs on stacked inputs
@@ -408,15 +413,16 @@ def test_early_stop_stops_only_hopeless_configurations(tmp_path):
     kw = dict(layers=LAYERS, img_size=64, progress=False, stack_bytes=0)
     full = run_sensitivity(model, graph, batches, PartialScorer(), ResultStore.open(tmp_path / "full", {"s": 1}),
                            RATES, **kw)
-    with torch.no_grad():
+    with torch.no_grad(), onednn_convolutions(model):  # the analysis' convolution kernel
         center = float(model(batches[0].images)[0].double().mean(dim=1).sum(0)[4]) / 2
     ref = PartialScorer(center)
     ratios = {}
     for layer in LAYERS:
         for rate in RATES:  # each configuration's partial value after the first batch (the baseline's is 1)
             st = ref.start()
-            with torch.no_grad():
-                ref.update(st, prune(model, [(layer, rate)], summarize=False).model(batches[0].images)[0], None)
+            pruned = prune(model, [(layer, rate)], summarize=False).model
+            with torch.no_grad(), onednn_convolutions(pruned):
+                ref.update(st, pruned(batches[0].images)[0], None)
             ratios[f"{layer}:{rate:g}"] = ref.partial_map50(st)
     below = sorted(ratios.values())[len(ratios) // 2]  # about half of them stop
     base = 1.0

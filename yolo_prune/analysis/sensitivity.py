@@ -3,7 +3,9 @@
 Fast path: per batch, the unpruned model runs once with every layer output cached; each configuration
 then re-runs only the layers downstream of the pruned one, with the removed filters zeroed (equal to
 the pruned model by the pruned == masked property). The rates of one layer share that downstream pass, stacked
-along the batch with one filter mask per slice, as far as ``stack_bytes`` allows (same outputs, bit for bit).
+along the batch with one filter mask per slice, as far as ``stack_bytes`` allows: the same outputs, since on CPU
+every convolution runs on oneDNN whatever the batch (:func:`onednn_convolutions`; PyTorch itself switches 1x1
+convolutions between two kernels by batch size and thread count).
 Configurations are processed in chunks of layers; each finished chunk is stored atomically, so a killed run
 resumes where it stopped. Under ``torch.distributed`` chunks are sharded across ranks and rank 0 stores the
 merged results. With :class:`EarlyStop`, a configuration whose mAP@.5 after a fraction of the images is below a
@@ -24,6 +26,7 @@ from yolo_prune.analysis.finish_pool import FinishPool, WorkerPolicy
 from yolo_prune.analysis.planning import EarlyStop, Plan, cache_budget, format_seconds, stack_budget
 from yolo_prune.analysis.store import ResultStore
 from yolo_prune.graph.graph import PruningGraph
+from yolo_prune.models.conv_backend import onednn_convolutions
 from yolo_prune.models.model import Model
 from yolo_prune.prune.context import CriterionContext, rewrite_kind
 from yolo_prune.prune.cost import CostModel, fused_cost_model
@@ -333,7 +336,7 @@ def run_sensitivity(model: nn.Module, graph: PruningGraph, batches: Sequence[Bat
                 pool.submit("baseline" if cfg is baseline else (cfg.layer, cfg.rate), cfg.state)
                 cfg.state = None  # the pool holds what it needs
 
-            with channels_last(model, ctx.channels_last):
+            with channels_last(model, ctx.channels_last), onednn_convolutions(model, device.type == "cpu"):
                 _score_chunk(model, graph, batches, ctx, configs, baseline, submit)
             for c in configs:  # early-stopped ones missed their last batch
                 if c.state is not None:
@@ -368,7 +371,7 @@ def _probe(model: nn.Module, graph: PruningGraph, batches: Sequence[Batch], ctx:
         return
     t0 = time.perf_counter()
     probe = _Chunk(ctx.scorer, ctx.sync, ctx.stack_bytes, ctx.last, ActivationCache(0), channels_last=ctx.channels_last)
-    with channels_last(model, ctx.channels_last):
+    with channels_last(model, ctx.channels_last), onednn_convolutions(model, batches[0].images.device.type == "cpu"):
         _score_chunk(model, graph, batches[:1], probe, configs, None)
     for c in configs:
         ctx.scorer.finish(c.state)

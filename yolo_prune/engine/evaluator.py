@@ -29,6 +29,7 @@ from yolo_prune.engine.coco import (
 from yolo_prune.engine.metrics import StatsAccumulator, YoloMetrics
 from yolo_prune.engine.postprocess import non_max_suppression
 from yolo_prune.errors import DataError, YoloPruneError
+from yolo_prune.models.conv_backend import onednn_convolutions
 
 Names = Sequence[str] | Mapping[int, str] | None
 HEADER = ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")  # YOLOv7 test.py's table
@@ -320,7 +321,7 @@ def evaluate(
     run, names_l = EvalRun(StatsAccumulator()), _name_list(names, nc)
     run.nominal_hw = (img_size, img_size) if img_size else None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), onednn_convolutions(net, isinstance(net, nn.Module) and device.type == "cpu"):
             for batch in _batches(dataloader, max_images, progress):
                 _eval_batch(net, batch, run, nc, conf_thres, iou_thres, device, half)
     finally:
