@@ -8,7 +8,7 @@ filters zeroed. This script measures
 
     ratio = analysis wall time / (configurations x one plain evaluation)
 
-on ``yolov7-tiny`` over a synthetic validation set (goal: ratio <= 0.6), where
+on ``yolov7-tiny`` over a synthetic validation set (goal: ratio <= 0.3, issue #15), where
 
 * one plain evaluation = ``evaluate_on_data(model, DataSettings(...), device=cpu, progress=False)`` of the
   unpruned model (builds the data loader, reads and letterboxes the images, forward, NMS, COCO mAP); one
@@ -31,7 +31,7 @@ the maximum 300 detections per image, the worst case for NMS and COCO eval. A ch
 
 Timing noise: with 2 intra-op threads a contended host slows the forward pass several-fold. Each attempt is
 checked twice: the spread of its plain evaluations (slowest / fastest) and the analysis' forward slowdown (its
-downstream-forward seconds over what its multiply-adds cost at the plain evaluations' forward speed; 0.6-0.7 on a
+downstream-forward seconds over what its multiply-adds cost at the plain evaluations' forward speed; ~0.9 on a
 quiet 2-core host). ``--attempts`` re-measures a disturbed model and reports the least disturbed attempt.
 
 The default is every prunable layer (165 configurations on yolov7-tiny, ~12 min on a quiet 2-core host for both
@@ -372,8 +372,9 @@ class Attempt:
     def slowdown(self) -> float:
         """Analysis' downstream forward time / what its multiply-adds cost at the plain evaluations' forward speed.
 
-        0.6-0.7 on a quiet 2-core host (the early high-resolution layers, which only the plain evaluation runs
-        in full, cost more per multiply-add); several times more when the analysis alone was disturbed.
+        ~0.9 on a quiet 2-core host (the early high-resolution layers, which only the plain evaluation runs
+        in full, cost more per multiply-add; 0.6-0.7 while the plain evaluation's 1x1 convolutions still ran on
+        PyTorch's slower native kernel); several times more when the analysis alone was disturbed.
         """
         plain_forward = statistics.median(r.forward for r in self.runs)
         return self.analysis.t_forward / (self.analysis.mac_share * plain_forward)
@@ -534,18 +535,19 @@ def report(args, env, results: list[ModelResult], n_prunable: int, layers: list[
     lines += ["", "Reference = today's path in the same run: `AnalysisSettings(..., stack_bytes=0, cache_bytes=0, "
               "channels_last_cpu=False, coco_backend='pycocotools')` (one downstream pass per configuration in the "
               "default memory layout, the full forward per chunk, pycocotools COCOeval); the goal "
-              f"also needs every configuration's mAP@.5 and mAP@.5:.95 within {args.tolerance:g} of it. mp and mr "
-              "(test.py's precision and recall at the best mean F1, read off curves interpolated in the scores) may "
-              "move by ~1e-6: a stacked or channels-last pass sums the convolutions in another order, so scores differ "
-              "in their last "
-              "float bits (not the COCO backend: faster-coco-eval equals pycocotools on the same detections, tested)."]
+              f"also needs every configuration's mAP@.5 and mAP@.5:.95 within {args.tolerance:g} of it. Both paths run "
+              "every convolution on oneDNN whatever the batch (`onednn_convolutions`), so a stacked pass gives the "
+              "values of one pass per configuration; channels-last (opt-in, off here) sums in another order, and mp and "
+              "mr (test.py's precision and recall at the best mean F1, read off curves interpolated in the scores) would "
+              "move first. The COCO backend changes nothing: faster-coco-eval equals pycocotools on the same "
+              "detections (tested)."]
     lines += [
         "",
         "CPU time = this process + its data-loader workers + its score worker processes. Two checks that the host stayed quiet (with 2 "
         "intra-op threads a contended host slows the forward pass several-fold, far more than the CPU share "
         "lost): plain-eval spread = slowest / fastest timed plain evaluation (1.0 when quiet); analysis slowdown "
         "= the analysis' downstream forward seconds / (its multiply-adds at the plain evaluations' median forward "
-        "speed), 0.6-0.7 when the analysis ran as undisturbed as the plain evaluations (the early high-resolution "
+        "speed), ~0.9 when the analysis ran as undisturbed as the plain evaluations (the early high-resolution "
         "layers, which only the plain evaluation runs in full, cost more per multiply-add). An attempt with a "
         f"spread above {args.max_spread:g} or a slowdown above {args.max_slowdown:g} is treated as disturbed.",
         "",
@@ -612,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                          "is reported (default: 1)")
     ap.add_argument("--max-spread", type=float, default=1.3,
                     help="largest acceptable plain-eval spread, slowest/fastest (default 1.3)")
-    ap.add_argument("--max-slowdown", type=float, default=1.0,
-                    help="largest acceptable analysis forward slowdown (default 1.0; ~0.65 when quiet)")
+    ap.add_argument("--max-slowdown", type=float, default=1.2,
+                    help="largest acceptable analysis forward slowdown (default 1.2; ~0.9 when quiet)")
     ap.add_argument("--quiet-load", type=float, default=0.0,
                     help="before each attempt, wait until the 1-min load average is below this (0: don't wait)")
     ap.add_argument("--max-wait", type=float, default=900.0, help="longest wait for --quiet-load, s")

@@ -136,3 +136,20 @@ def test_a_copy_made_outside_the_block_is_untouched(tiny):
     copied = copy.deepcopy(tiny)
     with onednn_convolutions(tiny):
         assert not any("_conv_forward" in vars(m) for m in copied.modules())
+
+
+def test_an_evaluation_runs_its_convolutions_on_onednn_and_gives_the_models_layers_back(tmp_path, onednn_calls):
+    """evaluate() (what `yolo-prune test`, training's validation and the iterate loop run) on one thread at batch 2,
+    where PyTorch alone would run the 1x1 convolutions natively: every convolution call goes through oneDNN."""
+    from yolo_prune.data.synth import generate_synthetic
+    from yolo_prune.pipeline.evaluation import DataSettings, evaluate_on_data
+
+    data = generate_synthetic(tmp_path / "data", n_train=0, n_val=4, img_size=64, n_classes=2, seed=0).data_yaml
+    torch.manual_seed(0)
+    model = build_model("yolov7-tiny", nc=2).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with threads(1):
+        evaluate_on_data(model, DataSettings(str(data), img_size=64, batch_size=2, workers=0), device=torch.device("cpu"),
+                         progress=False)
+    assert len(onednn_calls) == 2 * len(convs)  # two batches, every convolution once per batch
+    assert not any("_conv_forward" in vars(m) for m in convs)
