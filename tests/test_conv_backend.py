@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from yolo_prune.models import build_model
 from yolo_prune.models.conv_backend import onednn_convolutions
