@@ -152,3 +152,15 @@ def test_an_evaluation_runs_its_convolutions_on_onednn_and_gives_the_models_laye
                          progress=False)
     assert len(onednn_calls) == 2 * len(convs)  # two batches, every convolution once per batch
     assert not any("_conv_forward" in vars(m) for m in convs)
+
+
+def test_a_classifier_evaluation_runs_its_convolutions_on_onednn(onednn_calls):
+    from yolo_prune.engine.classify.evaluate import evaluate_classifier
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 3))
+    loader = [(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])) for _ in range(3)]
+    with threads(1):
+        result = evaluate_classifier(net, loader)
+    assert result.images == 12 and len(onednn_calls) == 2 * 3  # two convolutions, three batches

@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from yolo_prune.models.conv_backend import onednn_convolutions
+
 
 @dataclass(frozen=True)
 class ClassifyResult:
@@ -32,16 +34,18 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
                         progress: bool = False) -> ClassifyResult:
-    """Evaluate ``model`` (switched to eval mode, not otherwise changed) on ``(images, labels)`` batches."""
+    """Evaluate ``model`` (switched to eval mode, not otherwise changed) on ``(images, labels)`` batches; on CPU
+    every convolution runs on oneDNN (:func:`onednn_convolutions`), as in the detection evaluator and the analysis."""
     model.eval()
     correct1 = correct5 = n = 0
     loss = 0.0
-    for x, y in tqdm(loader, desc="val", disable=not progress, leave=False):
-        x, y = x.to(device), y.to(device)
-        logits = model(x).float()
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct1 += topk_correct(logits, y, 1)
-        correct5 += topk_correct(logits, y, 5)
-        n += len(y)
+    with onednn_convolutions(model, torch.device(device).type == "cpu"):
+        for x, y in tqdm(loader, desc="val", disable=not progress, leave=False):
+            x, y = x.to(device), y.to(device)
+            logits = model(x).float()
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct1 += topk_correct(logits, y, 1)
+            correct5 += topk_correct(logits, y, 5)
+            n += len(y)
     n_safe = max(n, 1)
     return ClassifyResult(correct1 / n_safe, correct5 / n_safe, loss / n_safe, n)
