@@ -11,9 +11,12 @@ with numpy 2 its ``np.trapz`` must read ``np.trapezoid`` (utils/metrics.py) and 
 (set here).
 
 Data: ``--data`` (a data YAML), or by default the shipped demo model's synthetic validation images
-(``yolo-prune synth``, 200 images, 256 px) in two versions: as generated (square) and a mixed-aspect copy
+(``yolo-prune synth``, 200 images, 256 px) in three versions: as generated (square); a mixed-aspect copy
 (each image randomly cropped to 50-100 % of its width and height and rescaled by 0.6-1.8, labels clipped,
-boxes that keep < 60 % of their area dropped), which exercises test.py's rectangular batches and resizing.
+boxes that keep < 60 % of their area dropped), which exercises test.py's rectangular batches and resizing; and a
+copy labelled with polygons (an octagon touching each box's edges, 6 decimals, as the official COCO labels hold
+segments), every 40th label file repeating its first row, which exercises test.py's reading of segments and its
+skipping of images with repeated labels. The image and label counts must be equal too.
 Weights: ``--weights`` (an official-format .pt), or by default the shipped demo model written as the official
 code writes it (its ``models.yolo.Model`` built from ``cfg/training/yolov7-tiny.yaml`` with our weights, fp16,
 ``best_fitness`` a numpy array, as after ``strip_optimizer``).
@@ -64,6 +67,15 @@ torch.save({{'epoch': -1, 'best_fitness': np.array([0.5]), 'training_results': N
 """
 
 
+def run_program(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run one program to completion; on failure, stop with its command and the end of its output."""
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
+        raise SystemExit(f"{' '.join(cmd)}\nexited with status {done.returncode}:\n{tail}")
+    return done
+
+
 def official_env(args: argparse.Namespace) -> dict[str, str]:
     """Environment for the official code: its checkout and dependency folder first, full (non weights-only) loads."""
     paths = [str(Path(args.deps).resolve())] if args.deps else []
@@ -76,8 +88,7 @@ def export_demo(args: argparse.Namespace, dst: Path) -> Path:
     from yolo_prune.demo_data import DEMO_MODEL
 
     code = EXPORT.format(repo=str(REPO), src=str(DEMO_MODEL), dst=str(dst))
-    subprocess.run([sys.executable, "-c", code], cwd=args.yolov7, env=official_env(args), check=True,
-                   capture_output=True)
+    run_program([sys.executable, "-c", code], cwd=args.yolov7, env=official_env(args))
     return dst
 
 
@@ -115,13 +126,39 @@ def mixed_aspect_copy(src: Path, out: Path, seed: int = 0) -> Path:
     return out / "data.yaml"
 
 
+def octagon(cx: float, cy: float, w: float, h: float) -> list[float]:
+    """Eight points touching each edge of a box: the polygon a segment label would hold for it."""
+    x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    return [x1, cy - h / 4, cx - w / 4, y1, cx + w / 4, y1, x2, cy - h / 4,
+            x2, cy + h / 4, cx + w / 4, y2, cx - w / 4, y2, x1, cy + h / 4]
+
+
+def polygon_copy(src: Path, out: Path, every: int = 40) -> Path:
+    """A copy of a data YAML's val split labelled with polygons (6 decimals, as the official COCO labels), every
+    ``every``-th label file with its first row repeated (an image both loaders skip)."""
+    import shutil
+
+    import yaml
+
+    cfg = yaml.safe_load(src.read_text())
+    shutil.copytree(cfg["val"], out / "images")
+    (out / "labels").mkdir()
+    for k, p in enumerate(sorted(Path(str(Path(cfg["val"])).replace("/images", "/labels")).glob("*.txt"))):
+        rows = [" ".join([c, *(f"{v:.6f}" for v in octagon(*map(float, box)))])
+                for c, *box in map(str.split, p.read_text().splitlines())]
+        (out / "labels" / p.name).write_text("\n".join(rows + rows[:1] * (k % every == every - 1)) + "\n")
+    (out / "data.yaml").write_text(f"train: {out / 'images'}\nval: {out / 'images'}\nnc: {cfg['nc']}\n"
+                                   f"names: [{', '.join(cfg['names'])}]\n")
+    return out / "data.yaml"
+
+
 def run_official(args: argparse.Namespace, data: Path, weights: Path, work: Path) -> dict[str, list[float]]:
-    """test.py's printed rows: name -> [P, R, mAP@.5, mAP@.5:.95]."""
+    """test.py's printed rows: name -> [images, labels, P, R, mAP@.5, mAP@.5:.95]."""
     cmd = [sys.executable, "test.py", "--data", str(data), "--weights", str(weights), "--img", str(args.img),
            "--batch", str(args.batch), "--conf", "0.001", "--iou", "0.65", "--device", "cpu", "--verbose",
            "--project", str(work), "--name", "official", "--exist-ok"]
-    out = subprocess.run(cmd, cwd=args.yolov7, env=official_env(args), capture_output=True, text=True, check=True)
-    return {m.group(1): [float(m.group(i)) for i in range(4, 8)]
+    out = run_program(cmd, cwd=args.yolov7, env=official_env(args))
+    return {m.group(1): [float(m.group(i)) for i in range(2, 8)]
             for m in map(ROW.match, out.stdout.splitlines()) if m}
 
 
@@ -130,13 +167,13 @@ def run_ours(args: argparse.Namespace, data: Path, weights: Path) -> tuple[dict[
     base = [sys.executable, "-m", "yolo_prune", "test", "--data", str(data), "--weights", str(weights), "--img",
             str(args.img), "--batch", str(args.batch), "--device", "cpu", "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    text = subprocess.run(base + ["--verbose"], env=env, capture_output=True, text=True, check=True).stdout
-    report = json.loads(subprocess.run(base + ["--json"], env=env, capture_output=True, text=True, check=True).stdout)
+    text = run_program(base + ["--verbose"], env=env).stdout
+    report = json.loads(run_program(base + ["--json"], env=env).stdout)
     rows = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 9 and parts[1].isdigit():
-            rows[parts[0]] = [float(v) for v in parts[3:7]]
+            rows[parts[0]] = [float(v) for v in parts[1:7]]
     return rows, report
 
 
@@ -147,15 +184,16 @@ def same_print(a: float, b: float) -> bool:
 
 
 def compare(name: str, official: dict, ours: dict, report: dict) -> tuple[list[str], bool]:
-    """Markdown rows for one data set, and whether every printed number agrees."""
+    """Markdown rows for one data set, and whether the counts are equal and every printed number agrees."""
     lines, ok = [], True
     for cls, off in official.items():
-        mine = ours.get(cls, [float("nan")] * 4)
-        exact = all("%.3g" % a == "%.3g" % b for a, b in zip(off, mine))
-        ok &= all(same_print(a, b) for a, b in zip(off, mine))
-        lines.append(f"| {name} | {cls} | " + " / ".join("%.3g" % v for v in off) + " | "
-                     + " / ".join("%.3g" % v for v in mine) + f" | {'identical' if exact else 'last digit'} |")
-    lines.append(f"| {name} | pycocotools (ours) | | mAP@.5 {report['map50']:.4f}, mAP@.5:.95 {report['map']:.4f} | |")
+        mine = ours.get(cls, [float("nan")] * 6)
+        counts = f"{off[0]:.0f} / {off[1]:.0f}" + ("" if off[:2] == mine[:2] else f" (ours {mine[0]:.0f} / {mine[1]:.0f})")
+        exact = off[:2] == mine[:2] and all("%.3g" % a == "%.3g" % b for a, b in zip(off[2:], mine[2:]))
+        ok &= off[:2] == mine[:2] and all(same_print(a, b) for a, b in zip(off[2:], mine[2:]))
+        lines.append(f"| {name} | {cls} | {counts} | " + " / ".join("%.3g" % v for v in off[2:]) + " | "
+                     + " / ".join("%.3g" % v for v in mine[2:]) + f" | {'identical' if exact else 'last digit'} |")
+    lines.append(f"| {name} | pycocotools (ours) | | | mAP@.5 {report['map50']:.4f}, mAP@.5:.95 {report['map']:.4f} | |")
     return lines, ok
 
 
@@ -182,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             generate_synthetic(work / "demo", **{**DEMO_SYNTH, "n_train": 1})
             sets = {"demo val (square)": work / "demo" / "data.yaml"}
             sets["demo val, mixed aspect"] = mixed_aspect_copy(sets["demo val (square)"], work / "mixed")
-        table = ["| data | class | official test.py: P / R / mAP@.5 / mAP@.5:.95 | yolo-prune test (test.py's set) |"
-                 " printed digits |", "|---|---|---|---|---|"]
+            sets["demo val, polygon labels"] = polygon_copy(sets["demo val (square)"], work / "polygons")
+        table = ["| data | class | images / labels | official test.py: P / R / mAP@.5 / mAP@.5:.95 |"
+                 " yolo-prune test (test.py's set) | printed digits |", "|---|---|---|---|---|---|"]
         ok = True
         for name, data in sets.items():
             official = run_official(args, data, weights, work)
@@ -193,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             ok &= agree
     env = machine(["opencv-python-headless", "numpy", "pycocotools"])
     text = "\n".join([SECTION, "", __doc__.split("\n\n")[1].replace("\n", " "), "", *table, "",
-                      f"Every printed number within one unit of its last digit: **{'yes' if ok else 'NO'}**.", "",
+                      f"Equal image and label counts, and every printed number within one unit of its last digit: "
+                      f"**{'yes' if ok else 'NO'}**.", "",
                       NOTES, "",
                       *provenance(sys.argv[1:] if argv is None else argv, env,
                                   ["opencv-python-headless", "numpy", "pycocotools"])])

@@ -98,3 +98,88 @@ def test_exif_rotation_applied(tmp_path: Path) -> None:
     ds = YoloDataset([str(path)], nc=1, img_size=40)
     assert ds.hw0.tolist() == [[40, 20]]
     assert ds.load_resized(0)[0].shape == (40, 20, 3)
+
+
+# ------------------------------------------------------------------ YOLOv7's reading of real label sets
+def _yolov7_enclosing_box(coords: list[str]) -> list[np.float32]:
+    """YOLOv7's ``segments2boxes`` for one polygon: float32 points, min/max, then ``xyxy2xywh`` in float32."""
+    xy = np.array(coords, dtype=np.float32).reshape(-1, 2)
+    (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+    return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+
+
+def test_polygon_rows_become_the_boxes_yolov7_computes(tmp_path: Path) -> None:
+    """The official COCO labels hold polygons; each row's box must equal YOLOv7's float32 result bit for bit."""
+    rng = np.random.default_rng(0)
+    rows, expected = [], []
+    for _ in range(40):
+        centre, radius = rng.uniform(0.2, 0.8, 2), rng.uniform(0.01, 0.15, 2)
+        points = np.clip(centre + rng.uniform(-1, 1, (int(rng.integers(4, 25)), 2)) * radius, 0, 1)
+        coords = [f"{v:.6f}" for v in points.ravel()]
+        cls = int(rng.integers(0, 80))
+        rows.append(" ".join([str(cls), *coords]))
+        expected.append([cls, *_yolov7_enclosing_box(coords)])
+    path = tmp_path / "coco.txt"
+    path.write_text("\n".join(rows) + "\n")
+    labels = parse_label_file(str(path), nc=80)
+    assert labels.dtype == np.float32
+    np.testing.assert_array_equal(labels, np.array(expected, np.float32))
+
+
+def test_a_file_with_any_long_row_is_read_as_polygons_throughout(tmp_path: Path) -> None:
+    """YOLOv7's rule: one row of more than 8 fields makes every row a polygon, a 5-field one included (warned)."""
+    path = tmp_path / "mixed.txt"
+    path.write_text("0 0.25 0.5 0.75 0.25 0.5 0.75 0.375 0.5\n1 0.5 0.5 0.25 0.25\n")
+    with pytest.warns(UserWarning, match=r"mixed\.txt:2: a 5-field row in a file of polygons"):
+        labels = parse_label_file(str(path), nc=2)
+    np.testing.assert_array_equal(labels, [[0, 0.5, 0.5, 0.5, 0.5], [1, 0.375, 0.375, 0.25, 0.25]])
+    short = tmp_path / "short.txt"  # no row longer than 8 fields: a 7-field row is malformed, as in YOLOv7
+    short.write_text("0 0.25 0.5 0.75 0.25 0.5 0.75\n")
+    with pytest.raises(DataError, match=r"short\.txt:1: expected 5 fields"):
+        parse_label_file(str(short), nc=2)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("2 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2", "out of range"),
+    ("0 0.1 0.1 0.2 0.1 0.2 0.2 0.1", "x y pairs"),
+    ("0 0.1 0.1 0.2 0.1 0.2 0.2 0.1 zz", "must be numbers"),
+    ("0 0.1 0.1 0.2 0.1 0.2 1.2 0.1 0.2", "outside"),
+    ("0 0.1 0.1 0.1 0.2 0.1 0.3 0.1 0.4", "> 0"),
+    ("0 0.1 0.1 0.2 0.1 nan 0.2 0.1 0.2", "finite"),
+])
+def test_bad_polygon_row_names_file_and_line(tmp_path: Path, line: str, problem: str) -> None:
+    path = _sample(tmp_path, "poly", f"0 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2\n{line}\n")
+    with pytest.raises(DataError, match=rf"poly\.txt:2: .*{problem}"):
+        YoloDataset([path], nc=2, img_size=32)
+
+
+def test_image_whose_label_file_repeats_a_row_is_skipped_as_yolov7_skips_it(tmp_path: Path) -> None:
+    good = _sample(tmp_path, "good", "0 0.5 0.5 0.2 0.2\n")
+    repeated = _sample(tmp_path, "twice", "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n0 0.5 0.5 0.2 0.2\n")
+    with pytest.warns(UserWarning, match=r"twice\.txt: label row '0 0.5 0.5 0.2 0.2' appears more than once"):
+        ds = YoloDataset([repeated, good], nc=2, img_size=32)
+    assert ds.image_paths == [good] and ds.skipped == 1 and len(ds.labels) == 1
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"every one of the 1 readable images .*twice\.txt"):
+        YoloDataset([repeated], nc=2, img_size=32)
+
+
+def test_images_under_ten_pixels_are_skipped_as_yolov7_skips_them(tmp_path: Path) -> None:
+    good = _sample(tmp_path, "good", "0 0.5 0.5 0.2 0.2\n")
+    tiny = _sample(tmp_path, "tiny", "0 0.5 0.5 0.2 0.2\n", hw=(9, 40))
+    with pytest.warns(UserWarning, match=r"tiny\.png: .*image size 40x9 is under 10 pixels"):
+        ds = YoloDataset([good, tiny], nc=1, img_size=32)
+    assert ds.image_paths == [good] and ds.skipped == 1
+
+
+def test_label_path_takes_yolov7s_first_images_folder_when_its_file_exists(tmp_path: Path) -> None:
+    """YOLOv7 maps the first ``/images/`` of a path to ``/labels/``; that file wins over the nearest folder's."""
+    image = tmp_path / "images" / "coco" / "images" / "val" / "x.jpg"
+    official = tmp_path / "labels" / "coco" / "images" / "val" / "x.txt"
+    nearest = tmp_path / "images" / "coco" / "labels" / "val" / "x.txt"
+    assert label_path_for(str(image)) == str(nearest)  # neither exists: the nearest folder's (unchanged)
+    nearest.parent.mkdir(parents=True)
+    nearest.write_text("")
+    assert label_path_for(str(image)) == str(nearest)
+    official.parent.mkdir(parents=True)
+    official.write_text("")
+    assert label_path_for(str(image)) == str(official)

@@ -144,3 +144,45 @@ def test_cli_prints_and_reports_both_sets(tmp_path, capsys):
     expected = [official[k] for k in ("mp", "mr", "map50", "map")] + [report["map50"], report["map"]]
     assert lines[1].split()[3:] == ["%.3g" % v for v in expected]
     assert "per 256x256 image at batch-size 3" in lines[-2]  # --img, as test.py (its rect batches vary in shape)
+
+
+def _octagon(cx: float, cy: float, w: float, h: float) -> list[float]:
+    """Eight points touching each edge of the box (a polygon as the official COCO labels hold one)."""
+    x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    return [x1, cy - h / 4, cx - w / 4, y1, cx + w / 4, y1, x2, cy - h / 4,
+            x2, cy + h / 4, cx + w / 4, y2, cx - w / 4, y2, x1, cy + h / 4]
+
+
+def test_cli_on_polygon_labels_reports_the_numbers_of_their_boxes(tmp_path, capsys):
+    """`yolo-prune test` on a data set labelled with polygons (official COCO labels) gives the numbers of the same
+    set labelled with YOLOv7's enclosing boxes (computed here as its ``segments2boxes`` does, in float32)."""
+    import shutil
+
+    from yolo_prune.cli import main
+    from yolo_prune.data.synth import generate_synthetic
+    from yolo_prune.demo_data import DEMO_MODEL
+
+    synth = generate_synthetic(tmp_path / "synth", n_train=0, n_val=6, img_size=128, n_classes=6, seed=3)
+    reports = {}
+    for kind in ("polygons", "boxes"):
+        root = tmp_path / kind
+        shutil.copytree(synth.data_yaml.parent / "images" / "val", root / "images" / "val")
+        (root / "labels" / "val").mkdir(parents=True)
+        for src in sorted((synth.data_yaml.parent / "labels" / "val").glob("*.txt")):
+            rows = []
+            for line in src.read_text().splitlines():
+                cls, *box = line.split()
+                coords = [f"{v:.6f}" for v in _octagon(*map(float, box))]
+                if kind == "boxes":
+                    xy = np.array(coords, np.float32).reshape(-1, 2)
+                    (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+                    coords = [f"{v:.9g}" for v in ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)]
+                rows.append(" ".join([cls, *coords]))
+            (root / "labels" / "val" / src.name).write_text("\n".join(rows) + "\n")
+        (root / "data.yaml").write_text(f"path: {root}\nval: images/val\nnc: 6\nnames: {list(synth.class_names)}\n")
+        assert main(["test", "--data", str(root / "data.yaml"), "--weights", str(DEMO_MODEL), "--img", "128",
+                     "--device", "cpu", "--workers", "0", "--json"]) == 0
+        reports[kind] = json.loads(capsys.readouterr().out)
+        reports[kind].pop("speed")
+    assert reports["polygons"]["n_images"] == 6 and reports["polygons"]["map50"] > 0.1
+    assert reports["polygons"] == reports["boxes"]

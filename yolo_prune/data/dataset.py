@@ -1,8 +1,11 @@
 """YOLO-format detection dataset: images + ``labels/*.txt`` (``cls cx cy w h`` normalised), YOLOv7 semantics.
 
-Labels are validated up front (DataError names file and line); unreadable images are skipped with a
-warning and counted in ``dataset.skipped``. Nothing is cached on disk. Augmentation randomness is a pure
-function of ``(seed, epoch, index)``, so results do not depend on worker count or order.
+Label files may also hold polygons (``cls x1 y1 x2 y2 ...``, the official COCO labels), read as YOLOv7 reads
+them: a file with any row of more than 8 fields is all polygons, each row becoming the box that encloses its
+points. Labels are validated up front (DataError names file and line); unreadable images, images under 10
+pixels and images whose label file repeats a row are skipped with a warning, as YOLOv7's loader skips them,
+and counted in ``dataset.skipped``. Nothing is cached on disk. Augmentation randomness is a pure function of
+``(seed, epoch, index)``, so results do not depend on worker count or order.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from yolo_prune.errors import DataError
 from .augment import augment_hsv, merge_hyp, mixup, mosaic4, random_flip, random_perspective
 from .letterbox import AREA, LINEAR, letterbox, resize, xywhn_to_xyxy, xyxy_to_xywhn
 
+MIN_IMAGE_SIDE = 10  # YOLOv7 skips smaller images as corrupt
 BOX_TOL = 1e-3  # tolerance on normalised coordinates before a label counts as out of range
 IO_THREADS = 8  # header/label reads are I/O bound
 EXIF_ORIENTATION = 0x0112
@@ -31,11 +35,18 @@ Sample = tuple[torch.Tensor, torch.Tensor, str, Shapes]
 
 
 def label_path_for(image_path: str) -> str:
-    """Label file of an image: last ``/images/`` -> ``/labels/`` with a .txt suffix, else a .txt beside it."""
+    """Label file of an image: ``/images/`` -> ``/labels/`` with a .txt suffix, else a .txt beside it.
+
+    YOLOv7 replaces the first ``/images/`` of the path; that file is taken when it exists, else the one under
+    the last ``/images/`` (the folder nearest the image), else a .txt beside the image when it exists.
+    """
     stem = os.path.splitext(image_path)[0] + ".txt"
     for sep in dict.fromkeys((os.sep, "/")):
         token = f"{sep}images{sep}"
         if token in stem:
+            official = stem.replace(token, f"{sep}labels{sep}", 1)
+            if os.path.exists(official):
+                return official
             head, tail = stem.rsplit(token, 1)
             candidate = f"{head}{sep}labels{sep}{tail}"
             if os.path.exists(candidate) or not os.path.exists(stem):
@@ -43,10 +54,14 @@ def label_path_for(image_path: str) -> str:
     return stem
 
 
+POLYGON_FIELDS = 8  # YOLOv7: a label file with any row longer than this holds polygons (cls x1 y1 x2 y2 ...)
+
+
 def parse_label_file(path: str, nc: int) -> np.ndarray:
     """Read a YOLO label file into float32 ``[n, 5]`` (cls, cx, cy, w, h normalised, clipped to the image).
 
-    A missing file means no objects. Bad rows raise DataError ``"<file>:<line>: <problem>"``.
+    A missing file means no objects. A file of polygons gives each polygon's enclosing box. Bad rows raise
+    DataError ``"<file>:<line>: <problem>"``.
     """
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -55,32 +70,71 @@ def parse_label_file(path: str, nc: int) -> np.ndarray:
         return np.zeros((0, 5), np.float32)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read label file: {e}") from None
+    numbered = [(lineno, line.split()) for lineno, line in enumerate(lines, 1) if line.strip()]
+    polygons = any(len(fields) > POLYGON_FIELDS for _, fields in numbered)
     rows = []
-    for lineno, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append(parse_label_row(line.split(), nc))
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: {e}: {line.strip()!r}") from None
+    for lineno, fields in numbered:
+        try:
+            rows.append(parse_polygon_row(fields, nc) if polygons else parse_label_row(fields, nc))
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: {e}: {' '.join(fields)!r}") from None
+        if polygons and len(fields) == 5:
+            warnings.warn(f"{path}:{lineno}: a 5-field row in a file of polygons is read as the 2-point polygon "
+                          f"(x1 y1) (x2 y2), as YOLOv7 reads it, not as a cx cy w h box", stacklevel=2)
     return _clip_labels(np.array(rows, np.float64).reshape(-1, 5)).astype(np.float32)
 
 
 def parse_label_row(fields: Sequence[str], nc: int) -> list[float]:
     """Validate one ``cls cx cy w h`` row; raises ValueError describing the problem."""
     if len(fields) != 5:
-        raise ValueError(f"expected 5 fields 'cls cx cy w h', got {len(fields)}")
-    try:
-        cls = float(fields[0])
-    except ValueError:
-        raise ValueError(f"class id {fields[0]!r} is not an integer") from None
-    if not math.isfinite(cls) or cls != int(cls):
-        raise ValueError(f"class id {fields[0]!r} is not an integer")
-    if not 0 <= cls < nc:
-        raise ValueError(f"class id {int(cls)} out of range [0, {nc - 1}] (nc={nc})")
+        raise ValueError(f"expected 5 fields 'cls cx cy w h' (or a polygon 'cls x1 y1 x2 y2 ...' of at least "
+                         f"{POLYGON_FIELDS // 2} points), got {len(fields)}")
+    cls = _parse_class(fields[0], nc)
     try:
         cx, cy, w, h = (float(v) for v in fields[1:])
     except ValueError:
         raise ValueError("box fields must be numbers") from None
+    return [cls, *_checked_box(cx, cy, w, h)]
+
+
+def parse_polygon_row(fields: Sequence[str], nc: int) -> list[float]:
+    """One ``cls x1 y1 x2 y2 ...`` row as ``[cls, cx, cy, w, h]`` of the box enclosing its points.
+
+    Computed in float32 as YOLOv7's ``segments2boxes`` computes it, so the boxes equal test.py's.
+    """
+    cls = _parse_class(fields[0], nc)
+    if len(fields) % 2 == 0 or len(fields) < 5:
+        raise ValueError(f"a polygon row is 'cls x1 y1 x2 y2 ...' with x y pairs of at least 2 points, "
+                         f"got {len(fields) - 1} coordinates")
+    try:
+        xy = np.array([float(v) for v in fields[1:]], np.float32).reshape(-1, 2)
+    except ValueError:
+        raise ValueError("polygon coordinates must be numbers") from None
+    if not np.isfinite(xy).all():
+        raise ValueError("polygon coordinates must be finite numbers")
+    lo, hi = xy.min(0), xy.max(0)
+    cx, cy = (lo + hi) / np.float32(2)
+    w, h = hi - lo
+    if min(lo) < -BOX_TOL or max(hi) > 1 + BOX_TOL:
+        raise ValueError("polygon coordinates outside [0, 1] (labels must be normalised x y)")
+    return [cls, *_checked_box(float(cx), float(cy), float(w), float(h))]
+
+
+def _parse_class(field: str, nc: int) -> float:
+    """A class id field as a float holding an integer in ``[0, nc)``; raises ValueError naming the problem."""
+    try:
+        cls = float(field)
+    except ValueError:
+        raise ValueError(f"class id {field!r} is not an integer") from None
+    if not math.isfinite(cls) or cls != int(cls):
+        raise ValueError(f"class id {field!r} is not an integer")
+    if not 0 <= cls < nc:
+        raise ValueError(f"class id {int(cls)} out of range [0, {nc - 1}] (nc={nc})")
+    return float(int(cls))
+
+
+def _checked_box(cx: float, cy: float, w: float, h: float) -> list[float]:
+    """``[cx, cy, w, h]`` after checking it is a finite, non-empty box inside [0, 1] (within BOX_TOL)."""
     if not all(math.isfinite(v) for v in (cx, cy, w, h)):
         raise ValueError("box fields must be finite numbers")
     if w <= 0 or h <= 0:
@@ -88,7 +142,15 @@ def parse_label_row(fields: Sequence[str], nc: int) -> list[float]:
     edges = (cx, cy, w, h, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
     if min(edges) < -BOX_TOL or max(edges) > 1 + BOX_TOL:
         raise ValueError("box coordinates outside [0, 1] (labels must be normalised cx cy w h)")
-    return [float(int(cls)), cx, cy, w, h]
+    return [cx, cy, w, h]
+
+
+def repeated_row(labels: np.ndarray) -> Optional[np.ndarray]:
+    """A row that occurs more than once in ``labels`` (YOLOv7 skips such an image as corrupt), or None."""
+    if len(labels) < 2:
+        return None
+    rows, counts = np.unique(labels, axis=0, return_counts=True)
+    return rows[counts > 1][0] if (counts > 1).any() else None
 
 
 def _clip_labels(labels: np.ndarray) -> np.ndarray:
@@ -108,8 +170,8 @@ def probe_image(path: str) -> tuple[int, int]:
     if fmt == "JPEG" and not _ends_with_eoi(path):
         with Image.open(path) as im:
             im.load()  # truncated JPEG: decoding fails; trailing bytes after EOI: fine
-    if w < 1 or h < 1:
-        raise ValueError(f"image has size {w}x{h}")
+    if w < MIN_IMAGE_SIDE or h < MIN_IMAGE_SIDE:
+        raise ValueError(f"image size {w}x{h} is under {MIN_IMAGE_SIDE} pixels")
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
@@ -156,6 +218,23 @@ def load_labels(image_paths: Sequence[str], nc: int) -> list[np.ndarray]:
     """Parse every image's label file (in parallel, first error in path order wins)."""
     with ThreadPoolExecutor(IO_THREADS) as pool:
         return list(pool.map(lambda p: parse_label_file(label_path_for(p), nc), image_paths))
+
+
+def drop_repeated_labels(
+    paths: Sequence[str], hw: np.ndarray, labels: Sequence[np.ndarray]
+) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """Drop the images whose label file repeats a row, each with a warning, as YOLOv7's loader drops them
+    (its check is ``np.unique(labels, axis=0)``), so evaluation counts the images test.py counts."""
+    keep = []
+    for i, (path, lab) in enumerate(zip(paths, labels)):
+        row = repeated_row(lab)
+        if row is None:
+            keep.append(i)
+        else:
+            shown = " ".join(f"{v:g}" for v in row)
+            warnings.warn(f"{label_path_for(path)}: label row '{shown}' appears more than once; skipping {path}, "
+                          f"as YOLOv7's loader skips it (remove the repeated row to keep the image)", stacklevel=3)
+    return [paths[i] for i in keep], hw[keep], [labels[i] for i in keep]
 
 
 def rect_batches(
@@ -211,7 +290,12 @@ class YoloDataset(Dataset):
         paths, hw, self.skipped = scan_images([os.fspath(p) for p in image_paths])
         if not paths:
             raise DataError(f"none of the {len(image_paths)} images could be read (first: {image_paths[0]})")
-        labels = load_labels(paths, nc)
+        readable = paths
+        paths, hw, labels = drop_repeated_labels(readable, hw, load_labels(readable, nc))
+        if not paths:
+            raise DataError(f"every one of the {len(readable)} readable images has a label file with a repeated "
+                            f"row (first: {label_path_for(readable[0])})")
+        self.skipped += len(readable) - len(paths)
         self.batch_shapes: Optional[np.ndarray] = None
         if rect:
             order, self.batch_shapes = rect_batches(hw, batch_size, img_size, stride, pad)
