@@ -235,12 +235,50 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_run_writes_yolov7_outputs_and_learns(baseline):
+def fixed_batch_loss(weights: Path, data_yaml: Path, img_size: int) -> float:
+    """YOLOv7 loss of a checkpoint's model (eval mode) on every training image, letterboxed, in one batch."""
+    from yolo_prune.checkpoint import load_model
+    from yolo_prune.data import YoloDataset
+    from yolo_prune.engine.loss import detection_loss_fn
+
+    model = load_model(weights).float().eval()
+    images = sorted(str(p) for p in (data_yaml.parent / "images" / "train").glob("*.jpg"))
+    dataset = YoloDataset(images, nc=model.nc, img_size=img_size)
+    imgs, targets, _, _ = YoloDataset.collate_fn([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        return float(detection_loss_fn(model, img_size)(model(imgs.float() / 255)[1], targets, imgs))
+
+
+def test_fine_tuning_wins_back_part_of_what_pruning_cost(tmp_path):
+    """The shipped demo model pruned (5 layers at 50 %) and fine-tuned for 4 iterations: its loss on the training
+    images (no augmentation) falls back towards the unpruned model's, whatever the seed (measured: 31-46 % of the
+    gap won back in 4 iterations, seeds 0-2)."""
+    from yolo_prune.checkpoint import load_model, save_checkpoint
+    from yolo_prune.data.synth import generate_synthetic
+    from yolo_prune.demo_data import DEMO_MODEL, DEMO_SYNTH
+    from yolo_prune.prune import prune
+
+    img, params = 128, "[(2, 0.5), (5, 0.5), (20, 0.5), (30, 0.5), (40, 0.5)]"
+    data = generate_synthetic(tmp_path / "data", **(DEMO_SYNTH | dict(n_train=16, n_val=4, img_size=img))).data_yaml
+    pruned = save_checkpoint(prune(load_model(DEMO_MODEL), params, 0, summarize=False).model, tmp_path / "p.pt")
+    before, base = fixed_batch_loss(pruned, data, img), fixed_batch_loss(DEMO_MODEL, data, img)
+    run = train(settings(data, DEMO_MODEL, tmp_path / "runs", epochs=2, batch_size=8, img_size=img, hyp="finetune",
+                         pruning_params=params, criterion=0, seed=1))
+    after = fixed_batch_loss(run.last, data, img)
+    assert base < before and after < before - 0.2 * (before - base), (base, before, after)
+
+
+def test_run_writes_yolov7_outputs_and_steps(baseline, tiny_weights):
+    """Three short epochs (9 iterations inside the warm-up: too few to show learning from random weights, which
+    ``test_fine_tuning_wins_back_part_of_what_pruning_cost`` shows) step the optimizer and write every output."""
     from yolo_prune.checkpoint import load_checkpoint
 
     rows = baseline.rows
     assert [r["epoch"] for r in rows] == [0, 1, 2] and baseline.epochs_completed == 3
-    assert rows[-1]["total"] < rows[0]["total"]  # the loss goes down over the run
+    assert all(math.isfinite(r["total"]) and r["total"] > 0 for r in rows)
+    moved = conv_weights(load_checkpoint(baseline.last).raw["state_dict"]) - \
+        conv_weights(load_checkpoint(tiny_weights).raw["state_dict"])
+    assert moved.abs().max() > 1e-4  # the optimizer stepped
     assert rows[0]["lr2"] > rows[0]["lr1"]  # bias LR warms down from warmup_bias_lr
     names = {p.name for p in baseline.run_dir.iterdir()}
     assert {"weights", "results.csv", "results.png", "hyp.yaml", "opt.yaml"} <= names
