@@ -1,8 +1,10 @@
-"""YOLOv7 training augmentation: mosaic, mixup, random affine/perspective, HSV jitter and flips.
+"""YOLOv7 training augmentation: 4- and 9-image mosaics, mixup, random affine/perspective, HSV jitter and flips.
 
 All randomness comes from a ``numpy.random.Generator`` argument (no global RNG), so a sample is a
 pure function of its seed. Images are HWC RGB uint8; labels are float ``[n, 5]`` rows
 ``(cls, x1, y1, x2, y2)`` in pixels until :func:`random_flip`, which takes normalised ``(cls, cx, cy, w, h)``.
+Label rows read from polygons keep them (one ``[k, 2]`` array per row, ``[0, 2]`` for a box row) through the
+mosaics and the warp, which then boxes the warped polygon as YOLOv7 does (tighter than a warped box).
 """
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ DEFAULT_HYP: Mapping[str, float] = {
     "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.15,
 }
 
-LoadFn = Callable[[int], "tuple[np.ndarray, np.ndarray]"]
+#: Per label row: its polygon, ``[k, 2]`` points, or ``[0, 2]`` for a row read as a box.
+Polygons = Sequence[np.ndarray]
+#: ``load(i)`` of a mosaic: (HWC uint8 image resized so its long side is ``img_size``, ``[n, 5]`` (cls, cx, cy, w,
+#: h) normalised labels, their normalised polygons (aligned with the rows, or empty when the file held boxes)).
+LoadFn = Callable[[int], "tuple[np.ndarray, np.ndarray, Polygons]"]
+NO_POLYGON = np.zeros((0, 2))
+MOSAIC9_P = 0.2  # YOLOv7 builds a 9-image mosaic instead of a 4-image one with this probability
+RESAMPLED_POINTS = 1000  # YOLOv7 resamples each polygon to this many points before warping it
 
 
 def merge_hyp(hyp: Optional[Mapping[str, Any]]) -> dict[str, float]:
@@ -91,6 +100,26 @@ def transform_boxes(boxes_xyxy: np.ndarray, matrix: np.ndarray, out_hw: tuple[in
     return new
 
 
+def resample_polygon(points: np.ndarray, n: int = RESAMPLED_POINTS) -> np.ndarray:
+    """``[k, 2]`` polygon -> ``[n, 2]`` points evenly spaced in index along its closed outline (YOLOv7's
+    ``resample_segments``), so a warp that crops it keeps points along the cut edges."""
+    closed = np.concatenate((points, points[:1]), 0)
+    at, index = np.linspace(0, len(closed) - 1, n), np.arange(len(closed))
+    return np.stack([np.interp(at, index, closed[:, i]) for i in range(2)], 1)
+
+
+def polygon_box(points: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """xyxy box of a polygon's resampled points warped by ``matrix``, over the points inside the output image
+    (YOLOv7's ``segment2box``; zeros when none is, so the candidate filter drops it)."""
+    xy = np.ones((RESAMPLED_POINTS, 3))
+    xy[:, :2] = resample_polygon(points)
+    xy = xy @ matrix.T
+    x, y = (xy[:, :2] / xy[:, 2:3]).T
+    inside = (x >= 0) & (y >= 0) & (x <= out_hw[1]) & (y <= out_hw[0])
+    x, y = x[inside], y[inside]
+    return np.array([x.min(), y.min(), x.max(), y.max()]) if np.any(x) else np.zeros(4)
+
+
 def box_candidates(
     box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr: float = 20, area_thr: float = 0.1, eps: float = 1e-16
 ) -> np.ndarray:
@@ -103,16 +132,24 @@ def box_candidates(
 
 def random_perspective(
     img: np.ndarray, labels: np.ndarray, hyp: Mapping[str, float], rng: np.random.Generator,
-    border: tuple[int, int] = (0, 0),
+    border: tuple[int, int] = (0, 0), polygons: Optional[Polygons] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random affine/perspective warp of an image and its ``[n, 5]`` (cls, xyxy px) labels; ``border`` crops (<0)."""
+    """Random affine/perspective warp of an image and its ``[n, 5]`` (cls, xyxy px) labels; ``border`` crops (<0).
+
+    Rows with a polygon (pixels) get the box of the warped polygon, and with any polygon present a box survives
+    down to 1 % of its warped area, not 10 % (YOLOv7's thresholds)."""
     matrix, scale = affine_matrix(img.shape[:2], hyp, rng, border)
     out_hw = (img.shape[0] + 2 * border[0], img.shape[1] + 2 * border[1])
     if border != (0, 0) or not np.array_equal(matrix, np.eye(3)):
         img = warp_image(img, matrix, out_hw)
     if len(labels):
         new = transform_boxes(labels[:, 1:5], matrix, out_hw)
-        keep = box_candidates(labels[:, 1:5].T * scale, new.T)
+        with_polygons = polygons is not None and any(p.any() for p in polygons)
+        if with_polygons:
+            for i, points in enumerate(polygons):
+                if len(points):
+                    new[i] = polygon_box(points, matrix, out_hw)
+        keep = box_candidates(labels[:, 1:5].T * scale, new.T, area_thr=0.01 if with_polygons else 0.1)
         labels = np.concatenate((labels[keep, :1], new[keep]), 1)
     return img, labels
 
@@ -157,28 +194,78 @@ def mosaic_tile(i: int, xc: int, yc: int, w: int, h: int, s: int) -> tuple[tuple
     return a, (0, 0, min(w, a[2] - a[0]), min(a[3] - a[1], h))
 
 
+def _place_labels(
+    labels: np.ndarray, polygons: Polygons, w: int, h: int, padw: float, padh: float
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Normalised labels (and polygons) of a ``w x h`` tile placed at ``(padw, padh)``: pixel xyxy rows and pixel
+    polygons, one per row (``NO_POLYGON`` for each row when the tile's file held boxes)."""
+    rows = np.concatenate((labels[:, :1], xywhn_to_xyxy(labels[:, 1:5], w, h, padw, padh)), 1)
+    if not len(polygons):
+        return rows, [NO_POLYGON] * len(rows)
+    return rows, [p * (w, h) + (padw, padh) for p in polygons]
+
+
 def mosaic4(
     load: LoadFn, indices: Sequence[int], img_size: int, hyp: Mapping[str, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tile 4 images on a 2s x 2s grey canvas around a random centre, then random-warp it to s x s.
 
-    ``load(i)`` returns (HWC uint8 image resized so its long side is ``img_size``, ``[n, 5]`` (cls, cx, cy, w, h)
-    normalised labels). Returns (``[s, s, 3]`` image, ``[n, 5]`` (cls, x1, y1, x2, y2) px labels).
+    ``load`` as :data:`LoadFn`. Returns (``[s, s, 3]`` image, ``[n, 5]`` (cls, x1, y1, x2, y2) px labels).
     """
+    canvas, labels, polygons = mosaic4_canvas(load, indices, img_size, rng)
+    return random_perspective(canvas, labels, hyp, rng, border=(-img_size // 2, -img_size // 2), polygons=polygons)
+
+
+def mosaic4_canvas(
+    load: LoadFn, indices: Sequence[int], img_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The 2s x 2s canvas of a 4-image mosaic before its warp: image, ``[n, 5]`` (cls, xyxy px) labels and their
+    pixel polygons, both clipped to the canvas (YOLOv7's ``load_mosaic`` up to ``random_perspective``)."""
     s, b = img_size, -img_size // 2  # b: YOLOv7's mosaic_border
     yc, xc = (int(rng.uniform(-b, 2 * s + b)) for _ in range(2))
     canvas = np.full((2 * s, 2 * s, 3), FILL, dtype=np.uint8)
-    parts = []
+    parts, polygons = [], []
     for i, index in enumerate(indices[:4]):
-        img, labels = load(index)
+        img, labels, tile_polygons = load(index)
         h, w = img.shape[:2]
         (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = mosaic_tile(i, xc, yc, w, h, s)
         canvas[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
-        boxes = xywhn_to_xyxy(labels[:, 1:5], w, h, x1a - x1b, y1a - y1b)
-        parts.append(np.concatenate((labels[:, :1], boxes), 1))
+        rows, placed = _place_labels(labels, tile_polygons, w, h, x1a - x1b, y1a - y1b)
+        parts.append(rows)
+        polygons += placed
     labels4 = np.concatenate(parts, 0)
     labels4[:, 1:] = labels4[:, 1:].clip(0, 2 * s)
-    return random_perspective(canvas, labels4, hyp, rng, border=(b, b))
+    return canvas, labels4, [p.clip(0, 2 * s) for p in polygons]
+
+
+def mosaic9(
+    load: LoadFn, indices: Sequence[int], img_size: int, hyp: Mapping[str, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """YOLOv7's 9-image mosaic: the first image in the centre of a 3s x 3s canvas, 8 others around it clockwise
+    from the top, a random 2s x 2s crop, then the random warp to s x s. Same ``load`` and returns as mosaic4."""
+    s = img_size
+    canvas = np.full((3 * s, 3 * s, 3), FILL, dtype=np.uint8)
+    parts, polygons = [], []
+    h0 = w0 = hp = wp = 0
+    for i, index in enumerate(indices[:9]):
+        img, labels, tile_polygons = load(index)
+        h, w = img.shape[:2]
+        if i == 0:
+            h0, w0 = h, w
+        x1, y1 = (s, s, s + wp, s + w0, s + w0, s + w0 - w, s + w0 - wp - w, s - w, s - w)[i], \
+            (s, s - h, s - h, s, s + hp, s + h0, s + h0, s + h0 - h, s + h0 - hp - h)[i]
+        cx1, cy1 = max(x1, 0), max(y1, 0)
+        canvas[cy1:y1 + h, cx1:x1 + w] = img[cy1 - y1:, cx1 - x1:]
+        rows, placed = _place_labels(labels, tile_polygons, w, h, x1, y1)
+        parts.append(rows)
+        polygons += placed
+        hp, wp = h, w
+    yc, xc = (int(rng.uniform(0, s)) for _ in range(2))
+    labels9 = np.concatenate(parts, 0)
+    labels9[:, 1:] = (labels9[:, 1:] - (xc, yc, xc, yc)).clip(0, 2 * s)
+    polygons = [(p - (xc, yc)).clip(0, 2 * s) for p in polygons]
+    return random_perspective(canvas[yc:yc + 2 * s, xc:xc + 2 * s], labels9, hyp, rng, border=(-s // 2, -s // 2),
+                              polygons=polygons)
 
 
 def mixup(

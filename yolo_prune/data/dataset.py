@@ -22,8 +22,11 @@ from torch.utils.data import Dataset
 
 from yolo_prune.errors import DataError
 
-from .augment import augment_hsv, merge_hyp, mixup, mosaic4, random_flip, random_perspective
+from .augment import (
+    MOSAIC9_P, augment_hsv, merge_hyp, mixup, mosaic4, mosaic4_canvas, mosaic9, random_flip, random_perspective,
+)
 from .letterbox import AREA, LINEAR, letterbox, resize, xywhn_to_xyxy, xyxy_to_xywhn
+from .paste_in import Cutout, cut_out_objects, gather_cutouts, paste_in
 
 MIN_IMAGE_SIDE = 10  # YOLOv7 skips smaller images as corrupt
 BOX_TOL = 1e-3  # tolerance on normalised coordinates before a label counts as out of range
@@ -63,11 +66,17 @@ def parse_label_file(path: str, nc: int) -> np.ndarray:
     A missing file means no objects. A file of polygons gives each polygon's enclosing box. Bad rows raise
     DataError ``"<file>:<line>: <problem>"``.
     """
+    return read_label_file(path, nc)[0]
+
+
+def read_label_file(path: str, nc: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """:func:`parse_label_file`'s boxes, and for a file of polygons each row's float32 ``[k, 2]`` normalised points
+    (training warps them); ``()`` for a file of boxes."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        return np.zeros((0, 5), np.float32)
+        return np.zeros((0, 5), np.float32), ()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read label file: {e}") from None
     numbered = [(lineno, line.split()) for lineno, line in enumerate(lines, 1) if line.strip()]
@@ -81,7 +90,10 @@ def parse_label_file(path: str, nc: int) -> np.ndarray:
         if polygons and len(fields) == 5:
             warnings.warn(f"{path}:{lineno}: a 5-field row in a file of polygons is read as the 2-point polygon "
                           f"(x1 y1) (x2 y2), as YOLOv7 reads it, not as a cx cy w h box", stacklevel=2)
-    return _clip_labels(np.array(rows, np.float64).reshape(-1, 5)).astype(np.float32)
+    boxes = _clip_labels(np.array(rows, np.float64).reshape(-1, 5)).astype(np.float32)
+    if not polygons:
+        return boxes, ()
+    return boxes, tuple(np.array(fields[1:], np.float32).reshape(-1, 2) for _, fields in numbered)
 
 
 def parse_label_row(fields: Sequence[str], nc: int) -> list[float]:
@@ -214,27 +226,24 @@ def scan_images(paths: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
     return good, np.array(shapes, dtype=np.int64).reshape(-1, 2), len(paths) - len(good)
 
 
-def load_labels(image_paths: Sequence[str], nc: int) -> list[np.ndarray]:
-    """Parse every image's label file (in parallel, first error in path order wins)."""
+def load_labels(image_paths: Sequence[str], nc: int) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+    """Read every image's label file, boxes and polygons (in parallel, first error in path order wins)."""
     with ThreadPoolExecutor(IO_THREADS) as pool:
-        return list(pool.map(lambda p: parse_label_file(label_path_for(p), nc), image_paths))
+        return list(pool.map(lambda p: read_label_file(label_path_for(p), nc), image_paths))
 
 
-def drop_repeated_labels(
-    paths: Sequence[str], hw: np.ndarray, labels: Sequence[np.ndarray]
-) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
-    """Drop the images whose label file repeats a row, each with a warning, as YOLOv7's loader drops them
+def repeated_label_images(paths: Sequence[str], labels: Sequence[np.ndarray]) -> list[int]:
+    """Indices of the images whose label file repeats a row, each with a warning: YOLOv7's loader skips them
     (its check is ``np.unique(labels, axis=0)``), so evaluation counts the images test.py counts."""
-    keep = []
+    repeated = []
     for i, (path, lab) in enumerate(zip(paths, labels)):
         row = repeated_row(lab)
-        if row is None:
-            keep.append(i)
-        else:
+        if row is not None:
             shown = " ".join(f"{v:g}" for v in row)
             warnings.warn(f"{label_path_for(path)}: label row '{shown}' appears more than once; skipping {path}, "
                           f"as YOLOv7's loader skips it (remove the repeated row to keep the image)", stacklevel=3)
-    return [paths[i] for i in keep], hw[keep], [labels[i] for i in keep]
+            repeated.append(i)
+    return repeated
 
 
 def rect_batches(
@@ -290,19 +299,24 @@ class YoloDataset(Dataset):
         paths, hw, self.skipped = scan_images([os.fspath(p) for p in image_paths])
         if not paths:
             raise DataError(f"none of the {len(image_paths)} images could be read (first: {image_paths[0]})")
-        readable = paths
-        paths, hw, labels = drop_repeated_labels(readable, hw, load_labels(readable, nc))
-        if not paths:
-            raise DataError(f"every one of the {len(readable)} readable images has a label file with a repeated "
-                            f"row (first: {label_path_for(readable[0])})")
-        self.skipped += len(readable) - len(paths)
+        labels, polygons = zip(*load_labels(paths, nc))
+        repeated = set(repeated_label_images(paths, labels))
+        if len(repeated) == len(paths):
+            raise DataError(f"every one of the {len(paths)} readable images has a label file with a repeated "
+                            f"row (first: {label_path_for(paths[0])})")
+        self.skipped += len(repeated)
+        order = [i for i in range(len(paths)) if i not in repeated]
         self.batch_shapes: Optional[np.ndarray] = None
         if rect:
-            order, self.batch_shapes = rect_batches(hw, batch_size, img_size, stride, pad)
-            paths, hw, labels = [paths[i] for i in order], hw[order], [labels[i] for i in order]
+            by_shape, self.batch_shapes = rect_batches(hw[order], batch_size, img_size, stride, pad)
+            order = [order[i] for i in by_shape]
+        paths, hw = [paths[i] for i in order], hw[order]
         self.image_paths: list[str] = paths
         self.label_paths: list[str] = [label_path_for(p) for p in paths]
-        self.labels: list[np.ndarray] = labels  # per image float32 [n, 5] (cls, cx, cy, w, h) normalised
+        self.labels: list[np.ndarray] = [labels[i] for i in order]  # per image float32 [n, 5] (cls, cx, cy, w, h)
+        #: per image: each label row's normalised polygon ([k, 2]) for a file of polygons, else ()
+        self.polygons: list[tuple[np.ndarray, ...]] = [polygons[i] for i in order]
+        self.has_polygons = any(self.polygons)  # paste-in needs them (with boxes alone it does nothing in YOLOv7)
         self.hw0: np.ndarray = hw  # [n, 2] original (h, w) after EXIF rotation
         self._cache: Optional[list] = None  # per image: load_resized()'s result, once cache_images() ran
 
@@ -353,14 +367,21 @@ class YoloDataset(Dataset):
             img = resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), interpolation)
         return img, (h0, w0), img.shape[:2]
 
-    def _mosaic_source(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image and normalised labels for one mosaic tile."""
-        return self.load_resized(index)[0], self.labels[index]
+    def _mosaic_source(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """Image, normalised labels and their polygons for one mosaic tile."""
+        return self.load_resized(index)[0], self.labels[index], self.polygons[index]
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Mosaic of ``index`` and 3 random others; labels ``[n, 5]`` (cls, xyxy px)."""
-        others = rng.integers(0, len(self), 3).tolist()
-        return mosaic4(self._mosaic_source, [index, *others], self.img_size, self.hyp, rng)
+        """Mosaic of ``index`` and 3 random others, or 8 others (YOLOv7's 9-image mosaic, p=0.2); labels ``[n, 5]``
+        (cls, xyxy px)."""
+        build, others = (mosaic9, 8) if rng.random() < MOSAIC9_P else (mosaic4, 3)
+        indices = [index, *rng.integers(0, len(self), others).tolist()]
+        return build(self._mosaic_source, indices, self.img_size, self.hyp, rng)
+
+    def _cutouts(self, rng: np.random.Generator) -> list[Cutout]:
+        """Objects cut out of the canvas of a 4-image mosaic of random images (YOLOv7's ``load_samples``)."""
+        indices = rng.integers(0, len(self), 4).tolist()
+        return cut_out_objects(*mosaic4_canvas(self._mosaic_source, indices, self.img_size, rng), rng)
 
     def _letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Shapes]:
         """Resized + letterboxed image (rect batch shape or square), labels ``[n, 5]`` (cls, xyxy px), shapes."""
@@ -386,6 +407,8 @@ class YoloDataset(Dataset):
                 img, labels = random_perspective(img, labels, self.hyp, rng)
         if self.augment:
             img = augment_hsv(img, self.hyp, rng)
+            if self.has_polygons and rng.random() < self.hyp.get("paste_in", 0.0):
+                img, labels = paste_in(img, labels, gather_cutouts(lambda: self._cutouts(rng)), rng)
         h, w = img.shape[:2]
         labels = np.concatenate((labels[:, :1], xyxy_to_xywhn(labels[:, 1:5], w, h)), 1)
         if self.augment:
