@@ -183,3 +183,15 @@ def test_label_path_takes_yolov7s_first_images_folder_when_its_file_exists(tmp_p
     official.parent.mkdir(parents=True)
     official.write_text("")
     assert label_path_for(str(image)) == str(official)
+
+
+def test_rows_past_an_edge_by_rounding_are_read_as_yolov7_reads_them(tmp_path: Path) -> None:
+    """6-decimal rows whose edge passes 1 by rounding (1.0000005) keep YOLOv7's float32 values bit for bit; a row
+    past it by more (within the tolerance) is clipped to the image."""
+    path = tmp_path / "edge.txt"
+    path.write_text("0 0.999500 0.500000 0.001001 0.100000\n1 0.600001 0.949999 0.799999 0.100003\n"
+                    "0 0.999000 0.500000 0.002800 0.100000\n")
+    labels = parse_label_file(str(path), nc=2)
+    yolov7 = np.array([line.split() for line in path.read_text().splitlines()], np.float32)
+    np.testing.assert_array_equal(labels[:2], yolov7[:2])
+    assert labels[2, 1] + labels[2, 3] / 2 == pytest.approx(1.0) and labels[2, 3] < yolov7[2, 3]

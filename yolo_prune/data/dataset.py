@@ -30,6 +30,7 @@ from .paste_in import Cutout, cut_out_objects, gather_cutouts, paste_in
 
 MIN_IMAGE_SIDE = 10  # YOLOv7 skips smaller images as corrupt
 BOX_TOL = 1e-3  # tolerance on normalised coordinates before a label counts as out of range
+ROUNDING_TOL = 1e-6  # an edge past [0, 1] by less than this is rounding (6 decimals, float32), not clipped
 IO_THREADS = 8  # header/label reads are I/O bound
 EXIF_ORIENTATION = 0x0112
 
@@ -166,9 +167,15 @@ def repeated_row(labels: np.ndarray) -> Optional[np.ndarray]:
 
 
 def _clip_labels(labels: np.ndarray) -> np.ndarray:
-    """Clip ``[n, 5]`` (cls, cx, cy, w, h) boxes to [0, 1] (absorbs the tolerance); returns a new array."""
-    xyxy = xywhn_to_xyxy(labels[:, 1:5], 1.0, 1.0).clip(0.0, 1.0)
-    return np.concatenate((labels[:, :1], xyxy_to_xywhn(xyxy, 1.0, 1.0)), 1)
+    """Clip ``[n, 5]`` (cls, cx, cy, w, h) boxes to [0, 1] (absorbs the tolerance); returns a new array.
+
+    A box past an edge by no more than float32 rounding (:data:`ROUNDING_TOL`) is left as read, as YOLOv7 leaves
+    it, so its float32 values stay test.py's bit for bit."""
+    xyxy = xywhn_to_xyxy(labels[:, 1:5], 1.0, 1.0)
+    outside = ((xyxy < -ROUNDING_TOL) | (xyxy > 1 + ROUNDING_TOL)).any(1)
+    clipped = labels.copy()
+    clipped[outside, 1:5] = xyxy_to_xywhn(xyxy[outside].clip(0.0, 1.0), 1.0, 1.0)
+    return clipped
 
 
 def probe_image(path: str) -> tuple[int, int]:
