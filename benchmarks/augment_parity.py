@@ -10,7 +10,8 @@ outputs must be identical, not just alike:
    with a 5-field row among the polygons;
 2. the 9-image mosaic's canvas and labels before its warp (``load_mosaic9``), random tile sizes;
 3. the box of a warped polygon (``resample_segments`` + ``segment2box``), random polygons and affine matrices;
-4. cut-outs (``sample_segments``) and paste-in (``pastein``) on random canvases, polygons and labels.
+4. cut-outs (``sample_segments``) and paste-in (``pastein``) on random canvases, polygons and labels;
+5. copy-paste (``copy_paste``, the objects mirrored within a mosaic canvas) on random canvases and polygons.
 
     .venv/bin/python benchmarks/augment_parity.py --yolov7 ~/yolov7 --deps ~/yolov7-deps           # print
     .venv/bin/python benchmarks/augment_parity.py --yolov7 ~/yolov7 --deps ~/yolov7-deps --write   # BENCHMARKS.md
@@ -211,6 +212,39 @@ def check_paste_in(rng: np.random.Generator, trials: int) -> tuple[int, int, flo
     return trials, pasted, worst
 
 
+def check_copy_paste(rng: np.random.Generator, trials: int) -> tuple[int, int, float]:
+    """(canvases compared, objects mirrored, largest difference) of copy-paste on a mosaic canvas."""
+    import utils.datasets as official
+
+    from yolo_prune.data.paste_in import copy_paste
+
+    mirrored, worst = 0, 0.0
+    for trial in range(trials):
+        canvas = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        canvas[rng.random((128, 128)) < 0.05] = 0
+        polygons, labels = [], []
+        for k in range(int(rng.integers(1, 10))):
+            centre, radius = rng.uniform(5, 123, 2), rng.uniform(3, 25)
+            angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(4, 12))))
+            ring = np.stack([np.cos(angles), np.sin(angles)], 1) * radius * rng.uniform(0.5, 1, (len(angles), 1))
+            points = np.clip(centre + ring, 0, 128)
+            polygons.append(points)
+            labels.append([k % 5, *points.min(0), *points.max(0)])
+        labels = np.array(labels)
+        random.seed(trial)
+        official_img, official_labels, official_polygons = official.copy_paste(
+            canvas.copy(), labels.copy(), [p.copy() for p in polygons], probability=0.5)
+        random.seed(trial)
+        img, our_labels, our_polygons = copy_paste(canvas.copy(), labels.copy(), polygons, 0.5, OfficialDraws())
+        if our_labels.shape != official_labels.shape or len(our_polygons) != len(official_polygons):
+            return trials, mirrored, float("inf")
+        worst = max(worst, float(np.abs(img.astype(int) - official_img).max()),
+                    float(np.abs(our_labels - official_labels).max()),
+                    max(float(np.abs(a - b).max()) for a, b in zip(our_polygons, official_polygons)))
+        mirrored += len(our_labels) - len(labels)
+    return trials, mirrored, worst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--yolov7", required=True, help="checkout of github.com/WongKinYiu/yolov7")
@@ -226,12 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     n2, d2 = check_mosaic9(rng, args.trials // 5)
     n3, d3 = check_polygon_warp(rng, args.trials)
     n4, pasted, d4 = check_paste_in(rng, args.trials)
+    n5, mirrored, d5 = check_copy_paste(rng, args.trials)
     rows = [("box label files (6 decimals, many boxes touching an edge)", "`cache_labels`", f"{n0} files", d0),
             ("polygon label files -> boxes", "`cache_labels` + `segments2boxes`", f"{n1} files", d1),
             ("9-image mosaic before the warp (pixels, labels)", "`load_mosaic9`", f"{n2} mosaics", d2),
             ("box of a warped polygon", "`resample_segments` + `segment2box`", f"{n3} polygons", d3),
             ("cut-outs and paste-in (pixels, labels)", "`sample_segments` + `pastein`",
-             f"{n4} canvases, {pasted} objects pasted", d4)]
+             f"{n4} canvases, {pasted} objects pasted", d4),
+            ("copy-paste on a mosaic canvas (pixels, labels, polygons)", "`copy_paste`",
+             f"{n5} canvases, {mirrored} objects mirrored", d5)]
     ok = all(d == 0 for *_, d in rows)
     table = ["| what | YOLOv7's | cases | largest difference |", "|---|---|---|---:|"]
     table += [f"| {what} | {theirs} | {cases} | {diff:g} |" for what, theirs, cases, diff in rows]

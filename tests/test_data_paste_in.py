@@ -1,16 +1,18 @@
 """Paste-in (hyp ``paste_in``): objects cut out along their polygons, pasted where they hide < 30 % of any labelled
-box, and a no-op for data sets of boxes, as in YOLOv7."""
+box; copy-paste (hyp ``copy_paste``): objects mirrored within a mosaic; both no-ops for data sets of boxes, as in
+YOLOv7."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from yolo_prune.data import YoloDataset
 from yolo_prune.data.augment import NO_POLYGON
-from yolo_prune.data.paste_in import MAX_HIDDEN, Cutout, cut_out_objects, paste_in
+from yolo_prune.data.paste_in import MAX_HIDDEN, Cutout, copy_paste, cut_out_objects, paste_in
 
 
 def _canvas_with_objects() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -75,6 +77,24 @@ def test_paste_in_adds_objects_only_inside_their_boxes_and_hides_little() -> Non
     assert pasted_total >= 20
 
 
+def test_copy_paste_mirrors_objects_with_their_pixels_and_polygons() -> None:
+    img = np.full((64, 80, 3), 90, np.uint8)
+    square, triangle = np.array([[4.0, 4.0], [20.0, 4.0], [20.0, 20.0], [4.0, 20.0]]), \
+        np.array([[30.0, 40.0], [36.0, 30.0], [42.0, 40.0], [36.0, 42.0]])
+    cv2.drawContours(img, [square.astype(np.int32)], -1, (250, 40, 10), cv2.FILLED)
+    cv2.drawContours(img, [triangle.astype(np.int32)], -1, (0, 255, 0), cv2.FILLED)
+    labels = np.array([[0, 4.0, 4.0, 20.0, 20.0], [1, 30.0, 30.0, 42.0, 42.0], [2, 60.0, 50.0, 70.0, 60.0]])
+    out, new, polygons = copy_paste(img, labels, [square, triangle, NO_POLYGON], 1.0, np.random.default_rng(0))
+    # the square mirrors to x 60..76; the triangle's mirror (38..50) would hide 33 % of its own box: not pasted
+    np.testing.assert_array_equal(new, [*labels, [0, 60.0, 4.0, 76.0, 20.0]])
+    np.testing.assert_array_equal(polygons[3], np.stack((80 - square[:, 0], square[:, 1]), 1))
+    assert len(polygons) == 4 and polygons[2] is NO_POLYGON
+    # pixels flip about the last column (x -> 79 - x) as cv2.flip does; the box about the width (x -> 80 - x)
+    assert (out[4:21, 59:76] == (250, 40, 10)).all() and (out[:, :59] == img[:, :59]).all()
+    unchanged, same, _ = copy_paste(img, labels[2:], [NO_POLYGON], 1.0, np.random.default_rng(0))
+    assert unchanged is img and np.array_equal(same, labels[2:])
+
+
 def _polygon_set(root: Path, as_boxes: bool) -> list[str]:
     """Two 64 px images, each with two labelled quadrilaterals (as polygon rows, or as their boxes)."""
     (root / "images").mkdir(parents=True)
@@ -96,16 +116,31 @@ def _polygon_set(root: Path, as_boxes: bool) -> list[str]:
     return paths
 
 
-def test_dataset_pastes_objects_from_polygon_labels_and_not_from_boxes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key, where", [("paste_in", "yolo_prune.data.dataset.paste_in"),
+                                        ("copy_paste", "yolo_prune.data.augment.copy_paste")])
+def test_dataset_pastes_objects_from_polygon_labels_and_not_from_boxes(tmp_path: Path, monkeypatch, key: str,
+                                                                      where: str) -> None:
+    """Training samples get pasted objects (counted where the dataset calls the augmentation) from polygon labels
+    only; with box labels the samples equal those drawn with the hyp at 0, as in YOLOv7."""
+    import importlib
+
+    module, name = where.rsplit(".", 1)
+    real, pasted = getattr(importlib.import_module(module), name), []
+
+    def counting(img, labels, *args):
+        out = real(img, labels, *args)
+        pasted.append(len(out[1]) - len(labels))
+        return out
+
+    monkeypatch.setattr(where, counting)
     hyp = {"mosaic": 1.0, "mixup": 0.0, "scale": 0.2, "translate": 0.1, "degrees": 0.0, "shear": 0.0,
            "perspective": 0.0, "fliplr": 0.5, "flipud": 0.0}
-    counts = {}
     for as_boxes in (False, True):
+        pasted.clear()
         paths = _polygon_set(tmp_path / str(as_boxes), as_boxes)
-        with_paste = YoloDataset(paths, nc=2, img_size=64, augment=True, hyp={**hyp, "paste_in": 1.0})
-        without = YoloDataset(paths, nc=2, img_size=64, augment=True, hyp={**hyp, "paste_in": 0.0})
+        with_paste = YoloDataset(paths, nc=2, img_size=64, augment=True, hyp={**hyp, key: 1.0})
+        without = YoloDataset(paths, nc=2, img_size=64, augment=True, hyp={**hyp, key: 0.0})
         assert with_paste.has_polygons is not as_boxes
-        added = 0
         for epoch in range(6):
             for ds in (with_paste, without):
                 ds.set_epoch(epoch)
@@ -116,6 +151,7 @@ def test_dataset_pastes_objects_from_polygon_labels_and_not_from_boxes(tmp_path:
                 assert (xywh[:, :2] + xywh[:, 2:] / 2 <= 1 + 1e-6).all() and set(labels[:, 1].tolist()) <= {0, 1}
                 if as_boxes:  # YOLOv7 pastes nothing without polygons: the same sample
                     assert np.array_equal(img, img0) and np.array_equal(labels, labels0)
-                added += len(labels) - len(labels0)
-        counts[as_boxes] = added
-    assert counts[False] > 0 and counts[True] == 0
+        if as_boxes:
+            assert sum(pasted) == 0
+        else:
+            assert len(pasted) >= 12 and sum(pasted) > 0, pasted  # called per sample (mosaic), objects added

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .letterbox import xywhn_to_xyxy
+from .paste_in import copy_paste
 
 FILL = 114  # grey used by YOLOv7 for padding and warp borders
 
@@ -213,7 +214,7 @@ def mosaic4(
     ``load`` as :data:`LoadFn`. Returns (``[s, s, 3]`` image, ``[n, 5]`` (cls, x1, y1, x2, y2) px labels).
     """
     canvas, labels, polygons = mosaic4_canvas(load, indices, img_size, rng)
-    return random_perspective(canvas, labels, hyp, rng, border=(-img_size // 2, -img_size // 2), polygons=polygons)
+    return _warp_mosaic(canvas, labels, polygons, img_size, hyp, rng)
 
 
 def mosaic4_canvas(
@@ -264,8 +265,17 @@ def mosaic9(
     labels9 = np.concatenate(parts, 0)
     labels9[:, 1:] = (labels9[:, 1:] - (xc, yc, xc, yc)).clip(0, 2 * s)
     polygons = [(p - (xc, yc)).clip(0, 2 * s) for p in polygons]
-    return random_perspective(canvas[yc:yc + 2 * s, xc:xc + 2 * s], labels9, hyp, rng, border=(-s // 2, -s // 2),
-                              polygons=polygons)
+    return _warp_mosaic(canvas[yc:yc + 2 * s, xc:xc + 2 * s], labels9, polygons, s, hyp, rng)
+
+
+def _warp_mosaic(
+    canvas: np.ndarray, labels: np.ndarray, polygons: list[np.ndarray], s: int, hyp: Mapping[str, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 2s x 2s mosaic's copy-paste (hyp ``copy_paste``, with polygons) and random warp to s x s."""
+    if hyp.get("copy_paste", 0.0):
+        canvas, labels, polygons = copy_paste(canvas, labels, polygons, hyp["copy_paste"], rng)
+    return random_perspective(canvas, labels, hyp, rng, border=(-s // 2, -s // 2), polygons=polygons)
 
 
 def mixup(

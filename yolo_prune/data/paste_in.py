@@ -1,9 +1,10 @@
-"""YOLOv7's paste-in augmentation (hyp ``paste_in``): objects cut out along their polygons from other mosaics
-are pasted onto a training sample where they hide little of its labelled objects.
+"""YOLOv7's object-pasting augmentations, both driven by polygon labels (with boxes alone they do nothing, as in
+YOLOv7): paste-in (hyp ``paste_in``) pastes objects cut out along their polygons from other mosaics onto a
+training sample where they hide little of its labelled objects; copy-paste (hyp ``copy_paste``) mirrors objects
+of a mosaic left-right into it where the mirrored box hides little.
 
-Only polygon labels give cut-outs (as in YOLOv7, where a data set of boxes makes paste-in a no-op). The cut-out
-of an object is the pixels inside its polygon, a pixel value of 0 raised to 255 as YOLOv7's masking leaves it, and
-its non-zero pixels are its mask: YOLOv7 keeps the masked image as the mask too.
+The cut-out of an object is the pixels inside its polygon, a pixel value of 0 raised to 255 as YOLOv7's masking
+leaves it, and its non-zero pixels are its mask: YOLOv7 keeps the masked image as the mask too.
 """
 from __future__ import annotations
 
@@ -115,3 +116,30 @@ def hidden_fraction(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = (np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])).clip(0) * \
         (np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])).clip(0)
     return inter / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + 1e-16)
+
+
+def copy_paste(
+    img: np.ndarray, labels: np.ndarray, polygons: Sequence[np.ndarray], probability: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Mirror a random ``probability`` share of the objects that have a polygon left-right into ``img``, each one
+    whose mirrored box hides < 30 % of every box labelled so far (YOLOv7's ``copy_paste``, on a mosaic before its
+    warp). Returns (image, labels and polygons with the mirrored objects appended)."""
+    import cv2
+
+    with_polygon = [j for j, p in enumerate(polygons) if len(p)]
+    count = round(probability * len(with_polygon))
+    rows, polygons = [labels], list(polygons)
+    if not count:
+        return img, labels, polygons
+    w = img.shape[1]
+    mask = np.zeros(img.shape, np.uint8)
+    for j in rng.choice(with_polygon, size=count, replace=False):
+        cls, x1, y1, x2, y2 = labels[j]
+        box = np.array([w - x2, y1, w - x1, y2])
+        if (hidden_fraction(box, np.concatenate(rows, 0)[:, 1:5]) < MAX_HIDDEN).all():
+            rows.append(np.array([[cls, *box]], labels.dtype))
+            polygons.append(np.stack((w - polygons[j][:, 0], polygons[j][:, 1]), 1))
+            cv2.drawContours(mask, [polygons[j].astype(np.int32)], -1, (255, 255, 255), cv2.FILLED)
+    mirrored = cv2.flip(cv2.bitwise_and(img, mask), 1)
+    return np.where(mirrored > 0, mirrored, img), np.concatenate(rows, 0), polygons
