@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--name", default="exp", help="run name (output/<name> for the analysis)")
     p.add_argument("--project", default=None, help="parent folder (default runs/test, or output for the analysis)")
     p.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
+    p.add_argument("--coco-json", default=None,
+                   help="COCO ground truth (instances_*.json) for the pycocotools mAPs (default: YOLOv7's "
+                        "./coco/annotations/instances_val2017.json for a coco.yaml when it exists, else the labels)")
     p.add_argument("--verbose", action="store_true", help="per-class table")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loader worker processes (default 2)")
     p.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
@@ -155,9 +158,14 @@ def check_args(args: argparse.Namespace) -> None:
     onnx = input_file(args.weights, "--weights").suffix.lower() == ".onnx"
     if args.task == ANALYSIS:
         _check_analysis(args, onnx)
+        if args.coco_json is not None:
+            raise YoloPruneError("--coco-json: only for an evaluation; the analysis scores every configuration "
+                                 "against the labels")
     else:
         _analysis_only(args)
         _check_pruning(args, onnx)
+        if args.coco_json is not None:
+            input_file(args.coco_json, "--coco-json")
     if args.criterion is not None:
         criterion_name(args.criterion)
     args.criterion = args.criterion or "0"
@@ -245,12 +253,25 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     device = select_device(args.device)
     split = args.task if args.task in ("train", "test") else "val"
-    data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images)
+    data = DataSettings(args.data, split, args.img, args.batch, args.workers, args.max_images,
+                        _coco_json(args, split))
     model, counted = _load(args, data)
     data = replace(data, img_size=args.img)  # the size fitted to the model's stride
     if args.task == ANALYSIS:
         return _analyse(args, model, data, device)
     return _evaluate(args, model, data, device, counted)
+
+
+def _coco_json(args: argparse.Namespace, split: str) -> str | None:
+    """--coco-json, else YOLOv7's COCO ground truth for its coco.yaml (announced), else None (the labels)."""
+    from yolo_prune.pipeline.evaluation import official_coco_json
+
+    if args.coco_json is not None or args.task == ANALYSIS:
+        return args.coco_json
+    found = official_coco_json(args.data, split)
+    if found and not args.json:
+        print(f"pycocotools ground truth: {found} (YOLOv7's for coco.yaml; --coco-json to choose another)")
+    return found
 
 
 def _evaluate(args, model, data, device, counted) -> int:

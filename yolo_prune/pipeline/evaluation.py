@@ -21,6 +21,7 @@ class DataSettings:
     batch_size: int = 32
     workers: int = 2
     max_images: int | None = None
+    coco_json: str | None = None  # COCO ground truth of the split for pycocotools; None: built from the labels
 
 
 def split_images(settings: DataSettings) -> tuple[list[str], Any]:
@@ -60,24 +61,24 @@ def make_loader(settings: DataSettings, stride: int, rect: bool = True):
     return loader, cfg
 
 
-def coco_json_for(cfg: Any, data_yaml: str) -> str | None:
-    """The COCO ground truth named in the data YAML (``val_coco_json``), if any and present."""
-    import yaml
+#: Where YOLOv7's test.py finds COCO's ground truth for a ``coco.yaml`` (relative to the working directory).
+OFFICIAL_COCO_JSON = Path("coco") / "annotations" / "instances_val2017.json"
 
-    raw = yaml.safe_load(Path(data_yaml).read_text()) or {}
-    name = raw.get("val_coco_json")
-    if not name:
-        return None
-    path = Path(name) if Path(name).is_absolute() else Path(data_yaml).parent / name
-    return str(path) if path.exists() else None
+
+def official_coco_json(data_yaml: str, split: str) -> str | None:
+    """YOLOv7's COCO ground truth for its ``coco.yaml`` val split, when it is where test.py looks for it."""
+    if split == "val" and str(data_yaml).endswith("coco.yaml") and OFFICIAL_COCO_JSON.is_file():
+        return str(OFFICIAL_COCO_JSON)
+    return None
 
 
 def evaluate_on_data(model: torch.nn.Module, settings: DataSettings, *, device: torch.device,
                      conf_thres: float = 0.001, iou_thres: float = 0.65, half: bool = False,
                      save_json: str | None = None, verbose: bool = False, progress: bool = True,
                      source: str = "model"):
-    """EvalResult of ``model`` on the split (ground truth from the YOLO labels); ``source`` names the model in
-    the error raised when its class count differs from the data's."""
+    """EvalResult of ``model`` on the split (test.py's metrics from the YOLO labels; pycocotools' against
+    ``settings.coco_json`` when given, else against the labels); ``source`` names the model in the error raised
+    when its class count differs from the data's."""
     from yolo_prune.engine.evaluator import evaluate
 
     check_model_classes(model, settings, source)
@@ -85,7 +86,7 @@ def evaluate_on_data(model: torch.nn.Module, settings: DataSettings, *, device: 
     loader, cfg = make_loader(settings, stride, rect=getattr(model, "input_hw", None) is None)
     return evaluate(model, loader, nc=cfg.nc, names=cfg.names, conf_thres=conf_thres, iou_thres=iou_thres,
                     device=device, half=half, max_images=settings.max_images, save_json=save_json,
-                    verbose=verbose, progress=progress, img_size=settings.img_size)
+                    verbose=verbose, progress=progress, img_size=settings.img_size, coco_gt=settings.coco_json)
 
 
 def cached_batches(settings: DataSettings, stride: int, device: torch.device) -> tuple[list, Any]:
