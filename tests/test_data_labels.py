@@ -195,3 +195,22 @@ def test_rows_past_an_edge_by_rounding_are_read_as_yolov7_reads_them(tmp_path: P
     yolov7 = np.array([line.split() for line in path.read_text().splitlines()], np.float32)
     np.testing.assert_array_equal(labels[:2], yolov7[:2])
     assert labels[2, 1] + labels[2, 3] / 2 == pytest.approx(1.0) and labels[2, 3] < yolov7[2, 3]
+
+
+def test_images_decode_as_yolov7s_opencv_decodes_them(tmp_path: Path) -> None:
+    """8-bit RGB, greyscale, RGBA and 16-bit greyscale / RGB PNGs give OpenCV's pixels (YOLOv7 reads with
+    cv2.imread); Pillow's own conversion saturated 16-bit greyscale."""
+    import cv2
+
+    from yolo_prune.data.dataset import load_image_rgb
+
+    rng = np.random.default_rng(0)
+    arrays = {"rgb.png": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+              "grey.png": rng.integers(0, 256, (20, 30), dtype=np.uint8),
+              "grey16.png": rng.integers(0, 65536, (20, 30), dtype=np.uint16),
+              "rgb16.png": rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16),
+              "rgba.png": rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)}
+    for name, array in arrays.items():
+        cv2.imwrite(str(tmp_path / name), array)
+        expected = cv2.imread(str(tmp_path / name))[..., ::-1]
+        np.testing.assert_array_equal(load_image_rgb(str(tmp_path / name)), expected, err_msg=name)
