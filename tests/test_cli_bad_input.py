@@ -133,6 +133,15 @@ BAD = [
     ("sweep --percents '[0.5, 2]' --out o", "--percents: 2 is out of range"),
     ("sweep --weights m.pt --out o", "--weights m.pt is not a classifier checkpoint"),
     ("sweep --arch scnnb --retrain-epochs 0 --out o", "--retrain-epochs: expected a positive integer, got '0'"),
+    # YOLOv7 test.py / train.py options yolo-prune does not implement: named, with what to do instead
+    (f"{TEST} --augment", "--augment: test-time augmentation is not implemented"),
+    (f"{TEST} --save-txt --save-conf", "--save-txt: per-image .txt results are not written"),
+    (f"{TEST} --single-cls", "--single-cls: single-class evaluation is not implemented"),
+    (f"{TEST} --v5-metric", "--v5-metric: YOLOv5's AP interpolation is not implemented"),
+    (f"{TRAIN} --rect --linear-lr", "--rect: rectangular training is not implemented"),
+    (f"{TEST} --coco-json missing.json", "--coco-json missing.json: file not found"),
+    (f"{TRAIN} --label-smoothing -0.1", "--label-smoothing: expected a finite number >= 0, got '-0.1'"),
+    (f"{TRAIN} --label-smoothing 1", "--label-smoothing must be in [0, 1), got 1.0"),
 ]
 
 

@@ -621,3 +621,61 @@ def test_compile_with_cuda_graphs_and_amp_on_gpu(synth_yaml, tiny_weights, tmp_p
     result = train(settings(synth_yaml, tiny_weights, tmp_path, device="0", compile=True, amp="fp16",
                             cache_images=True))
     assert math.isfinite(result.rows[-1]["total"]) and result.best.is_file()
+
+
+# ------------------------------------------------------------------------------------ YOLOv7 train.py options
+def test_official_options_adam_linear_lr_label_smoothing_and_freeze(synth_yaml, tiny_weights, tmp_path):
+    """`--adam --linear-lr --label-smoothing 0.1 --freeze 3` as YOLOv7's train.py takes them: Adam with betas
+    (momentum, 0.999), a linear LR factor, the smoothing in the run's hyp, layers 0-2 unchanged by training."""
+    from yolo_prune.checkpoint import load_checkpoint, load_model
+    from yolo_prune.cli import main
+
+    rc = main(["train", "--weights", str(tiny_weights), "--data", str(synth_yaml), "--hyp", "scratch.tiny",
+               "--epochs", "2", "--batch-size", "4", "--img", str(IMG), "--device", "cpu", "--workers", "0",
+               "--project", str(tmp_path), "--name", "official", "--adam", "--linear-lr", "--label-smoothing", "0.1",
+               "--freeze", "3", "--noautoanchor"])
+    assert rc == 0
+    run = tmp_path / "official"
+    state = load_checkpoint(run / "weights" / "last.pt").raw["train_state"]
+    assert state["settings"]["optimizer"] == "adam" and state["settings"]["linear_lr"] is True
+    assert state["hyp"]["label_smoothing"] == 0.1 and "label_smoothing: 0.1" in (run / "hyp.yaml").read_text()
+    assert state["optimizer"]["param_groups"][0]["betas"] == (0.937, 0.999)  # scratch.tiny's momentum
+    before, after = load_model(tiny_weights).state_dict(), state["model"]
+    params = {name for name, _ in load_model(tiny_weights).named_parameters()}
+    frozen = [k for k in params if k.startswith(("model.0.", "model.1.", "model.2."))]
+    assert frozen and all(torch.equal(before[k], after[k].to(before[k].dtype)) for k in frozen)
+    assert not torch.equal(before["model.3.conv.weight"], after["model.3.conv.weight"].float())
+
+
+def test_freeze_takes_a_count_or_layer_indices():
+    from yolo_prune.engine.trainer import freeze_layers
+
+    model = tiny_model()
+    frozen = freeze_layers(model, (2,))
+    assert frozen and {name.split(".")[1] for name in frozen} == {"0", "1"}
+    assert all(not p.requires_grad for name, p in model.named_parameters() if name in frozen)
+    assert all(p.requires_grad for name, p in model.named_parameters() if name not in frozen)
+    picked = freeze_layers(tiny_model(), (1, 11))
+    assert {name.split(".")[1] for name in picked} == {"1", "11"}  # "model.1." does not match model.11's twin
+
+
+def test_linear_lr_decays_linearly_to_lrf():
+    schedule = Schedule({"lrf": 0.1, "warmup_epochs": 0, "lr0": 0.01}, epochs=11, batches_per_epoch=1, batch_size=64,
+                        linear=True)
+    assert [round(schedule.lr_factor(e), 6) for e in (0, 5, 10)] == [1.0, 0.55, 0.1]
+    assert Schedule({"lrf": 0.1}, 11, 1, 64).lr_factor(5) == pytest.approx(one_cycle(0.1, 11)(5))
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--rect"], "--rect: rectangular training"), (["--multi-scale", "--quad"], "--multi-scale"),
+    (["--evolve"], "--evolve"), (["--bucket", "b"], "--bucket"), (["--v5-metric"], "--v5-metric"),
+    (["--single-cls"], "--single-cls"), (["--image-weights"], "--image-weights"), (["--notest"], "--notest"),
+    (["--nosave"], "--nosave"),
+])
+def test_unimplemented_official_options_are_named_usage_errors(synth_yaml, tiny_weights, tmp_path, flags, named):
+    from cli_workspace import run_cli
+
+    code, _, err = run_cli(["train", "--weights", str(tiny_weights), "--data", str(synth_yaml), "--project",
+                            str(tmp_path), *flags])
+    assert code == 2 and "does not implement" in err and named in err
+    assert not any(tmp_path.iterdir())

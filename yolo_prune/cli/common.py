@@ -263,3 +263,25 @@ def literal_numbers(text: str, flag: str, kind: type, low: float, high: float | 
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def add_unsupported_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[int, str]]) -> None:
+    """Accept YOLOv7 flags this command does not implement (``flag: (values it takes, why / what instead)``) so
+    that :func:`refuse_unsupported` names them, instead of argparse's bare "unrecognized arguments"."""
+    for flag, (nargs, _) in flags.items():
+        kwargs: dict[str, Any] = {"action": "store_true"} if nargs == 0 else {"nargs": nargs}
+        parser.add_argument(flag, dest=_unsupported_dest(flag), help=argparse.SUPPRESS, default=None, **kwargs)
+    parser.set_defaults(unsupported_flags=flags)
+
+
+def refuse_unsupported(args: argparse.Namespace) -> None:
+    """A usage error naming every unimplemented YOLOv7 flag given, with what to do instead."""
+    flags = getattr(args, "unsupported_flags", {})
+    given = [f"{flag}: {why}" for flag, (_, why) in flags.items() if getattr(args, _unsupported_dest(flag)) not in
+             (None, False)]
+    if given:
+        raise YoloPruneError("YOLOv7 flag(s) yolo-prune does not implement: " + "; ".join(given))
+
+
+def _unsupported_dest(flag: str) -> str:
+    return "unsupported_" + flag.lstrip("-").replace("-", "_")

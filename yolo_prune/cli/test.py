@@ -13,8 +13,9 @@ from dataclasses import replace
 import sys
 from pathlib import Path
 
-from yolo_prune.cli.common import (OneWeights, fit_img, img_int, input_file, literal_numbers,
-                                   non_negative_int, output_dir, positive_int, print_json, threshold)
+from yolo_prune.cli.common import (OneWeights, add_unsupported_flags, fit_img, img_int, input_file, literal_numbers,
+                                   non_negative_int, output_dir, positive_int, print_json, refuse_unsupported,
+                                   threshold)
 from yolo_prune.cli.prune import add_pruning_flags
 from yolo_prune.errors import YoloPruneError
 
@@ -53,6 +54,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--half", action="store_true", help="fp16 inference on CUDA")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-trace", action="store_true", help="accepted for YOLOv7 commands (yolo-prune never traces)")
+    add_unsupported_flags(p, {
+        "--single-cls": (0, "single-class evaluation is not implemented (a data YAML with nc: 1 and labels of 0)"),
+        "--augment": (0, "test-time augmentation is not implemented"),
+        "--save-txt": (0, "per-image .txt results are not written (--save-json writes COCO-format predictions)"),
+        "--save-hybrid": (0, "per-image .txt results are not written (--save-json writes COCO-format predictions)"),
+        "--save-conf": (0, "per-image .txt results are not written (--save-json writes COCO-format predictions)"),
+        "--v5-metric": (0, "YOLOv5's AP interpolation is not implemented (test.py's default metric is used)"),
+    })
     p.add_argument("--modification", choices=MODIFICATIONS, default=None,
                    help="prune-structured: prune the model with --pruning-params before evaluating (implied by "
                         "--pruning-params; the analysis prunes each layer itself)")
@@ -154,6 +163,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Every input of the command, before anything is loaded or written."""
     from yolo_prune.prune.criteria import criterion_name
 
+    refuse_unsupported(args)
     input_file(args.data, "--data")
     onnx = input_file(args.weights, "--weights").suffix.lower() == ".onnx"
     if args.task == ANALYSIS:

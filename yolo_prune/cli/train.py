@@ -5,8 +5,8 @@ import argparse
 
 import sys
 
-from yolo_prune.cli.common import (add_run_flags, img_int, input_file, non_negative_float, non_negative_int,
-                                   output_dir, positive_int)
+from yolo_prune.cli.common import (add_run_flags, add_unsupported_flags, img_int, input_file, non_negative_float,
+                                   non_negative_int, output_dir, positive_int, refuse_unsupported)
 from yolo_prune.cli.prune import add_pruning_flags, criterion_options
 from yolo_prune.errors import YoloPruneError
 
@@ -77,7 +77,38 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                        help="torch.compile the model (CUDA graphs on CUDA; the first iterations compile)")
     p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
                    help=argparse.SUPPRESS)  # torch.distributed.launch passes it; torchrun uses LOCAL_RANK
+    official = p.add_argument_group("YOLOv7 train.py options")
+    official.add_argument("--adam", action="store_true", help="Adam, betas (momentum, 0.999), instead of SGD")
+    official.add_argument("--linear-lr", action="store_true", help="linear LR decay to lrf instead of one-cycle")
+    official.add_argument("--label-smoothing", type=non_negative_float, default=None,
+                          help="label smoothing epsilon (default: the hyp's label_smoothing, 0)")
+    official.add_argument("--freeze", type=non_negative_int, nargs="+", default=None,
+                          help="N: keep layers 0..N-1 fixed; several values: those layer indices")
+    official.add_argument("--noautoanchor", action="store_true",
+                          help="accepted: yolo-prune never replaces a model's anchors")
+    for flag, takes_value in WANDB_FLAGS.items():
+        official.add_argument(flag, default=None, help=argparse.SUPPRESS,
+                              **({} if takes_value else {"action": "store_const", "const": True}))
+    add_unsupported_flags(p, UNSUPPORTED)
     p.set_defaults(func=run)
+
+
+#: YOLOv7's Weights & Biases options: accepted with a note (no W&B logging here; results.csv and plots instead).
+WANDB_FLAGS = {"--entity": True, "--upload_dataset": False, "--bbox_interval": True, "--save_period": True,
+               "--artifact_alias": True}  # flag: takes a value
+#: YOLOv7's train.py options not implemented, each with what to do instead.
+UNSUPPORTED = {
+    "--rect": (0, "rectangular training is not implemented (mosaic training, as YOLOv7's default)"),
+    "--nosave": (0, "every epoch writes last.pt and the best epoch best.pt"),
+    "--notest": (0, "every epoch is evaluated (--max-val-images N evaluates on fewer images)"),
+    "--evolve": (0, "hyperparameter evolution is not implemented"),
+    "--bucket": (1, "hyperparameter evolution (and its gsutil bucket) is not implemented"),
+    "--image-weights": (0, "image-weighted sampling is not implemented"),
+    "--multi-scale": (0, "multi-scale training is not implemented"),
+    "--single-cls": (0, "single-class training is not implemented (write a data YAML with nc: 1 and labels of 0)"),
+    "--quad": (0, "the quad data loader is not implemented"),
+    "--v5-metric": (0, "YOLOv5's AP interpolation is not implemented (test.py's default metric is used)"),
+}
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -93,12 +124,19 @@ def settings_from_args(args: argparse.Namespace):
         distill=args.distill, distill_weight=args.distill_weight, feature_distill=args.feature_distill,
         feature_distill_weight=args.feature_distill_weight, criterion_options=criterion_options(args).to_dict(),
         max_val_images=args.max_val_images, sync_bn=args.sync_bn,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile, cache_images=args.cache_images)
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile, cache_images=args.cache_images,
+        optimizer="adam" if args.adam else "sgd", linear_lr=args.linear_lr, label_smoothing=args.label_smoothing,
+        freeze=tuple(args.freeze or ()))
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Files and the output location before anything is loaded (hyp, data, weights and pruning parameters are
     read and checked by the trainer before the run folder is created)."""
+    refuse_unsupported(args)
+    wandb = [flag for flag in WANDB_FLAGS if getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
+    if wandb:
+        print(f"note: {', '.join(wandb)}: Weights & Biases options, ignored (no W&B logging; results.csv and "
+              f"results.png are written)", file=sys.stderr)
     if args.img and len(args.img) > 2:
         raise YoloPruneError(f"--img takes one size or YOLOv7's 'train test' pair, got {' '.join(map(str, args.img))}")
     if args.img and len(args.img) == 2 and args.img[1] != args.img[0]:

@@ -56,8 +56,10 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], batch_size: int) -> torch.optim.SGD:
-    """Nesterov SGD with the three official groups; ``batch_size`` is the total (all ranks) batch size.
+def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], batch_size: int,
+                    kind: str = "sgd") -> torch.optim.Optimizer:
+    """Nesterov SGD with the three official groups, or Adam with betas (momentum, 0.999) for ``kind="adam"``
+    (YOLOv7's ``--adam``); ``batch_size`` is the total (all ranks) batch size.
 
     Each group carries ``initial_lr`` (= lr0) and ``name``; weight decay is applied to ``decay`` only. The update
     uses multi-tensor (foreach) kernels: the same arithmetic as the per-parameter loop, far fewer op launches.
@@ -67,6 +69,8 @@ def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], batch_size: int) -
     decay = scaled_weight_decay(float(hyp["weight_decay"]), batch_size)
     specs = [{"params": groups[g], "name": g, "weight_decay": decay if g == "decay" else 0.0, "initial_lr": lr0}
              for g in GROUPS]
+    if kind == "adam":
+        return torch.optim.Adam(specs, lr=lr0, betas=(momentum, 0.999), foreach=True)
     # foreach: one multi-tensor kernel per group instead of one small op per parameter (same arithmetic)
     return torch.optim.SGD(specs, lr=lr0, momentum=momentum, nesterov=True, foreach=True)
 
@@ -74,6 +78,11 @@ def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], batch_size: int) -
 def one_cycle(lrf: float, epochs: int) -> Callable[[float], float]:
     """LR factor per epoch: cosine from 1 at epoch 0 to ``lrf`` at epoch ``epochs`` (official ``one_cycle``)."""
     return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+
+
+def linear_lr(lrf: float, epochs: int) -> Callable[[float], float]:
+    """LR factor per epoch: linear from 1 at epoch 0 to ``lrf`` at the last epoch (YOLOv7's ``--linear-lr``)."""
+    return lambda x: (1 - x / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
 
 
 def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, epochs: int) -> int:
@@ -95,14 +104,15 @@ class Schedule:
     epochs: int
     batches_per_epoch: int
     batch_size: int  # total over ranks
+    linear: bool = False  # linear LR decay (YOLOv7's --linear-lr) instead of the one-cycle cosine
 
     @property
     def warmup(self) -> int:
         return warmup_iterations(float(self.hyp["warmup_epochs"]), self.batches_per_epoch, self.epochs)
 
     def lr_factor(self, epoch: int) -> float:
-        """One-cycle factor of ``epoch`` (the LambdaLR value after ``epoch`` scheduler steps)."""
-        return one_cycle(float(self.hyp["lrf"]), self.epochs)(epoch)
+        """One-cycle (or linear) factor of ``epoch`` (the LambdaLR value after ``epoch`` scheduler steps)."""
+        return (linear_lr if self.linear else one_cycle)(float(self.hyp["lrf"]), self.epochs)(epoch)
 
     def accumulate(self, ni: int) -> int:
         """Accumulation at iteration ``ni``: ramps from 1 to the nominal value during warm-up (official)."""
@@ -112,15 +122,16 @@ class Schedule:
         return max(1, int(np.interp(ni, [0, self.warmup], [1, NOMINAL_BATCH / self.batch_size]).round()))
 
     def apply(self, optimizer: torch.optim.Optimizer, epoch: int, ni: int) -> None:
-        """Set every group's ``lr`` (and ``momentum`` during warm-up) for iteration ``ni`` of ``epoch``."""
+        """Set every group's ``lr`` (and SGD's ``momentum`` during warm-up; Adam keeps its betas, as in YOLOv7) for
+        iteration ``ni`` of ``epoch``."""
         target = self.lr_factor(epoch)
         for j, group in enumerate(optimizer.param_groups):
             lr = group["initial_lr"] * target
+            momentum = float(self.hyp["momentum"])
             if ni < self.warmup:
                 start = float(self.hyp["warmup_bias_lr"]) if j == BIAS_GROUP else 0.0
                 lr = float(np.interp(ni, [0, self.warmup], [start, lr]))
-                group["momentum"] = float(np.interp(ni, [0, self.warmup],
-                                                    [float(self.hyp["warmup_momentum"]), float(self.hyp["momentum"])]))
-            else:
-                group["momentum"] = float(self.hyp["momentum"])
+                momentum = float(np.interp(ni, [0, self.warmup], [float(self.hyp["warmup_momentum"]), momentum]))
+            if "momentum" in group:
+                group["momentum"] = momentum
             group["lr"] = lr

@@ -89,6 +89,10 @@ class TrainSettings:
     channels_last: bool = True
     compile: bool = False
     cache_images: bool = False
+    optimizer: str = "sgd"  # YOLOv7's --adam: "adam" (betas momentum, 0.999)
+    linear_lr: bool = False  # YOLOv7's --linear-lr: a linear LR decay to lrf instead of the one-cycle cosine
+    label_smoothing: float | None = None  # YOLOv7's --label-smoothing; None: the hyp's label_smoothing (0)
+    freeze: tuple[int, ...] = ()  # YOLOv7's --freeze: N (the first N layers) or the layer indices to keep fixed
     augment: bool = True
     progress: bool = True
 
@@ -115,6 +119,13 @@ class TrainSettings:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.feature_distill not in (None, "kept", "adapter"):
             raise ConfigError(f"--feature-distill {self.feature_distill!r}: choose kept or adapter")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        self.freeze = tuple(int(x) for x in self.freeze)
+        if any(x < 0 for x in self.freeze):
+            raise ConfigError(f"--freeze takes layer counts / indices >= 0, got {list(self.freeze)}")
         if self.resume:
             return
         if self.hyp is None and self.weights and not self.cfg and not self.from_scratch:

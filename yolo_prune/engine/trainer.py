@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +89,8 @@ def _fresh_inputs(settings: TrainSettings) -> _Inputs:
     settings = replace(settings, hyp=settings.hyp or default_hyp_name(model),
                        img_size=settings.img_size or getattr(model, "default_img_size", 640))
     hyp = load_hyp(settings.hyp)
+    if settings.label_smoothing is not None:
+        hyp["label_smoothing"] = settings.label_smoothing  # YOLOv7's --label-smoothing overrides the hyp file
     teacher = model if settings.distill or settings.feature_distill else None
     kept: dict = {}
     if settings.pruning_params is not None:
@@ -227,6 +229,18 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.ema.updates = run.state.updates
 
 
+def freeze_layers(model: nn.Module, freeze: Sequence[int]) -> list[str]:
+    """YOLOv7's ``--freeze``: one number N fixes layers 0..N-1, several fix those layer indices (their parameters
+    stop taking gradients; batch-norm statistics still update, as in YOLOv7). Returns the frozen parameter names."""
+    layers = range(freeze[0]) if len(freeze) == 1 else freeze
+    prefixes = tuple(f"model.{i}." for i in layers)
+    frozen = [name for name, p in model.named_parameters() if name.startswith(prefixes)]
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+    return frozen
+
+
 def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device, hook: ModelHook | None = None) -> _Run:
     """Model (as ``hook`` prepares it) on ``device``, loss, optimizer, schedule, loaders, EMA, teacher, run folder
     (created on rank 0)."""
@@ -237,17 +251,18 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device, hook:
     model = inputs.model.float().to(device, memory_format=accel.memory_format(s.channels_last)).train()
     for p in model.parameters():
         p.requires_grad_(True)
+    freeze_layers(model, s.freeze)
     inputs.hooks.attach(model)
     gs, img = _grid_size(model, s.img_size)
     loss = make_loss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
     train_loader, val_loader = _loaders(inputs, dist_info, gs, img)
-    optimizer = build_optimizer(model, inputs.hyp, s.batch_size)
+    optimizer = build_optimizer(model, inputs.hyp, s.batch_size, s.optimizer)
     ema = ModelEMA((inputs.ema_model or model).float().to(device)) if dist_info.main else None
     teacher = make_teacher(inputs.teacher, device) if inputs.teacher is not None else None
     run_dir = inputs.run_dir or (new_run_dir(s.project, s.name, s.exist_ok) if dist_info.main else None)
     amp = accel.amp_dtype(s.amp, device)
     scaler = accel.grad_scaler(device, amp)  # fp16 only
-    schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size)
+    schedule = Schedule(inputs.hyp, s.epochs, len(train_loader), s.batch_size, s.linear_lr)
     run = _Run(inputs, dist_info, device, model, loss, optimizer, scaler, schedule, train_loader, val_loader, ema,
                teacher, TrainState(), broadcast_path(run_dir, dist_info), img, amp=amp, hook=hook)
     if s.feature_distill:
