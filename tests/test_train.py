@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -679,3 +680,30 @@ def test_unimplemented_official_options_are_named_usage_errors(synth_yaml, tiny_
                             str(tmp_path), *flags])
     assert code == 2 and "does not implement" in err and named in err
     assert not any(tmp_path.iterdir())
+
+
+def test_best_possible_recall_as_yolov7_measures_it():
+    from yolo_prune.engine.anchors import best_possible_recall
+
+    hw = np.array([[100, 200], [200, 200]])  # (h, w): measured at 64 on the long side -> 64x32 and 64x64
+    labels = [np.array([[0, 0.5, 0.5, 0.25, 0.5]]), np.array([[0, 0.5, 0.5, 0.5, 0.5], [1, 0.5, 0.5, 0.05, 0.05]])]
+    anchors = np.array([[16.0, 16.0], [32.0, 32.0]])  # boxes 16x16, 32x32 and 3.2x3.2 px
+    assert best_possible_recall(labels, hw, 64, anchors, 4.0) == pytest.approx(2 / 3)
+    assert best_possible_recall(labels, hw, 64, anchors, 6.0) == 1.0
+    assert best_possible_recall([np.zeros((0, 5))], hw[:1], 64, anchors, 4.0) == 1.0
+
+
+def test_training_warns_when_yolov7_would_replace_the_anchors(synth_yaml, tmp_path):
+    """Anchors 30x too large for the boxes: YOLOv7's autoanchor would replace them; yolo-prune says so and keeps
+    them."""
+    from yolo_prune.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.detect.anchors.mul_(30)
+        model.detect.anchor_grid.mul_(30)
+    weights = save_checkpoint(model, tmp_path / "big_anchors.pt")
+    with pytest.warns(UserWarning, match=r"anchors fit 0\.\d+ of the training boxes .* yolo-prune keeps them"):
+        run = train(settings(synth_yaml, weights, tmp_path / "runs", epochs=1))
+    kept = load_checkpoint(run.last).model.detect.anchors
+    assert torch.equal(kept, model.detect.anchors)

@@ -183,6 +183,19 @@ def _grid_size(model: nn.Module, img_size: int) -> tuple[int, int]:
     return gs, size
 
 
+def _warn_if_autoanchor_would_act(inputs: _Inputs, dataset: Any, img: int) -> None:
+    """A warning when YOLOv7's train.py would replace the model's anchors (autoanchor), which yolo-prune does not."""
+    from yolo_prune.engine.anchors import MIN_RECALL, best_possible_recall
+
+    head = inputs.model.detect
+    anchors = (head.anchors * head.stride.view(-1, 1, 1)).reshape(-1, 2).cpu().numpy()
+    recall = best_possible_recall(dataset.labels, dataset.hw0, img, anchors, float(inputs.hyp["anchor_t"]))
+    if recall < MIN_RECALL:
+        warnings.warn(f"the model's anchors fit {recall:.3f} of the training boxes (best possible recall, below "
+                      f"{MIN_RECALL}): YOLOv7's train.py would replace them with k-means anchors (autoanchor); "
+                      f"yolo-prune keeps them", stacklevel=2)
+
+
 def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[Any, Any]:
     """Train loader (shuffled per (seed, epoch); sharded across ranks) and, on rank 0, the val loader."""
     from yolo_prune.data import create_dataloader
@@ -202,6 +215,8 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
         sampler.bind(len(dataset))
     val_loader = None
     if dist_info.main:
+        if inputs.state is None:
+            _warn_if_autoanchor_would_act(inputs, dataset, img)
         val_paths = list(data.val)[: s.max_val_images] if s.max_val_images else list(data.val)
         val_loader, _ = create_dataloader(val_paths, data.nc, img, max(1, 2 * s.batch_size // dist_info.world),
                                           augment=False, rect=True, workers=workers, shuffle=False, stride=gs, pad=0.5)
