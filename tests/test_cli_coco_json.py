@@ -1,5 +1,5 @@
 """`yolo-prune test --coco-json`: pycocotools against a COCO json (crowds ignored), YOLOv7's own path for a
-coco.yaml, and the flag's errors."""
+coco.yaml, --save-json's file as test.py names it, and the flags' errors."""
 from __future__ import annotations
 
 import json
@@ -84,3 +84,36 @@ def test_coco_json_errors(synth, tmp_path):
     code, _, err = run_cli(base + ["--coco-json", str(bad)])
     assert code == 2 and "3 categories" in err
     assert not list(tmp_path.glob("runs*"))
+
+
+def test_save_json_writes_test_pys_file_in_a_new_run_folder(synth, tmp_path):
+    """--save-json as test.py: ``<weights stem>_predictions.json`` in project/name, then name2 (--exist-ok: name
+    again); pycocotools scores the written file to the mAPs reported."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    result, yaml = synth
+    argv = ("--data", str(yaml), "--coco-json", str(result.coco_json), "--save-json",
+            "--project", str(tmp_path / "runs"), "--name", "val")
+    first, second, again = _report(*argv), _report(*argv), _report(*argv, "--exist-ok")
+    name = f"{DEMO_MODEL.stem}_predictions.json"
+    assert first["predictions_json"] == str(tmp_path / "runs" / "val" / name)
+    assert second["predictions_json"] == str(tmp_path / "runs" / "val2" / name)
+    assert again["predictions_json"] == first["predictions_json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["val", "val2"]
+    gt = COCO(str(result.coco_json))
+    scored = COCOeval(gt, gt.loadRes(first["predictions_json"]), "bbox")
+    scored.evaluate(), scored.accumulate(), scored.summarize()
+    assert scored.stats[0] == pytest.approx(first["map"], abs=1e-12)
+    assert scored.stats[1] == pytest.approx(first["map50"], abs=1e-12)
+
+
+def test_save_json_leaves_no_folder_when_the_evaluation_fails(tmp_path):
+    empty = tmp_path / "images" / "val"
+    empty.mkdir(parents=True)
+    yaml = tmp_path / "empty.yaml"
+    yaml.write_text(f"val: {empty}\nnc: 6\nnames: [a, b, c, d, e, f]\n")
+    code, _, err = run_cli(["test", "--weights", str(DEMO_MODEL), "--img", str(IMG), "--device", "cpu",
+                            "--data", str(yaml), "--save-json", "--project", str(tmp_path / "runs")])
+    assert code == 2 and "has no images" in err
+    assert not (tmp_path / "runs").exists()

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    help="split to evaluate (val, test, train), or the sensitivity analysis")
     p.add_argument("--name", default="exp", help="run name (output/<name> for the analysis)")
     p.add_argument("--project", default=None, help="parent folder (default runs/test, or output for the analysis)")
-    p.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
+    p.add_argument("--save-json", action="store_true",
+                   help="write COCO-format predictions to <project>/<name>/<weights stem>_predictions.json (as "
+                        "test.py: a new folder name2, name3... when name exists, unless --exist-ok)")
     p.add_argument("--coco-json", default=None,
                    help="COCO ground truth (instances_*.json) for the pycocotools mAPs (default: YOLOv7's "
                         "./coco/annotations/instances_val2017.json for a coco.yaml when it exists, else the labels)")
@@ -71,7 +73,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--prune-output", default=None, help="analysis output name: <stem>_<int(100*rate)>.txt "
                    "(default output.txt)")
     p.add_argument("--layers", default=None, help="analysis: only these conv layers, e.g. '[0, 5, 23]'")
-    p.add_argument("--exist-ok", action="store_true", help="analysis: replace an existing analysis of other settings")
+    p.add_argument("--exist-ok", action="store_true", help="--save-json: write into an existing <project>/<name>; "
+                   "analysis: replace an existing analysis of other settings")
     p.add_argument("--chunk-layers", type=positive_int, default=None, help="analysis: layers per stored chunk (4)")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="analysis: print the plan (configurations, images, chunks, time per configuration measured "
@@ -289,21 +292,38 @@ def _evaluate(args, model, data, device, counted) -> int:
     from yolo_prune.models.complexity import count_gflops, count_params
     from yolo_prune.pipeline.evaluation import evaluate_on_data
 
+    json_path = _predictions_path(args) if args.save_json else None
     result = evaluate_on_data(model, data, device=device, conf_thres=args.conf, iou_thres=args.iou,
                               half=args.half, progress=not args.json, verbose=False, source=args.weights,
-                              save_json=str(args.out_dir / "predictions.json") if args.save_json else None)
+                              save_json=json_path)
     is_torch = hasattr(model, "parameters")
     params = count_params(counted) if is_torch else None
     gflops = count_gflops(counted.cpu(), args.img) if is_torch else None
     if args.json:  # top-level map50/map: pycocotools; "official": test.py's own P, R, mAP@.5, mAP@.5:.95
         print_json({"mp": result.mp, "mr": result.mr, "map50": result.map50, "map": result.map,
                     "official": official_metrics(result), "per_class": result.class_ap, "speed": list(result.speed),
-                    "params": params, "gflops": gflops, "n_images": result.n_images})
+                    "params": params, "gflops": gflops, "n_images": result.n_images,
+                    "predictions_json": None if json_path is None else str(json_path)})
         return 0
     format_results(result, model.names if hasattr(model, "names") else None, verbose=args.verbose)
+    if json_path is not None:
+        print(f"COCO-format predictions saved to {json_path}")
     if is_torch:
         print(f"Model: {params:,} parameters, {gflops:.3f} GFLOPs @{args.img}")
     return 0
+
+
+def _predictions_path(args: argparse.Namespace) -> Path:
+    """test.py's --save-json file: ``<weights stem>_predictions.json`` in a new run folder (exp, exp2, ...), or in
+    ``exp`` itself with --exist-ok. Nothing is created here: the folder appears with the file, after evaluating."""
+    from yolo_prune.engine.train_state import run_dir_names
+
+    names = run_dir_names(args.out_dir.parent, args.out_dir.name)
+    run_dir = args.out_dir if args.exist_ok else next((p for p in names if not p.exists()), None)
+    if run_dir is None:
+        raise YoloPruneError(f"--project/--name {args.out_dir}: no free run name (tried {args.out_dir.name} .. "
+                             f"{args.out_dir.name}9999); use --exist-ok or another --name")
+    return run_dir / f"{Path(args.weights).stem}_predictions.json"
 
 
 def _analyse(args, model, data, device) -> int:

@@ -20,7 +20,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -251,14 +251,21 @@ def new_run_dir(project: str | Path, name: str, exist_ok: bool) -> Path:
         base.mkdir(parents=True, exist_ok=True)
         return base
     base.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        candidate = base if n == 1 else base.with_name(f"{name}{n}")
+    for candidate in run_dir_names(project, name):
         try:
             candidate.mkdir()
             return candidate
         except FileExistsError:
             continue
     raise YoloPruneError(f"{base}: no free run name (tried {name} .. {name}9999)")
+
+
+def run_dir_names(project: str | Path, name: str) -> Iterator[Path]:
+    """The run folders YOLOv7 tries in turn (``increment_path``): ``project/name``, then ``name2`` .. ``name9999``."""
+    base = Path(project) / name
+    yield base
+    for n in range(2, 10_000):
+        yield base.with_name(f"{name}{n}")
 
 
 def _last_activity(run_dir: Path) -> float:
