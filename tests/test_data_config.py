@@ -53,8 +53,34 @@ def test_txt_list_relative_to_txt_folder(tree: Path) -> None:
         "train": "../ds/train.txt", "val": ["../ds/images/val", "../ds/images/train/1.jpg"],
         "test": "../ds/train.txt", "nc": 1, "names": ["x"]}))
     assert cfg.train == (str(tree / "ds/images/train/0.jpg"), str(tree / "ds/images/train/2.jpg"))
-    assert [Path(p).name for p in cfg.val] == ["v.png", "1.jpg"]
+    assert [Path(p).name for p in cfg.val] == ["1.jpg", "v.png"]  # the split sorted as a whole, as YOLOv7's
     assert cfg.test == cfg.train
+
+
+def test_folders_listed_as_yolov7s_glob(tree: Path) -> None:
+    """Hidden files and folders (macOS `._x.jpg` copies, `.ipynb_checkpoints`) are not images of the split; a
+    linked folder inside is searched."""
+    val = tree / "ds" / "images" / "val"
+    (val / "._v.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    _image(val / ".ipynb_checkpoints" / "old.jpg")
+    _image(tree / "elsewhere" / "linked.jpg")
+    (val / "more").symlink_to(tree / "elsewhere", target_is_directory=True)
+    cfg = load_data_config(_yaml(tree / "ds" / "data.yaml", {"train": "images/train", "val": "images/val",
+                                                             "names": ["a"]}))
+    assert [str(Path(p).relative_to(val)) for p in cfg.val] == ["more/linked.jpg", "v.png"]
+
+
+def test_list_entries_resolved_as_yolov7_does(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`./x` is under the list's folder; another relative entry under the working directory (YOLOv7), else under
+    the list's folder."""
+    _image(tree / "work" / "images" / "train" / "2.jpg")
+    monkeypatch.chdir(tree / "work")
+    cfg = load_data_config(_yaml(tree / "ds" / "d.yaml", {"train": "train.txt", "val": "images/val",
+                                                          "names": ["a"]}))
+    assert cfg.train == (str(tree / "ds/images/train/0.jpg"), str(tree / "work/images/train/2.jpg"))
+    monkeypatch.chdir(tree)
+    cfg = load_data_config(tree / "ds" / "d.yaml")
+    assert cfg.train == (str(tree / "ds/images/train/0.jpg"), str(tree / "ds/images/train/2.jpg"))
 
 
 def test_path_root_key_and_names_dict(tree: Path) -> None:

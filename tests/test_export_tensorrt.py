@@ -96,6 +96,7 @@ def _write_images(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
         paths.append(p)
     (folder / "notes.txt").write_text("not an image")
+    (folder / "._000.png").write_bytes(b"\x00\x05\x16\x07 macOS AppleDouble copy")  # hidden: not an image
     return paths
 
 

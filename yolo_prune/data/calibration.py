@@ -13,9 +13,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def calibration_files(folder: str | Path, limit: int) -> list[Path]:
-    """Up to ``limit`` image files of ``folder`` (sorted, recursive); YoloPruneError when there are none."""
+    """Up to ``limit`` image files of ``folder`` (sorted, recursive, hidden ones skipped, as a data YAML's folders
+    are listed); YoloPruneError when there are none."""
+    from yolo_prune.data.config import images_in_folder
+
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    found = images_in_folder(folder) if folder.is_dir() else []
+    files = [Path(p) for p in found if Path(p).suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise YoloPruneError(f"--calib-images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return files[:limit]

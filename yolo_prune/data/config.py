@@ -1,15 +1,19 @@
 """Parse an official YOLOv7 data YAML (``train``/``val``/``test``/``nc``/``names``) into resolved image lists.
 
-Sources are image folders (searched recursively), ``.txt`` lists of image paths (relative entries are
-relative to the list's folder, like YOLOv5/7) or single image files, alone or in a list. Relative sources
-are resolved against the optional ``path:`` root, else the YAML's folder; as a fallback for YAMLs written
-for the YOLOv7 repo layout (``./coco/train2017.txt`` run from the repo root), the working directory.
+Sources are image folders, ``.txt`` lists of image paths or single image files, alone or in a list; a split's
+images are listed as YOLOv7's ``LoadImagesAndLabels`` lists them, so the images (and their order) are test.py's:
+folders searched recursively as its ``glob('**/*.*')`` does (hidden files and folders, e.g. macOS ``._x.jpg``
+copies, skipped; linked folders followed), list entries starting with ``./`` relative to the list's folder and
+other relative entries to the working directory (where YOLOv7 looks; when the file is not there, the list's
+folder), and the whole split sorted. Relative sources are resolved against the optional ``path:`` root, else the
+YAML's folder; as a fallback for YAMLs written for the YOLOv7 repo layout (``./coco/train2017.txt`` run from the
+repo root), the working directory.
 """
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
@@ -62,6 +66,13 @@ def is_image_file(path: str) -> bool:
     return path.rsplit(".", 1)[-1].lower() in IMG_FORMATS
 
 
+def images_in_folder(folder: str | os.PathLike[str]) -> list[str]:
+    """The image files under ``folder``, sorted, found as YOLOv7's ``glob('**/*.*', recursive=True)`` finds them:
+    hidden files and folders skipped (macOS ``._x.jpg`` copies are not images), linked folders followed."""
+    found = glob.glob(os.path.join(glob.escape(os.fspath(folder)), "**", "*.*"), recursive=True)
+    return sorted(p for p in found if is_image_file(p) and os.path.isfile(p))
+
+
 def _read_yaml(yaml_path: str) -> dict[str, Any]:
     """Load the YAML mapping, turning I/O and syntax problems into DataError."""
     from yolo_prune.fileio import read_text
@@ -111,7 +122,7 @@ def _classes(raw: dict[str, Any], yaml_path: str) -> tuple[int, tuple[str, ...]]
 
 def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str,
            required: bool) -> Optional[tuple[str, ...]]:
-    """Resolve one split's source(s) to a tuple of absolute image paths (None for an absent optional split).
+    """Resolve one split's source(s) to a sorted tuple of absolute image paths (None for an absent optional split).
 
     An existing but empty folder gives ``()``: evaluation-only data (``yolo-prune synth --train 0``) loads, and
     the code that reads the split reports it empty.
@@ -127,7 +138,7 @@ def _split(raw: dict[str, Any], key: str, root: str, yaml_path: str,
         if not isinstance(source, str):
             raise DataError(f"{yaml_path}: key '{key}': expected a path string, got {source!r}")
         images += _images_from(_resolve_source(source, key, root, yaml_path), key, yaml_path)
-    return tuple(images)
+    return tuple(sorted(images))
 
 
 def _resolve_source(source: str, key: str, root: str, yaml_path: str) -> str:
@@ -142,10 +153,9 @@ def _resolve_source(source: str, key: str, root: str, yaml_path: str) -> str:
 
 
 def _images_from(source: str, key: str, yaml_path: str) -> list[str]:
-    """List the images a source names: recursive folder scan (sorted), a .txt list, or one image file."""
+    """List the images a source names: recursive folder scan (YOLOv7's glob), a .txt list, or one image file."""
     if os.path.isdir(source):
-        found = (str(p) for p in Path(source).rglob("*") if p.is_file())
-        return sorted(p for p in found if is_image_file(p))
+        return images_in_folder(source)
     if source.lower().endswith(".txt"):
         return _read_list(source, key, yaml_path)
     if is_image_file(source):
@@ -154,12 +164,26 @@ def _images_from(source: str, key: str, yaml_path: str) -> list[str]:
 
 
 def _read_list(txt_path: str, key: str, yaml_path: str) -> list[str]:
-    """Read a .txt image list; relative entries are relative to the list's folder."""
+    """Read a .txt image list: ``./`` entries relative to the list's folder, other relative ones as in
+    :func:`_list_entry`."""
     try:
         with open(txt_path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{yaml_path}: key '{key}': cannot read image list {txt_path}: {e}") from None
     base = os.path.dirname(txt_path)
-    paths = (os.path.join(base, os.path.expanduser(line)) for line in lines if line)
-    return [os.path.abspath(p) for p in paths if is_image_file(p)]
+    return [_list_entry(line, base) for line in lines if line and is_image_file(line)]
+
+
+def _list_entry(entry: str, base: str) -> str:
+    """Absolute path of one list entry. YOLOv7 reads ``./x`` under the list's folder and any other relative entry
+    under the working directory; such an entry missing there is taken under the list's folder when it is there."""
+    entry = os.path.expanduser(entry)
+    if os.path.isabs(entry):
+        return entry
+    if entry.startswith("./"):
+        return os.path.abspath(os.path.join(base, entry[2:]))
+    beside_list = os.path.join(base, entry)
+    if not os.path.exists(entry) and os.path.exists(beside_list):
+        return os.path.abspath(beside_list)
+    return os.path.abspath(entry)
