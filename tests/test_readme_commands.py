@@ -186,6 +186,9 @@ def small(cmd: DocCommand, cwd: Path) -> list[str]:
     if "pruning_sensitivity_analysis" in argv:
         for flag, value in SMALL_ANALYSIS.items():
             argv = _set_flag(argv, flag, value, append=True)
+    if cmd.command == "test" and "study" in argv:  # a study evaluates at its own 11 sizes, never at --img
+        i = argv.index("--img")
+        del argv[i:i + 2]
     if cmd.command == "train" and "--pruning-iter" in argv:  # one epoch per round: the fewest the schedule takes
         argv = _set_flag(argv, "--epochs", _flag(argv, "--pruning-iter"), append=True)
     for flag, make in RELATIVE.items():

@@ -21,6 +21,7 @@ from yolo_prune.errors import YoloPruneError
 
 ANALYSIS = "pruning_sensitivity_analysis"
 DEFAULT_RATES = "[0.25, 0.5, 0.75]"
+SPEED_THRESHOLDS = (0.25, 0.45)  # test.py --task speed: conf, NMS IoU
 MODIFICATIONS = ("prune-structured", "pruned-structured")  # the published README's table spells it "pruned-"
 
 
@@ -40,8 +41,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--conf", "--conf-thres", dest="conf", type=threshold, default=0.001, help="confidence threshold")
     p.add_argument("--iou", "--iou-thres", dest="iou", type=threshold, default=0.65, help="NMS IoU threshold")
     p.add_argument("--device", default="", help="cpu, 0 or cuda:0 (default: CUDA if available)")
-    p.add_argument("--task", default="val", choices=["val", "test", "train", ANALYSIS],
-                   help="split to evaluate (val, test, train), or the sensitivity analysis")
+    p.add_argument("--task", default="val", choices=["val", "test", "train", "speed", "study", ANALYSIS],
+                   help="split to evaluate (val, test, train); speed: the val split at conf 0.25, IoU 0.45 (test.py's "
+                        "speed run); study: the val split at 256, 384, ..., 1536 px, written to "
+                        "study_<data>_<weights>.txt and .png; or the sensitivity analysis")
     p.add_argument("--name", default="exp", help="run name (output/<name> for the analysis)")
     p.add_argument("--project", default=None, help="parent folder (default runs/test, or output for the analysis)")
     p.add_argument("--save-json", action="store_true",
@@ -162,6 +165,24 @@ def _check_analysis(args: argparse.Namespace, onnx: bool) -> None:
         args.early = None
 
 
+def _check_speed_or_study(args: argparse.Namespace, onnx: bool) -> None:
+    """test.py's speed run fixes its thresholds and writes no predictions; a study evaluates at 11 sizes."""
+    if args.task == "speed":
+        if args.save_json:
+            print("note: --save-json: --task speed writes no predictions (as test.py)", file=sys.stderr)
+            args.save_json = False
+        args.conf, args.iou = SPEED_THRESHOLDS
+        return
+    if onnx:
+        raise YoloPruneError("--task study evaluates at 256..1536 px: an ONNX file has one fixed input size; give "
+                             "the .pt checkpoint")
+    if args.save_json:
+        raise YoloPruneError("--save-json: not with --task study (one evaluation per image size); evaluate one "
+                             "--img with --save-json instead")
+    if args.img is not None:
+        raise YoloPruneError(f"--img {args.img}: --task study evaluates at every size of 256, 384, ..., 1536 px")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every input of the command, before anything is loaded or written."""
     from yolo_prune.prune.criteria import criterion_name
@@ -179,6 +200,8 @@ def check_args(args: argparse.Namespace) -> None:
         _check_pruning(args, onnx)
         if args.coco_json is not None:
             input_file(args.coco_json, "--coco-json")
+    if args.task in ("speed", "study"):
+        _check_speed_or_study(args, onnx)
     if args.criterion is not None:
         criterion_name(args.criterion)
     args.criterion = args.criterion or "0"
@@ -272,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
     data = replace(data, img_size=args.img)  # the size fitted to the model's stride
     if args.task == ANALYSIS:
         return _analyse(args, model, data, device)
+    if args.task == "study":
+        return _study(args, model, data, device)
     return _evaluate(args, model, data, device, counted)
 
 
@@ -310,6 +335,30 @@ def _evaluate(args, model, data, device, counted) -> int:
         print(f"COCO-format predictions saved to {json_path}")
     if is_torch:
         print(f"Model: {params:,} parameters, {gflops:.3f} GFLOPs @{args.img}")
+    return 0
+
+
+def _study(args, model, data, device) -> int:
+    """test.py's --task study: the val split at each size, rows written to study_<data>_<weights>.txt (+ .png)."""
+    from yolo_prune.pipeline.study import STUDY_SIZES, plot_study, run_study, save_study, study_file
+
+    path = study_file(args.data, args.weights)
+    log = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    log(f"study: {len(STUDY_SIZES)} evaluations of {args.weights} at {STUDY_SIZES[0]}..{STUDY_SIZES[-1]} px "
+        f"-> {path}")
+
+    def show(size: int, row: list[float]) -> None:
+        log(f"  {size:5d} px: P {row[0]:.3g}  R {row[1]:.3g}  mAP@.5 {row[2]:.3g}  mAP@.5:.95 {row[3]:.3g}  "
+            f"{row[9]:.1f} ms/img")
+
+    rows = run_study(model, data, STUDY_SIZES, device=device, conf_thres=args.conf, iou_thres=args.iou,
+                     half=args.half, on_size=show)
+    save_study(rows, path)
+    plot = plot_study(rows, STUDY_SIZES, Path(args.weights).stem, path.with_suffix(".png"))
+    if args.json:
+        print_json({"file": str(path), "plot": str(plot), "sizes": list(STUDY_SIZES), "rows": rows.tolist()})
+    else:
+        print(f"Study saved to {path} and {plot}")
     return 0
 
 
