@@ -165,3 +165,22 @@ def test_bad_value_exits_2_with_one_line_and_writes_nothing(workspace, command, 
     assert message in errors[0], f"{command!r}: {errors[0]!r} lacks {message!r}"
     assert snapshot(workspace) == before, f"{command!r} left {snapshot(workspace) - before}"
     assert time.perf_counter() - started < 30, "rejected only after doing work"
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`yolo-prune info --json | head -c 1`: stdout's reader is gone; exit 141 (128 + SIGPIPE) without a
+    traceback, as a shell pipeline expects, instead of a BrokenPipeError from the JSON writer."""
+    import contextlib
+    import io
+    import os
+    import sys
+
+    from yolo_prune.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    err = io.StringIO()
+    with os.fdopen(write_end, "w") as broken, contextlib.redirect_stdout(broken), contextlib.redirect_stderr(err):
+        code = main(["info", "--cfg", "yolov7-tiny", "--img", "64", "--json"])
+        assert sys.stdout.fileno() == write_end
+    assert code == 141 and "Traceback" not in err.getvalue()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from typing import Sequence
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"yolo-prune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `yolo-prune test --json | head`: the reader left; no traceback, no second error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 
 
 if __name__ == "__main__":  # pragma: no cover
