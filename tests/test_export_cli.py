@@ -26,6 +26,44 @@ def test_grid_export_default_name_in_cwd(tmp_path, monkeypatch, capsys):
     assert proto.opset_import[0].version == 12 and proto.graph.output[0].type.tensor_type.shape.dim[2].dim_value == 7
 
 
+def test_dynamic_export_runs_at_other_sizes_and_evaluates_as_rectangles(tmp_path, capsys):
+    """YOLOv7's --dynamic: batch, height and width axes (not --dynamic-batch, which argparse would have matched
+    it to); verified at a second size; `test` then takes any --img and rectangular batches, as for the .pt."""
+    import json
+
+    from yolo_prune.data.synth import generate_synthetic
+    from yolo_prune.demo_data import DEMO_MODEL
+    from yolo_prune.export.verify import ort_session, run_ort, sample_images
+
+    out = tmp_path / "dyn.onnx"
+    assert main(["export", *TINY, "--grid", "--dynamic", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "input images [batch, 3, height, width]" in text and "dynamic axes, at 96x160 on 1 image" in text
+    sess = ort_session(out)
+    assert sess.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    assert run_ort(sess, sample_images((128, 64), 3))[0].shape == (3, 3 * (16 * 8 + 8 * 4 + 4 * 2), 7)
+    data = generate_synthetic(tmp_path / "data", n_train=0, n_val=3, img_size=96, n_classes=6, seed=1)
+    pt = DEMO_MODEL  # trained: its detections sit away from the thresholds, so the two runtimes keep the same ones
+    assert main(["export", "--weights", str(pt), "--img-size", "64", "--dynamic", "--output", str(out)]) == 0
+    reports = []
+    for weights in (out, pt):
+        capsys.readouterr()
+        assert main(["test", "--weights", str(weights), "--data", str(data.root / "data.yaml"), "--img", "128",
+                     "--workers", "0", "--device", "cpu", "--json"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0]["n_images"] == 3 and reports[0]["map"] == pytest.approx(reports[1]["map"], abs=1e-6)
+
+
+def test_include_nms_is_the_tensorrt_end_to_end_graph(tmp_path, capsys):
+    out = tmp_path / "nms.onnx"
+    assert main(["export", *TINY, "--grid", "--include-nms", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "--include-nms: the end-to-end graph with TensorRT's EfficientNMS_TRT" in captured.err
+    proto = onnx.load(str(out))
+    assert [o.name for o in proto.graph.output] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
+    assert any(n.op_type == "EfficientNMS_TRT" for n in proto.graph.node)
+
+
 def test_engine_without_tensorrt_prints_trtexec_and_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
     engine = tmp_path / "out" / "m.engine"
@@ -76,6 +114,9 @@ def test_unknown_format_is_a_usage_error():
     (["--img-size", "64", "--int8", "--dla", "0"], "--dla: only valid with --format engine"),  # --int8: Q/DQ ONNX
     (["--img-size", "64", "--format", "engine", "--output", "x.onnx"], "name the engine file"),
     (["--img-size", "64", "--end2end", "--iou-thres", "1.5"], "iou_thres must be in (0, 1]"),
+    (["--img-size", "64", "--dynamic", "--format", "engine"], "--dynamic: only with --format onnx"),
+    (["--img-size", "64", "--dynamic", "--include-nms"], "--dynamic: not with --end2end/--include-nms"),
+    (["--img-size", "64", "--include-nms", "--max-wh", "640"], "use --end2end --max-wh N for that"),
 ])
 def test_bad_input_exits_2_without_files(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

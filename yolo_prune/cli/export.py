@@ -8,6 +8,7 @@ target is printed), or ``--format vitis-int8`` without AMD Quark.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    "else 640; rounded up to the model's stride)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (engine profile 1..batch-size)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="onnx: dynamic batch, height and width axes (YOLOv7's --dynamic; raw or --grid graphs); "
+                        "verified at --img-size and at a second size")
+    p.add_argument("--include-nms", action="store_true",
+                   help="YOLOv7's name for the TensorRT end-to-end graph: --end2end with the EfficientNMS_TRT plugin")
     p.add_argument("--grid", action="store_true", help="output decoded predictions [B, N, 5+nc] instead of raw maps")
     p.add_argument("--end2end", action="store_true", help="append NMS: outputs num_dets, det_boxes (x1y1x2y2), "
                    "det_scores, det_classes; EfficientNMS_TRT plugin unless --max-wh is given")
@@ -102,10 +108,29 @@ def _check_format_flags(args: argparse.Namespace) -> None:
         raise YoloPruneError(f"--opset {args.opset}: QDQ models need opset >= 13")
 
 
+def _official_flags(args: argparse.Namespace) -> None:
+    """YOLOv7 export.py's --include-nms (its EfficientNMS_TRT graph: our --end2end without --max-wh) and
+    --dynamic, which a TensorRT engine or a DPU graph cannot take."""
+    if args.include_nms:
+        if args.max_wh is not None:
+            raise YoloPruneError("--include-nms adds TensorRT's EfficientNMS_TRT plugin; --max-wh selects ONNX "
+                                 "NonMaxSuppression instead: use --end2end --max-wh N for that")
+        print("note: --include-nms: the end-to-end graph with TensorRT's EfficientNMS_TRT (as --end2end)",
+              file=sys.stderr)
+        args.end2end = True
+    if args.dynamic and args.format != "onnx":
+        raise YoloPruneError(f"--dynamic: only with --format onnx (a {args.format} graph has a fixed input size; "
+                             "--dynamic-batch gives an engine a batch range)")
+    if args.dynamic and args.end2end:
+        raise YoloPruneError("--dynamic: not with --end2end/--include-nms (their outputs are sized for one input "
+                             "size); use --dynamic-batch")
+
+
 def export_options(args: argparse.Namespace) -> "ExportOptions":
     """ExportOptions from the flags; YoloPruneError for flags that would be silently ignored."""
     from yolo_prune.export.options import ExportOptions, as_hw
 
+    _official_flags(args)
     nms = {k: getattr(args, k) for k in NMS_DEFAULTS}
     given = [f"--{k.replace('_', '-')}" for k, v in nms.items() if v is not None]
     if args.max_wh is not None:
@@ -114,8 +139,8 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         raise YoloPruneError(f"{', '.join(given)}: only valid with --end2end")
     _check_format_flags(args)
     nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
-    return ExportOptions(img_size=as_hw(args.img_size or [640]), batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
-                         grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
+    return ExportOptions(img_size=as_hw(args.img_size or [640]), batch_size=args.batch_size,
+                         dynamic_batch=args.dynamic_batch, dynamic=args.dynamic, grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
                          fp16=args.fp16 and args.format == "onnx", device=args.device, **nms,
                          opset=args.opset or (13 if args.int8 else DEFAULT_OPSET[args.format]))  # per-channel Q/DQ: 13
 
@@ -188,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: --max-wh {opts.max_wh} < 2 x the image side: boxes reaching past the image edge can overlap "
               "boxes of the next class after the class offset (YOLOv7's PyTorch NMS uses 7680)")
     result = export_onnx(model, onnx_path, opts)
-    b = "batch" if opts.dynamic_batch else opts.batch_size
-    print(f"exported {opts.mode} ONNX (opset {opts.opset}, input {result.input_name} [{b}, 3, "
-          f"{opts.img_size[0]}, {opts.img_size[1]}], outputs {', '.join(result.outputs)}) -> {onnx_path}")
+    b = "batch" if opts.dynamic_batch or opts.dynamic else opts.batch_size
+    hw = "height, width" if opts.dynamic else f"{opts.img_size[0]}, {opts.img_size[1]}"
+    print(f"exported {opts.mode} ONNX (opset {opts.opset}, input {result.input_name} [{b}, 3, {hw}], "
+          f"outputs {', '.join(result.outputs)}) -> {onnx_path}")
     print(result.report)
     if engine_path is not None:
         _engine(onnx_path, engine_path, eopts, opts, result.metadata)
@@ -203,7 +229,8 @@ def _classifier(args: argparse.Namespace, model, path: Path) -> int:
 
     detector_only = [f for f, on in (("--format", args.format != "onnx"), ("--grid", args.grid),
                                      ("--end2end", args.end2end), ("--fp16", args.fp16),
-                                     ("--dynamic-batch", args.dynamic_batch), ("--simplify", args.simplify)) if on]
+                                     ("--dynamic-batch", args.dynamic_batch), ("--dynamic", args.dynamic),
+                                     ("--simplify", args.simplify)) if on]
     if detector_only:
         raise YoloPruneError(f"{', '.join(detector_only)}: detector export options; a classifier exports plain "
                              f"ONNX (images -> logits)")

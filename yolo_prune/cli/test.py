@@ -225,11 +225,15 @@ def _load_onnx(args: argparse.Namespace):
     except Exception as exc:  # noqa: BLE001 - protobuf / ONNX Runtime raise many types for a damaged file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise YoloPruneError(f"--weights {args.weights}: not a readable ONNX model ({reason[:120]})") from None
-    fixed = model.img_size
-    if args.img is not None and (args.img, args.img) != tuple(fixed):
-        raise YoloPruneError(f"--img {args.img}: the ONNX input of {args.weights} is fixed at {fixed[0]}x{fixed[1]}; "
-                             f"use --img {fixed[0]} or re-export with `yolo-prune export --img-size {args.img}`")
-    args.img = int(fixed[0])
+    exported = model.img_size
+    if model.input_hw is None:  # `export --dynamic`: any size (rectangular batches, as for a .pt)
+        args.img = fit_img(args.img or int(max(exported)), int(model.stride.max()))
+        return model
+    if args.img is not None and (args.img, args.img) != tuple(exported):
+        raise YoloPruneError(f"--img {args.img}: the ONNX input of {args.weights} is fixed at {exported[0]}x"
+                             f"{exported[1]}; use --img {exported[0]}, or re-export with `yolo-prune export "
+                             f"--img-size {args.img}` (or --dynamic)")
+    args.img = int(exported[0])
     return model
 
 

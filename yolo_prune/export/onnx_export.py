@@ -93,7 +93,7 @@ def trace_onnx(prepared: nn.Module, opts: ExportOptions) -> "onnx.ModelProto":
     names = output_names(opts, prepared.detect.nl)
     param = next(prepared.parameters())
     dummy = torch.zeros((opts.batch_size, 3, *opts.img_size), device=param.device, dtype=param.dtype)
-    axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if opts.dynamic_batch else None
+    axes = dynamic_axes(opts, names)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -101,6 +101,17 @@ def trace_onnx(prepared: nn.Module, opts: ExportOptions) -> "onnx.ModelProto":
                           input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes,
                           custom_opsets={TRT_DOMAIN: 1} if opts.mode == "trt_nms" else None)
     return onnx.load_from_string(buf.getvalue())
+
+
+def dynamic_axes(opts: ExportOptions, names: list[str]) -> dict[str, dict[int, str]] | None:
+    """The graph's named dynamic axes: the batch (``dynamic_batch``), or with ``dynamic`` also the input's height
+    and width and so each output's grid size (raw maps ``ny``/``nx`` per level, decoded ``output``'s box count)."""
+    if opts.dynamic:
+        axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        if opts.mode == "grid":
+            return axes | {names[0]: {0: "batch", 1: "boxes"}}
+        return axes | {n: {0: "batch", 2: f"ny{i}", 3: f"nx{i}"} for i, n in enumerate(names)}
+    return {n: {0: "batch"} for n in [INPUT_NAME, *names]} if opts.dynamic_batch else None
 
 
 def simplify(proto: "onnx.ModelProto") -> "onnx.ModelProto":

@@ -51,6 +51,7 @@ class ExportOptions:
     img_size: tuple[int, int] = (640, 640)
     batch_size: int = 1
     dynamic_batch: bool = False
+    dynamic: bool = False  # batch, height and width axes (YOLOv7 export.py --dynamic)
     grid: bool = False
     conv_maps: bool = False
     split_head: bool = False
@@ -106,6 +107,9 @@ def _problems(o: ExportOptions) -> list[str]:
         p.append("max_wh only applies to end2end graphs (ONNX Runtime NMS)")
     if o.conv_maps and (o.grid or o.end2end):
         p.append("conv_maps (head conv outputs) excludes grid and end2end")
+    if o.dynamic and (o.end2end or o.conv_maps):
+        p.append("dynamic (batch, height and width axes) applies to raw and grid graphs; end-to-end and head-conv "
+                 "graphs take a dynamic batch only")
     if o.split_head and not o.conv_maps:
         p.append("split_head applies to conv_maps (head conv output) graphs only")
     if not MIN_OPSET <= o.opset <= max_opset():

@@ -165,9 +165,21 @@ def verify_onnx(path: str | Path, model: nn.Module, opts: ExportOptions, images:
     ``images`` [B, 3, H, W] default to synthetic scenes: ``batch_size`` of them, at least 2 with a dynamic batch.
     """
     if images is None:
-        n = opts.batch_size if not opts.dynamic_batch else max(2, opts.batch_size)
+        n = opts.batch_size if not opts.dynamic_batch and not opts.dynamic else max(2, opts.batch_size)
         images = sample_images(opts.img_size, n)
     report = VerifyReport(opts.mode, len(images))
+    _verify_at(path, model, opts, images, report)
+    if opts.dynamic:  # also at another height and width than traced: the axes really are dynamic
+        stride = int(model.detect.stride.max())
+        other = sample_images((opts.img_size[0] + stride, opts.img_size[1] + 2 * stride), 1, seed=1)
+        report.lines.append(f"dynamic axes, at {other.shape[2]}x{other.shape[3]} on {len(other)} image:")
+        _verify_at(path, model, opts, other, report)
+    return report
+
+
+def _verify_at(path: str | Path, model: nn.Module, opts: ExportOptions, images: Tensor,
+               report: VerifyReport) -> None:
+    """The checks of ``opts.mode`` on ``images``; lines and the worst difference go to ``report``."""
     tol = TOLERANCE[opts.fp16]
     ref = torch_reference(model, images)
     if opts.mode == "trt_nms":
@@ -178,4 +190,3 @@ def verify_onnx(path: str | Path, model: nn.Module, opts: ExportOptions, images:
         _verify_grid(ort_session(path), images, ref, tol, report)
     else:
         _verify_maps(ort_session(path), images, ref, tol, report, model.detect if opts.mode == "conv" else None)
-    return report
