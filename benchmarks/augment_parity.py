@@ -167,6 +167,23 @@ def check_polygon_warp(rng: np.random.Generator, trials: int) -> tuple[int, floa
     return trials, worst
 
 
+def polygon_scene(rng: np.random.Generator, max_objects: int, centres: tuple[float, float],
+                  radii: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A 128x128 canvas (5 % black pixels, which cut-outs treat as outside the object) and 1..max_objects-1
+    random star-shaped polygons: (canvas, labels [n, 5] cls x1 y1 x2 y2 pixels, polygons)."""
+    canvas = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    canvas[rng.random((128, 128)) < 0.05] = 0
+    polygons, labels = [], []
+    for k in range(int(rng.integers(1, max_objects))):
+        centre, radius = rng.uniform(*centres, 2), rng.uniform(*radii)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(4, 12))))
+        ring = np.stack([np.cos(angles), np.sin(angles)], 1) * radius * rng.uniform(0.5, 1, (len(angles), 1))
+        points = np.clip(centre + ring, 0, 128)
+        polygons.append(points)
+        labels.append([k % 5, *points.min(0), *points.max(0)])
+    return canvas, np.array(labels), polygons
+
+
 def check_paste_in(rng: np.random.Generator, trials: int) -> tuple[int, int, float]:
     """(canvases compared, objects pasted, largest difference) of cut-outs and paste-in."""
     import utils.datasets as official
@@ -175,17 +192,7 @@ def check_paste_in(rng: np.random.Generator, trials: int) -> tuple[int, int, flo
 
     pasted, worst = 0, 0.0
     for trial in range(trials):
-        canvas = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        canvas[rng.random((128, 128)) < 0.05] = 0
-        polygons, labels = [], []
-        for k in range(int(rng.integers(1, 8))):
-            centre, radius = rng.uniform(10, 118, 2), rng.uniform(4, 30)
-            angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(4, 12))))
-            ring = np.stack([np.cos(angles), np.sin(angles)], 1) * radius * rng.uniform(0.5, 1, (len(angles), 1))
-            points = np.clip(centre + ring, 0, 128)
-            polygons.append(points)
-            labels.append([k % 5, *points.min(0), *points.max(0)])
-        labels = np.array(labels)
+        canvas, labels, polygons = polygon_scene(rng, 8, (10, 118), (4, 30))
         random.seed(trial)
         classes, images, masks = official.sample_segments(canvas, labels, [p.copy() for p in polygons], 0.5)
         random.seed(trial)
@@ -220,17 +227,7 @@ def check_copy_paste(rng: np.random.Generator, trials: int) -> tuple[int, int, f
 
     mirrored, worst = 0, 0.0
     for trial in range(trials):
-        canvas = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        canvas[rng.random((128, 128)) < 0.05] = 0
-        polygons, labels = [], []
-        for k in range(int(rng.integers(1, 10))):
-            centre, radius = rng.uniform(5, 123, 2), rng.uniform(3, 25)
-            angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(4, 12))))
-            ring = np.stack([np.cos(angles), np.sin(angles)], 1) * radius * rng.uniform(0.5, 1, (len(angles), 1))
-            points = np.clip(centre + ring, 0, 128)
-            polygons.append(points)
-            labels.append([k % 5, *points.min(0), *points.max(0)])
-        labels = np.array(labels)
+        canvas, labels, polygons = polygon_scene(rng, 10, (5, 123), (3, 25))
         random.seed(trial)
         official_img, official_labels, official_polygons = official.copy_paste(
             canvas.copy(), labels.copy(), [p.copy() for p in polygons], probability=0.5)
