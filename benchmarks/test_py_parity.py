@@ -16,7 +16,9 @@ Data: ``--data`` (a data YAML), or by default the shipped demo model's synthetic
 boxes that keep < 60 % of their area dropped), which exercises test.py's rectangular batches and resizing; and a
 copy labelled with polygons (an octagon touching each box's edges, 6 decimals, as the official COCO labels hold
 segments), every 40th label file repeating its first row, which exercises test.py's reading of segments and its
-skipping of images with repeated labels. The image and label counts must be equal too.
+skipping of images with repeated labels, and holding what a copied or zipped folder picks up: a hidden
+``.ipynb_checkpoints`` folder with labelled copies of 3 images and a macOS ``._`` file beside each image, which
+test.py's file listing skips. The image and label counts must be equal too.
 Weights: ``--weights`` (an official-format .pt), or by default the shipped demo model written as the official
 code writes it (its ``models.yolo.Model`` built from ``cfg/training/yolov7-tiny.yaml`` with our weights, fp16,
 ``best_fitness`` a numpy array, as after ``strip_optimizer``).
@@ -135,7 +137,8 @@ def octagon(cx: float, cy: float, w: float, h: float) -> list[float]:
 
 def polygon_copy(src: Path, out: Path, every: int = 40) -> Path:
     """A copy of a data YAML's val split labelled with polygons (6 decimals, as the official COCO labels), every
-    ``every``-th label file with its first row repeated (an image both loaders skip)."""
+    ``every``-th label file with its first row repeated (an image both loaders skip), plus hidden files that are
+    not part of the split (see the module docstring)."""
     import shutil
 
     import yaml
@@ -147,6 +150,14 @@ def polygon_copy(src: Path, out: Path, every: int = 40) -> Path:
         rows = [" ".join([c, *(f"{v:.6f}" for v in octagon(*map(float, box)))])
                 for c, *box in map(str.split, p.read_text().splitlines())]
         (out / "labels" / p.name).write_text("\n".join(rows + rows[:1] * (k % every == every - 1)) + "\n")
+    images = sorted((out / "images").glob("*.jpg"))
+    for sub in ("images", "labels"):
+        (out / sub / ".ipynb_checkpoints").mkdir()
+    for image in images[:3]:
+        shutil.copy(image, out / "images" / ".ipynb_checkpoints" / image.name)
+        shutil.copy(out / "labels" / f"{image.stem}.txt", out / "labels" / ".ipynb_checkpoints" / f"{image.stem}.txt")
+    for image in images:
+        (out / "images" / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
     (out / "data.yaml").write_text(f"train: {out / 'images'}\nval: {out / 'images'}\nnc: {cfg['nc']}\n"
                                    f"names: [{', '.join(cfg['names'])}]\n")
     return out / "data.yaml"
@@ -231,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             table += lines
             ok &= agree
     env = machine(["opencv-python-headless", "numpy", "pycocotools"])
-    text = "\n".join([SECTION, "", __doc__.split("\n\n")[1].replace("\n", " "), "", *table, "",
+    about = [part.replace("\n", " ") for part in __doc__.split("\n\n")[1:3]]  # what is compared; on which data
+    text = "\n".join([SECTION, "", about[0], "", about[1], "", *table, "",
                       f"Equal image and label counts, and every printed number within one unit of its last digit: "
                       f"**{'yes' if ok else 'NO'}**.", "",
                       NOTES, "",
