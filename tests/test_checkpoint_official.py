@@ -297,3 +297,19 @@ def test_native_checkpoint_with_malformed_fields(tmp_path, tiny_model, field, va
     with pytest.raises(CheckpointError, match=message) as err:
         yp.load_model(tmp_path / "bad.pt")
     assert str(tmp_path / "bad.pt") in str(err.value)
+
+
+def test_resuming_an_official_run_says_how_to_continue_from_it(tmp_path, official, capsys):
+    """`--resume` of a YOLOv7 train.py last.pt: not resumable here (its optimizer groups and schedule are the
+    official trainer's); the error names it and the command that continues from its weights."""
+    from yolo_prune.cli import main
+
+    tree, _ = official
+    (tmp_path / "exp" / "weights").mkdir(parents=True)
+    path = save_official(trainer_checkpoint(_perturbed(tree, 1), ema=_perturbed(tree, 2), epoch=41),
+                         tmp_path / "exp" / "weights" / "last.pt")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["train", "--resume", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the last.pt of a YOLOv7 train.py run (epoch 41)" in err and f"train --weights {path}" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from yolo_prune.checkpoint import atomic_save
+from yolo_prune.checkpoint import LoadedCheckpoint, atomic_save
 from yolo_prune.errors import CheckpointError, ConfigError, YoloPruneError
 
 STATE_KEY = "train_state"
@@ -311,10 +311,17 @@ def lock_run_dir(run_dir: Path) -> int:
     return fd
 
 
-def read_train_state(raw: dict[str, Any] | None, path: Path) -> dict[str, Any]:
-    """The ``train_state`` entry of a loaded checkpoint dict; CheckpointError if the file cannot resume."""
-    state = (raw or {}).get(STATE_KEY)
+def read_train_state(loaded: LoadedCheckpoint, path: Path) -> dict[str, Any]:
+    """The ``train_state`` entry of a loaded checkpoint; CheckpointError if the file cannot resume (for the
+    ``last.pt`` of an official YOLOv7 run, one that says how to continue from its weights)."""
+    state = (loaded.raw or {}).get(STATE_KEY)
     if not isinstance(state, dict):
+        epoch = loaded.extra.get("epoch") if loaded.raw is None else None
+        if isinstance(epoch, int) and epoch >= 0:  # official train.py's epoch; -1 once stripped (a final best.pt)
+            raise CheckpointError(f"{path}: the last.pt of a YOLOv7 train.py run (epoch {epoch}); "
+                                  "yolo-prune resumes only its own runs. Continue from its weights with `yolo-prune "
+                                  f"train --weights {path} --data ... --epochs N` (its EMA weights, a new schedule "
+                                  "and optimizer)")
         raise CheckpointError(f"{path}: no training state in this checkpoint (only the last.pt of an unfinished "
                               f"'yolo-prune train' run can be resumed)")
     if int(state.get("version", 0)) > STATE_VERSION:

@@ -121,7 +121,7 @@ def _resumed_inputs(settings: TrainSettings) -> _Inputs:
 
     path = find_last(settings.resume, settings.project)
     loaded = load_checkpoint(path)
-    state = read_train_state(loaded.raw, path)
+    state = read_train_state(loaded, path)
     stored = TrainSettings.from_dict(state["settings"], device=settings.device, workers=settings.workers,
                                      progress=settings.progress, resume=str(path))
     data = load_data_config(stored.data)

@@ -96,6 +96,6 @@ def train_iteratively(settings: TrainSettings, rounds: int) -> TrainResult:
         from yolo_prune.engine.train_state import TrainState, read_train_state
 
         last = folder / f"round_{rounds}" / "weights" / "last.pt"
-        state = TrainState.from_dict(read_train_state(load_checkpoint(last).raw, last))
+        state = TrainState.from_dict(read_train_state(load_checkpoint(last), last))
         result = TrainResult.from_state(last.parent.parent, state)
     return result

@@ -71,6 +71,7 @@ class QatHook:
 
 def resume_hook(checkpoint: str | Path, img_size: int | None = None) -> QatHook | None:
     """The hook that continues the QAT run whose ``last.pt`` is ``checkpoint`` (None for a float run)."""
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    scheme = stored_scheme(raw.get("extra", {}) if isinstance(raw, dict) else {})
+    from yolo_prune.checkpoint import load_checkpoint
+
+    scheme = stored_scheme(load_checkpoint(checkpoint).extra)  # the safe loader: any file gets a clear error
     return None if scheme is None else QatHook(scheme, img_size)

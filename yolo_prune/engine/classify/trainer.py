@@ -166,7 +166,7 @@ def _prepare(settings: ClassifySettings) -> tuple[ClassifySettings, dict[str, An
 
     path = find_last(settings.resume, settings.project)
     loaded = load_checkpoint(path)
-    state = read_train_state(loaded.raw, path)
+    state = read_train_state(loaded, path)
     stored = ClassifySettings.from_dict(state["settings"], device=settings.device, workers=settings.workers,
                                         progress=settings.progress, resume=str(path))
     return stored, state, loaded, path.parent.parent
