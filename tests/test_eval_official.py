@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from yolo_prune.engine.evaluator import evaluate, format_results
@@ -144,6 +145,9 @@ def test_cli_prints_and_reports_both_sets(tmp_path, capsys):
     expected = [official[k] for k in ("mp", "mr", "map50", "map")] + [report["map50"], report["map"]]
     assert lines[1].split()[3:] == ["%.3g" % v for v in expected]
     assert "per 256x256 image at batch-size 3" in lines[-2]  # --img, as test.py (its rect batches vary in shape)
+    names = yaml.safe_load((tmp_path / "data" / "data.yaml").read_text())["names"]
+    class_rows = [line.split()[0] for line in lines[2:-2]]  # test.py prints them unasked below 50 classes
+    assert class_rows and set(class_rows) <= set(names)
 
 
 def _octagon(cx: float, cy: float, w: float, h: float) -> list[float]:

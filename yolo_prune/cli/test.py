@@ -334,7 +334,9 @@ def _evaluate(args, model, data, device, counted) -> int:
                     "params": params, "gflops": gflops, "n_images": result.n_images,
                     "predictions_json": None if json_path is None else str(json_path)})
         return 0
-    format_results(result, model.names if hasattr(model, "names") else None, verbose=args.verbose)
+    nc = len(result.class_ap)
+    per_class = args.verbose or 1 < nc < 50  # test.py prints the class rows by itself below 50 classes
+    format_results(result, model.names if hasattr(model, "names") else None, verbose=per_class)
     if json_path is not None:
         print(f"COCO-format predictions saved to {json_path}")
     if is_torch:
