@@ -199,12 +199,15 @@ def compare(name: str, official: dict, ours: dict, report: dict) -> tuple[list[s
     lines, ok = [], True
     for cls, off in official.items():
         mine = ours.get(cls, [float("nan")] * 6)
-        counts = f"{off[0]:.0f} / {off[1]:.0f}" + ("" if off[:2] == mine[:2] else f" (ours {mine[0]:.0f} / {mine[1]:.0f})")
+        counts = f"{off[0]:.0f} / {off[1]:.0f}"
+        if off[:2] != mine[:2]:
+            counts += f" (ours {mine[0]:.0f} / {mine[1]:.0f})"
         exact = off[:2] == mine[:2] and all("%.3g" % a == "%.3g" % b for a, b in zip(off[2:], mine[2:]))
         ok &= off[:2] == mine[:2] and all(same_print(a, b) for a, b in zip(off[2:], mine[2:]))
         lines.append(f"| {name} | {cls} | {counts} | " + " / ".join("%.3g" % v for v in off[2:]) + " | "
                      + " / ".join("%.3g" % v for v in mine[2:]) + f" | {'identical' if exact else 'last digit'} |")
-    lines.append(f"| {name} | pycocotools (ours) | | | mAP@.5 {report['map50']:.4f}, mAP@.5:.95 {report['map']:.4f} | |")
+    lines.append(f"| {name} | pycocotools (ours) | | | mAP@.5 {report['map50']:.4f}, "
+                 f"mAP@.5:.95 {report['map']:.4f} | |")
     return lines, ok
 
 

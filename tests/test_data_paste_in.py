@@ -49,7 +49,8 @@ def test_half_of_the_polygon_objects_are_cut_out() -> None:
     img, labels, polygons = _canvas_with_objects()
     for seed in range(5):
         cutouts = cut_out_objects(img, labels, polygons, np.random.default_rng(seed))
-        assert len(cutouts) == round(0.5 * 5) and len({c.cls for c in cutouts}) == 2 and 5 not in {c.cls for c in cutouts}
+        classes = {c.cls for c in cutouts}
+        assert len(cutouts) == round(0.5 * 5) and len(classes) == 2 and 5 not in classes
     assert cut_out_objects(img, labels[-1:], polygons[-1:], np.random.default_rng(0)) == []
 
 

@@ -140,7 +140,8 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
     _check_format_flags(args)
     nms = {k: NMS_DEFAULTS[k] if v is None else v for k, v in nms.items()}
     return ExportOptions(img_size=as_hw(args.img_size or [640]), batch_size=args.batch_size,
-                         dynamic_batch=args.dynamic_batch, dynamic=args.dynamic, grid=args.grid, end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
+                         dynamic_batch=args.dynamic_batch, dynamic=args.dynamic, grid=args.grid,
+                         end2end=args.end2end, max_wh=args.max_wh, simplify=args.simplify,
                          fp16=args.fp16 and args.format == "onnx", device=args.device, **nms,
                          opset=args.opset or (13 if args.int8 else DEFAULT_OPSET[args.format]))  # per-channel Q/DQ: 13
 

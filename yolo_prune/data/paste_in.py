@@ -60,7 +60,8 @@ def cut_out_objects(
         cv2.drawContours(region, [outline - np.array([rx1, ry1], np.int32)], -1, (255, 255, 255), cv2.FILLED)
         mask = region[y1 - ry1:y2 - ry1, x1 - rx1:x2 - rx1]
         crop = img[y1:y2, x1:x2]
-        cutouts.append(Cutout(float(labels[j, 0]), np.where(mask > 0, np.where(crop > 0, crop, 255), 0).astype(np.uint8)))
+        pixels = np.where(mask > 0, np.where(crop > 0, crop, 255), 0).astype(np.uint8)
+        cutouts.append(Cutout(float(labels[j, 0]), pixels))
     return cutouts
 
 
