@@ -202,7 +202,7 @@ def test_images_decode_as_yolov7s_opencv_decodes_them(tmp_path: Path) -> None:
     cv2.imread); Pillow's own conversion saturated 16-bit greyscale."""
     import cv2
 
-    from yolo_prune.data.dataset import load_image_rgb
+    from yolo_prune.data.decode import load_image_rgb
 
     rng = np.random.default_rng(0)
     arrays = {"rgb.png": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),

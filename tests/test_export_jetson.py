@@ -163,6 +163,23 @@ def test_infer_reads_image_folders(infer, tmp_path):
     assert got == [("a.jpg", (8, 12, 3), False), ("b.png", (8, 12, 3), False)]
 
 
+def test_infer_turns_phone_photos_upright_as_evaluation_does(infer, tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (a phone held upright) is inferred upright, as `test`, training
+    and OpenCV's imread (YOLOv7's detect.py) read it; without the orientation the boxes would be for a rotated
+    image."""
+    import cv2
+    from PIL import Image
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # a white band on the left of the stored (sideways) pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    (name, frame, _), = infer.frames(str(tmp_path / "phone.jpg"))
+    assert frame.shape == (40, 20, 3) and frame[:10].mean() > 200 and frame[-10:].mean() < 50
+    np.testing.assert_array_equal(frame, cv2.imread(str(tmp_path / "phone.jpg"))[..., ::-1])
+
+
 TIMES_STUB = """#!/usr/bin/env bash
 echo "trtexec $*" >> "$STUB_LOG"
 onnx=""; times=""; iters=1

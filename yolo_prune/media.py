@@ -50,14 +50,15 @@ def draw(img_rgb: np.ndarray, dets: np.ndarray, names: Sequence[str]) -> np.ndar
 
 
 def frames(source: str) -> Iterator[tuple[str, np.ndarray, bool]]:
-    """(name, RGB frame, is_stream) from an image, a folder of images, a video, a camera index or a pipeline."""
-    from PIL import Image
+    """(name, RGB frame, is_stream) from an image, a folder of images, a video, a camera index or a pipeline.
+    Images are decoded as evaluation decodes them (EXIF orientation applied, 16-bit greyscale's high byte)."""
+    from yolo_prune.data.decode import load_image_rgb
 
     path = Path(source)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         for f in files:
-            yield f.name, np.asarray(Image.open(f).convert("RGB")), False
+            yield f.name, load_image_rgb(str(f)), False
         return
     import cv2
 

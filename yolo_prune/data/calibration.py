@@ -47,7 +47,7 @@ def _read_rgb(path: Path) -> np.ndarray | None:
     """The image as HWC RGB uint8 (decoded as evaluation decodes it), or None with a warning naming it."""
     import warnings
 
-    from yolo_prune.data.dataset import load_image_rgb
+    from yolo_prune.data.decode import load_image_rgb
     from yolo_prune.errors import DataError
 
     try:

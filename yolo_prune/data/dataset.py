@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from yolo_prune.errors import DataError
@@ -25,6 +25,7 @@ from yolo_prune.errors import DataError
 from .augment import (
     MOSAIC9_P, augment_hsv, merge_hyp, mixup, mosaic4, mosaic4_canvas, mosaic9, random_flip, random_perspective,
 )
+from .decode import load_image_rgb
 from .letterbox import AREA, LINEAR, letterbox, resize, xywhn_to_xyxy, xyxy_to_xywhn
 from .paste_in import Cutout, cut_out_objects, gather_cutouts, paste_in
 
@@ -199,22 +200,6 @@ def _ends_with_eoi(path: str) -> bool:
     with open(path, "rb") as f:
         f.seek(-2, os.SEEK_END)
         return f.read() == b"\xff\xd9"
-
-
-def load_image_rgb(path: str) -> np.ndarray:
-    """Decode an image to HWC RGB uint8 with EXIF orientation applied; DataError if it cannot be decoded.
-
-    16-bit greyscale keeps its 8 high bits, as OpenCV's ``imread`` (YOLOv7's decoder) gives it; Pillow's own
-    conversion would saturate it (every value above 255 white)."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I;16"):
-                grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
-                return np.repeat(grey[..., None], 3, axis=2)
-            return np.array(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem
-        raise DataError(f"{path}: cannot decode image: {e}") from e
 
 
 def scan_images(paths: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
