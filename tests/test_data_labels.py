@@ -100,6 +100,25 @@ def test_exif_rotation_applied(tmp_path: Path) -> None:
     assert ds.load_resized(0)[0].shape == (40, 20, 3)
 
 
+@pytest.mark.parametrize("orientation, planned", [(5, (20, 40)), (6, (40, 20)), (7, (20, 40)), (8, (40, 20))])
+def test_rect_batches_plan_with_yolov7s_exif_size(tmp_path: Path, orientation: int, planned) -> None:
+    """YOLOv7's exif_size swaps the sides for orientations 6 and 8 only, and plans the rectangular batch shape with
+    it; the image itself is decoded upright (transposed for 5 and 7, as OpenCV does), so test.py letterboxes a
+    40x20 transposed image into a 20x40-shaped batch. The same here, so its numbers are test.py's."""
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "images" / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.full((20, 40, 3), 80, np.uint8)).save(path, exif=exif)
+    ds = YoloDataset([str(path)], nc=1, img_size=64, rect=True, batch_size=1, stride=32, pad=0.5)
+    assert tuple(ds.hw0[0]) == planned
+    assert cv2.imread(str(path)).shape[:2] == (40, 20) and ds.load_resized(0)[0].shape[:2] == (64, 32)
+    wide = planned[1] > planned[0]
+    assert (ds.batch_shapes[0][1] > ds.batch_shapes[0][0]) == wide
+
+
 # ------------------------------------------------------------------ YOLOv7's reading of real label sets
 def _yolov7_enclosing_box(coords: list[str]) -> list[np.float32]:
     """YOLOv7's ``segments2boxes`` for one polygon: float32 points, min/max, then ``xyxy2xywh`` in float32."""

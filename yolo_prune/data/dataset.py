@@ -34,6 +34,7 @@ BOX_TOL = 1e-3  # tolerance on normalised coordinates before a label counts as o
 ROUNDING_TOL = 1e-6  # an edge past [0, 1] by less than this is rounding (6 decimals, float32), not clipped
 IO_THREADS = 8  # header/label reads are I/O bound
 EXIF_ORIENTATION = 0x0112
+YOLOV7_SWAPPED_ORIENTATIONS = (6, 8)  # exif_size swaps width and height for these only
 
 Shapes = Optional[tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]]
 Sample = tuple[torch.Tensor, torch.Tensor, str, Shapes]
@@ -180,7 +181,10 @@ def _clip_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def probe_image(path: str) -> tuple[int, int]:
-    """Return an image's ``(h, w)`` after EXIF rotation, checking it is not corrupt; raises on bad images."""
+    """Return an image's ``(h, w)`` as YOLOv7's ``exif_size`` reports it, checking it is not corrupt; raises on bad
+    images. Orientations 6 and 8 (rotated a quarter turn) swap the sides; 5 and 7 (transposed and mirrored) do
+    not, though the decoded image is transposed: YOLOv7 plans its rectangular batches (and checks autoanchor) with
+    this shape, so the letterbox sizes, and test.py's numbers, follow it."""
     with Image.open(path) as im:
         im.verify()  # must come straight after open
     with Image.open(path) as im:
@@ -192,7 +196,7 @@ def probe_image(path: str) -> tuple[int, int]:
             im.load()  # truncated JPEG: decoding fails; trailing bytes after EOI: fine
     if w < MIN_IMAGE_SIDE or h < MIN_IMAGE_SIDE:
         raise ValueError(f"image size {w}x{h} is under {MIN_IMAGE_SIDE} pixels")
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    return (w, h) if orientation in YOLOV7_SWAPPED_ORIENTATIONS else (h, w)
 
 
 def _ends_with_eoi(path: str) -> bool:
@@ -316,7 +320,7 @@ class YoloDataset(Dataset):
         #: per image: each label row's normalised polygon ([k, 2]) for a file of polygons, else ()
         self.polygons: list[tuple[np.ndarray, ...]] = [polygons[i] for i in order]
         self.has_polygons = any(self.polygons)  # paste-in needs them (with boxes alone it does nothing in YOLOv7)
-        self.hw0: np.ndarray = hw  # [n, 2] original (h, w) after EXIF rotation
+        self.hw0: np.ndarray = hw  # [n, 2] original (h, w) as YOLOv7's exif_size gives it (see probe_image)
         self._cache: Optional[list] = None  # per image: load_resized()'s result, once cache_images() ran
 
     collate_fn = staticmethod(collate_fn)
