@@ -703,7 +703,62 @@ def test_training_warns_when_yolov7_would_replace_the_anchors(synth_yaml, tmp_pa
         model.detect.anchors.mul_(30)
         model.detect.anchor_grid.mul_(30)
     weights = save_checkpoint(model, tmp_path / "big_anchors.pt")
-    with pytest.warns(UserWarning, match=r"anchors fit 0\.\d+ of the training boxes .* yolo-prune keeps them"):
+    with pytest.warns(UserWarning, match=r"anchors fit 0\.\d+ of the training boxes .* yolo-prune keeps a trained "
+                                         r"model's anchors"):
         run = train(settings(synth_yaml, weights, tmp_path / "runs", epochs=1))
     kept = load_checkpoint(run.last).model.detect.anchors
     assert torch.equal(kept, model.detect.anchors)
+
+
+def test_evolved_anchors_fit_boxes_the_cfg_anchors_miss():
+    """YOLOv7's kmean_anchors: k-means then a genetic evolution; n anchors sorted by area, at least as good as
+    k-means alone, the same for the same seed."""
+    from yolo_prune.engine.anchors import evolve_anchors, recall_of
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[4, 6], [12, 9], [30, 40], [80, 60], [150, 200], [300, 250]], np.float32)
+    wh = np.concatenate([c * rng.uniform(0.6, 1.6, (200, 2)) for c in centres]).astype(np.float32)
+    cfg_like = np.array([[500, 600], [700, 650], [900, 800]], np.float32)  # far too large
+    assert recall_of(wh, cfg_like, 4.0) < 0.3
+    anchors = evolve_anchors(wh, 6, 4.0, seed=1)
+    assert anchors.shape == (6, 2) and (np.diff(anchors.prod(1)) >= 0).all()
+    assert recall_of(wh, anchors, 4.0) > 0.99
+    assert np.array_equal(anchors, evolve_anchors(wh, 6, 4.0, seed=1))
+    assert evolve_anchors(wh[:3], 6, 4.0) is None  # fewer boxes than anchors: nothing to cluster
+
+
+def _cfg_with_anchors_times(tmp_path: Path, factor: int) -> Path:
+    import yaml
+
+    from yolo_prune.models.cfgs import resolve_cfg
+
+    cfg = yaml.safe_load(resolve_cfg("yolov7-tiny").read_text())
+    cfg["anchors"] = [[v * factor for v in level] for level in cfg["anchors"]]
+    cfg["nc"] = 6
+    out = tmp_path / "yolov7-tiny-big-anchors.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def test_training_from_a_cfg_replaces_anchors_that_do_not_fit(synth_yaml, tmp_path, capsys):
+    """As YOLOv7's train.py: a model trained from random weights whose cfg anchors fit < 98 % of the boxes gets
+    k-means anchors (saved in its checkpoints, used by the loss); --noautoanchor keeps the cfg's."""
+    from yolo_prune.checkpoint import load_checkpoint
+    from yolo_prune.data import create_dataloader, load_data_config
+    from yolo_prune.engine.anchors import best_possible_recall, head_anchors
+    from yolo_prune.models.cfgs import build_model
+
+    cfg = _cfg_with_anchors_times(tmp_path, 30)
+    base = dict(data=str(synth_yaml), cfg=str(cfg), weights=None, hyp="scratch.tiny", epochs=1, batch_size=4,
+                img_size=IMG, device="cpu", workers=0, project=str(tmp_path / "runs"), progress=False)
+    run = train(TrainSettings(**base, name="auto"))
+    out = capsys.readouterr().out
+    assert "autoanchor: the cfg's anchors fit" in out and "new anchors fit" in out
+    data = load_data_config(synth_yaml)
+    _, dataset = create_dataloader(list(data.train), data.nc, IMG, 4, augment=False, workers=0)
+    new = head_anchors(load_checkpoint(run.last).model.detect)
+    kept = head_anchors(load_checkpoint(train(TrainSettings(**base, name="kept", autoanchor=False)).last).model.detect)
+    assert "autoanchor" not in capsys.readouterr().out
+    fit = [best_possible_recall(dataset.labels, dataset.hw0, IMG, a, 4.0) for a in (kept, new)]
+    assert fit[0] < 0.98 <= fit[1]
+    assert np.allclose(kept, head_anchors(build_model(str(cfg)).detect))

@@ -85,7 +85,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     official.add_argument("--freeze", type=non_negative_int, nargs="+", default=None,
                           help="N: keep layers 0..N-1 fixed; several values: those layer indices")
     official.add_argument("--noautoanchor", action="store_true",
-                          help="accepted: yolo-prune never replaces a model's anchors")
+                          help="keep the cfg's anchors when training from random weights (by default they are "
+                               "replaced by k-means anchors when they fit < 98 %% of the boxes, as YOLOv7 does); "
+                               "a trained model's anchors are always kept")
     for flag, takes_value in WANDB_FLAGS.items():
         official.add_argument(flag, default=None, help=argparse.SUPPRESS,
                               **({} if takes_value else {"action": "store_const", "const": True}))
@@ -126,7 +128,7 @@ def settings_from_args(args: argparse.Namespace):
         max_val_images=args.max_val_images, sync_bn=args.sync_bn,
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, cache_images=args.cache_images,
         optimizer="adam" if args.adam else "sgd", linear_lr=args.linear_lr, label_smoothing=args.label_smoothing,
-        freeze=tuple(args.freeze or ()))
+        freeze=tuple(args.freeze or ()), autoanchor=not args.noautoanchor)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -29,7 +29,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from yolo_prune.engine import accel
-from yolo_prune.engine.ddp import DistInfo, ShardSampler, broadcast_path, start_distributed, stop_distributed, wrap_ddp
+from yolo_prune.engine.ddp import (DistInfo, ShardSampler, broadcast_buffers, broadcast_path, start_distributed,
+                                   stop_distributed, wrap_ddp)
 from yolo_prune.engine.distill import distill_loss, make_teacher, teacher_maps
 from yolo_prune.engine.ema import ModelEMA, unwrap
 from yolo_prune.engine.hooks import TrainHooks
@@ -183,17 +184,38 @@ def _grid_size(model: nn.Module, img_size: int) -> tuple[int, int]:
     return gs, size
 
 
-def _warn_if_autoanchor_would_act(inputs: _Inputs, dataset: Any, img: int) -> None:
-    """A warning when YOLOv7's train.py would replace the model's anchors (autoanchor), which yolo-prune does not."""
-    from yolo_prune.engine.anchors import MIN_RECALL, best_possible_recall
+def _check_anchors(inputs: _Inputs, model: nn.Module, dataset: Any, img: int, main: bool) -> None:
+    """YOLOv7's autoanchor before the loss is built: when the anchors fit < 98 % of the training boxes, a model
+    trained from random weights gets k-means anchors (if they fit better; every rank computes the same ones from
+    the seed), and a trained model keeps its own with a warning (its weights are tied to them)."""
+    from yolo_prune.engine.anchors import MIN_RECALL, evolve_anchors, head_anchors, label_sizes, recall_of, set_anchors
 
-    head = inputs.model.detect
-    anchors = (head.anchors * head.stride.view(-1, 1, 1)).reshape(-1, 2).cpu().numpy()
-    recall = best_possible_recall(dataset.labels, dataset.hw0, img, anchors, float(inputs.hyp["anchor_t"]))
-    if recall < MIN_RECALL:
-        warnings.warn(f"the model's anchors fit {recall:.3f} of the training boxes (best possible recall, below "
-                      f"{MIN_RECALL}): YOLOv7's train.py would replace them with k-means anchors (autoanchor); "
-                      f"yolo-prune keeps them", stacklevel=2)
+    s, head = inputs.settings, model.detect
+    if getattr(head, "levels", None) is not None:  # a Darknet cfg: its [yolo] layers' anchors, as Darknet keeps them
+        return
+    anchor_t = float(inputs.hyp["anchor_t"])
+    wh = label_sizes(dataset.labels, dataset.hw0, img)
+    recall = recall_of(wh, head_anchors(head), anchor_t)
+    if recall >= MIN_RECALL or not s.autoanchor:
+        return
+    if not (s.from_scratch or (s.cfg and not s.weights)):
+        if main:
+            warnings.warn(f"the model's anchors fit {recall:.3f} of the training boxes (best possible recall, below "
+                          f"{MIN_RECALL}): YOLOv7's train.py would replace them with k-means anchors (autoanchor); "
+                          f"yolo-prune keeps a trained model's anchors", stacklevel=2)
+        return
+    if main:
+        print(f"autoanchor: the cfg's anchors fit {recall:.4f} of the training boxes (best possible recall); "
+              f"evolving k-means anchors on {len(wh)} boxes...")
+    new = evolve_anchors(wh, head.anchor_grid.numel() // 2, anchor_t, seed=s.seed)
+    new_recall = recall_of(wh, new, anchor_t) if new is not None else 0.0
+    if new is not None and new_recall > recall:
+        set_anchors(head, new)
+        if main:
+            shown = ", ".join(f"{w:.0f},{h:.0f}" for w, h in new)
+            print(f"autoanchor: new anchors fit {new_recall:.4f} of the boxes and replace the cfg's: {shown}")
+    elif main:
+        print("autoanchor: the cfg's anchors fit better than k-means ones; keeping them")
 
 
 def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[Any, Any]:
@@ -215,8 +237,6 @@ def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[A
         sampler.bind(len(dataset))
     val_loader = None
     if dist_info.main:
-        if inputs.state is None:
-            _warn_if_autoanchor_would_act(inputs, dataset, img)
         val_paths = list(data.val)[: s.max_val_images] if s.max_val_images else list(data.val)
         val_loader, _ = create_dataloader(val_paths, data.nc, img, max(1, 2 * s.batch_size // dist_info.world),
                                           augment=False, rect=True, workers=workers, shuffle=False, stride=gs, pad=0.5)
@@ -269,8 +289,11 @@ def _build_run(inputs: _Inputs, dist_info: DistInfo, device: torch.device, hook:
     freeze_layers(model, s.freeze)
     inputs.hooks.attach(model)
     gs, img = _grid_size(model, s.img_size)
-    loss = make_loss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
     train_loader, val_loader = _loaders(inputs, dist_info, gs, img)
+    if inputs.state is None:
+        _check_anchors(inputs, model, train_loader.dataset, img, dist_info.main)
+        broadcast_buffers(model.detect, ("anchors", "anchor_grid"), dist_info)  # one set, whatever rounding did
+    loss = make_loss(model.detect, scale_loss_gains(inputs.hyp, model.detect.nl, model.nc, img))
     optimizer = build_optimizer(model, inputs.hyp, s.batch_size, s.optimizer)
     ema = ModelEMA((inputs.ema_model or model).float().to(device)) if dist_info.main else None
     teacher = make_teacher(inputs.teacher, device) if inputs.teacher is not None else None
