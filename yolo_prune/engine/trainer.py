@@ -215,7 +215,8 @@ def _check_anchors(inputs: _Inputs, model: nn.Module, dataset: Any, img: int, ma
             shown = ", ".join(f"{w:.0f},{h:.0f}" for w, h in new)
             print(f"autoanchor: new anchors fit {new_recall:.4f} of the boxes and replace the cfg's: {shown}")
     elif main:
-        print("autoanchor: the cfg's anchors fit better than k-means ones; keeping them")
+        print("autoanchor: fewer boxes of 2+ pixels than anchors; keeping the cfg's" if new is None else
+              "autoanchor: the cfg's anchors fit better than k-means ones; keeping them")
 
 
 def _loaders(inputs: _Inputs, dist_info: DistInfo, gs: int, img: int) -> tuple[Any, Any]:
