@@ -170,3 +170,11 @@ def test_iterate_with_a_data_driven_criterion_and_reconstruction(setup, tmp_path
     assert json.loads((out / "iter_1" / "sensitivity" / "sensitivity.json").read_text())["settings"][
         "criterion_options"]["n_samples"] == 4
     assert done["params"] < sum(p.numel() for p in yp.load_model(weights).parameters())
+
+
+def test_iterative_schedule_refuses_a_cfg_it_would_rebuild_every_round(setup, tmp_path, capsys):
+    data, weights = setup
+    assert main(["train", "--cfg", "yolov7-tiny", "--weights", str(weights), "--data", str(data), "--epochs", "2",
+                 "--pruning-params", "0.3", "--pruning-iter", "2", "--project", str(tmp_path)]) == 2
+    assert "--cfg would rebuild it from the cfg in every round" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

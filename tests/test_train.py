@@ -762,3 +762,12 @@ def test_training_from_a_cfg_replaces_anchors_that_do_not_fit(synth_yaml, tmp_pa
     fit = [best_possible_recall(dataset.labels, dataset.hw0, IMG, a, 4.0) for a in (kept, new)]
     assert fit[0] < 0.98 <= fit[1]
     assert np.allclose(kept, head_anchors(build_model(str(cfg)).detect))
+
+
+def test_transfer_learning_replaces_the_cfgs_anchors_too(synth_yaml, tiny_weights, tmp_path, capsys):
+    """`--cfg` + `--weights`: the anchors come from the cfg (as in YOLOv7's transfer), so autoanchor may replace
+    them, as YOLOv7's train.py does."""
+    cfg = _cfg_with_anchors_times(tmp_path, 30)
+    train(settings(synth_yaml, tiny_weights, tmp_path / "runs", cfg=str(cfg)))
+    out = capsys.readouterr().out
+    assert "transferred" in out and "new anchors fit" in out

@@ -85,9 +85,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     official.add_argument("--freeze", type=non_negative_int, nargs="+", default=None,
                           help="N: keep layers 0..N-1 fixed; several values: those layer indices")
     official.add_argument("--noautoanchor", action="store_true",
-                          help="keep the cfg's anchors when training from random weights (by default they are "
-                               "replaced by k-means anchors when they fit < 98 %% of the boxes, as YOLOv7 does); "
-                               "a trained model's anchors are always kept")
+                          help="keep a cfg's anchors (by default, as YOLOv7 does, they are replaced by k-means "
+                               "anchors when they fit < 98 %% of the boxes); a checkpoint's own anchors are always kept")
     for flag, takes_value in WANDB_FLAGS.items():
         official.add_argument(flag, default=None, help=argparse.SUPPRESS,
                               **({} if takes_value else {"action": "store_const", "const": True}))

@@ -185,9 +185,10 @@ def _grid_size(model: nn.Module, img_size: int) -> tuple[int, int]:
 
 
 def _check_anchors(inputs: _Inputs, model: nn.Module, dataset: Any, img: int, main: bool) -> None:
-    """YOLOv7's autoanchor before the loss is built: when the anchors fit < 98 % of the training boxes, a model
-    trained from random weights gets k-means anchors (if they fit better; every rank computes the same ones from
-    the seed), and a trained model keeps its own with a warning (its weights are tied to them)."""
+    """YOLOv7's autoanchor before the loss is built: when the anchors fit < 98 % of the training boxes, anchors
+    that come from a cfg (training from scratch, or transfer learning, where YOLOv7 also takes them from the cfg)
+    are replaced by k-means ones if those fit better (every rank computes the same ones from the seed); a
+    checkpoint's own anchors are kept with a warning (its weights are tied to them)."""
     from yolo_prune.engine.anchors import MIN_RECALL, evolve_anchors, head_anchors, label_sizes, recall_of, set_anchors
 
     s, head = inputs.settings, model.detect
@@ -198,7 +199,7 @@ def _check_anchors(inputs: _Inputs, model: nn.Module, dataset: Any, img: int, ma
     recall = recall_of(wh, head_anchors(head), anchor_t)
     if recall >= MIN_RECALL or not s.autoanchor:
         return
-    if not (s.from_scratch or (s.cfg and not s.weights)):
+    if not (s.from_scratch or s.cfg):  # a checkpoint's own anchors (fine-tuning, pruning): its weights fit them
         if main:
             warnings.warn(f"the model's anchors fit {recall:.3f} of the training boxes (best possible recall, below "
                           f"{MIN_RECALL}): YOLOv7's train.py would replace them with k-means anchors (autoanchor); "

@@ -71,6 +71,10 @@ def train_iteratively(settings: TrainSettings, rounds: int) -> TrainResult:
     if settings.resume or settings.pruning_params is None or not settings.weights:
         raise ConfigError("--pruning-iter needs --weights and --pruning-params (and no --resume: re-run the same "
                           "command to continue)")
+    if settings.cfg:
+        raise ConfigError("--pruning-iter prunes the --weights model round by round; --cfg would rebuild it from the "
+                          "cfg in every round: transfer first (`yolo-prune train --cfg ... --weights ...`), then prune "
+                          "that run's best.pt with --pruning-iter")
     if settings.epochs < rounds:
         raise ConfigError(f"--pruning-iter {rounds} needs at least {rounds} epochs (one per round), got {settings.epochs}")
     options = CriterionOptions(**settings.criterion_options)
