@@ -2,9 +2,9 @@
 ``kmean_anchors``).
 
 YOLOv7's train.py replaces the anchors with k-means ones when fewer than 98 % of the training boxes have an anchor
-within ``anchor_t`` in both sides. yolo-prune does the same for a model trained from random weights; a trained
-model's anchors are kept (its weights are tied to them) with a warning when the official trainer would have
-changed them.
+within ``anchor_t`` in both sides. yolo-prune does the same for anchors that come from a cfg (training from scratch
+or transfer learning); a checkpoint's own anchors are kept (its weights are tied to them) with a warning when the
+official trainer would have changed them.
 """
 from __future__ import annotations
 

@@ -95,6 +95,7 @@ def broadcast_path(path: Path | None, dist_info: DistInfo) -> Path:
     dist.broadcast_object_list(box, src=0)
     return Path(box[0])
 
+
 def broadcast_buffers(module: torch.nn.Module, names: tuple[str, ...], dist_info: DistInfo) -> None:
     """Rank 0's values of ``module``'s buffers ``names`` on every rank (in place)."""
     if dist_info.world == 1:

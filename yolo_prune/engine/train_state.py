@@ -93,7 +93,7 @@ class TrainSettings:
     linear_lr: bool = False  # YOLOv7's --linear-lr: a linear LR decay to lrf instead of the one-cycle cosine
     label_smoothing: float | None = None  # YOLOv7's --label-smoothing; None: the hyp's label_smoothing (0)
     freeze: tuple[int, ...] = ()  # YOLOv7's --freeze: N (the first N layers) or the layer indices to keep fixed
-    autoanchor: bool = True  # YOLOv7's autoanchor for a model trained from random weights (--noautoanchor: False)
+    autoanchor: bool = True  # YOLOv7's autoanchor for anchors that come from a cfg (--noautoanchor: False)
     augment: bool = True
     progress: bool = True
 

@@ -271,10 +271,11 @@ def freeze_layers(model: nn.Module, freeze: Sequence[int]) -> list[str]:
     stop taking gradients; batch-norm statistics still update, as in YOLOv7). Returns the frozen parameter names."""
     layers = range(freeze[0]) if len(freeze) == 1 else freeze
     prefixes = tuple(f"model.{i}." for i in layers)
-    frozen = [name for name, p in model.named_parameters() if name.startswith(prefixes)]
+    frozen = []
     for name, p in model.named_parameters():
         if name.startswith(prefixes):
             p.requires_grad_(False)
+            frozen.append(name)
     return frozen
 
 

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 
 STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # test.py's x axis: 256, 384, ..., 1536
-COLUMNS = ("P", "R", "mAP@.5", "mAP@.5:.95", "box loss", "obj loss", "cls loss", "t_inference (ms/img)",
-           "t_NMS (ms/img)", "t_total (ms/img)", "img h", "img w", "batch")
 
 
 def study_file(data_yaml: str | Path, weights: str | Path) -> Path:
