@@ -89,12 +89,18 @@ def test_all_images_unreadable(tmp_path: Path) -> None:
         YoloDataset([os.fspath(tmp_path / "absent.png")], nc=1)
 
 
-def test_exif_rotation_applied(tmp_path: Path) -> None:
+def _sideways_jpeg(tmp_path: Path, orientation: int) -> Path:
+    """A 20x40 (h x w) JPEG stored with this EXIF orientation (6: rotate 90 degrees clockwise to display)."""
     (tmp_path / "images").mkdir()
-    path = tmp_path / "images" / "rot.jpg"
+    path = tmp_path / "images" / "turned.jpg"
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    exif[0x0112] = orientation
     Image.fromarray(np.full((20, 40, 3), 80, np.uint8)).save(path, exif=exif)
+    return path
+
+
+def test_exif_rotation_applied(tmp_path: Path) -> None:
+    path = _sideways_jpeg(tmp_path, 6)
     ds = YoloDataset([str(path)], nc=1, img_size=40)
     assert ds.hw0.tolist() == [[40, 20]]
     assert ds.load_resized(0)[0].shape == (40, 20, 3)
@@ -107,11 +113,7 @@ def test_rect_batches_plan_with_yolov7s_exif_size(tmp_path: Path, orientation: i
     40x20 transposed image into a 20x40-shaped batch. The same here, so its numbers are test.py's."""
     import cv2
 
-    (tmp_path / "images").mkdir()
-    path = tmp_path / "images" / "turned.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    Image.fromarray(np.full((20, 40, 3), 80, np.uint8)).save(path, exif=exif)
+    path = _sideways_jpeg(tmp_path, orientation)
     ds = YoloDataset([str(path)], nc=1, img_size=64, rect=True, batch_size=1, stride=32, pad=0.5)
     assert tuple(ds.hw0[0]) == planned
     assert cv2.imread(str(path)).shape[:2] == (40, 20) and ds.load_resized(0)[0].shape[:2] == (64, 32)

@@ -265,6 +265,10 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+#: YOLOv5's AP metric flag, which test.py and train.py both take: not implemented here.
+V5_METRIC = (0, "YOLOv5's AP interpolation is not implemented (test.py's default metric is used)")
+
+
 def add_unsupported_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[int, str]]) -> None:
     """Accept YOLOv7 flags this command does not implement (``flag: (values it takes, why / what instead)``) so
     that :func:`refuse_unsupported` names them, instead of argparse's bare "unrecognized arguments"."""

@@ -13,9 +13,9 @@ from dataclasses import replace
 import sys
 from pathlib import Path
 
-from yolo_prune.cli.common import (OneWeights, add_unsupported_flags, fit_img, img_int, input_file, literal_numbers,
-                                   non_negative_int, output_dir, positive_int, print_json, refuse_unsupported,
-                                   threshold)
+from yolo_prune.cli.common import (V5_METRIC, OneWeights, add_unsupported_flags, fit_img, img_int, input_file,
+                                   literal_numbers, non_negative_int, output_dir, positive_int, print_json,
+                                   refuse_unsupported, threshold)
 from yolo_prune.cli.prune import add_pruning_flags
 from yolo_prune.errors import YoloPruneError
 
@@ -62,10 +62,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     add_unsupported_flags(p, {
         "--single-cls": (0, "single-class evaluation is not implemented (a data YAML with nc: 1 and labels of 0)"),
         "--augment": (0, "test-time augmentation is not implemented"),
-        "--save-txt": (0, "per-image .txt results are not written (--save-json writes COCO-format predictions)"),
-        "--save-hybrid": (0, "per-image .txt results are not written (--save-json writes COCO-format predictions)"),
-        "--save-conf": (0, "per-image .txt results are not written (--save-json writes COCO-format predictions)"),
-        "--v5-metric": (0, "YOLOv5's AP interpolation is not implemented (test.py's default metric is used)"),
+        **dict.fromkeys(("--save-txt", "--save-hybrid", "--save-conf"), (
+            0, "per-image .txt results are not written (--save-json writes COCO-format predictions)")),
+        "--v5-metric": V5_METRIC,
     })
     p.add_argument("--modification", choices=MODIFICATIONS, default=None,
                    help="prune-structured: prune the model with --pruning-params before evaluating (implied by "

@@ -5,8 +5,8 @@ import argparse
 
 import sys
 
-from yolo_prune.cli.common import (add_run_flags, add_unsupported_flags, img_int, input_file, non_negative_float,
-                                   non_negative_int, output_dir, positive_int, refuse_unsupported)
+from yolo_prune.cli.common import (V5_METRIC, add_run_flags, add_unsupported_flags, img_int, input_file,
+                                   non_negative_float, non_negative_int, output_dir, positive_int, refuse_unsupported)
 from yolo_prune.cli.prune import add_pruning_flags, criterion_options
 from yolo_prune.errors import YoloPruneError
 
@@ -108,7 +108,7 @@ UNSUPPORTED = {
     "--multi-scale": (0, "multi-scale training is not implemented"),
     "--single-cls": (0, "single-class training is not implemented (write a data YAML with nc: 1 and labels of 0)"),
     "--quad": (0, "the quad data loader is not implemented"),
-    "--v5-metric": (0, "YOLOv5's AP interpolation is not implemented (test.py's default metric is used)"),
+    "--v5-metric": V5_METRIC,
 }
 
 
